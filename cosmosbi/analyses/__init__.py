@@ -1,0 +1,1 @@
+"""Validation analyses, reports and the staged pipeline."""

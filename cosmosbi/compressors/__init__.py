@@ -1,0 +1,1 @@
+"""Neural compressors and classic summaries (power spectra, peaks)."""

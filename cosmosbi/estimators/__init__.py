@@ -1,0 +1,1 @@
+"""Posterior and likelihood estimators, MCMC samplers and explicit-likelihood baselines."""

@@ -1,0 +1,48 @@
+"""Priors, the simulator protocol and registry, built-in simulators, the MPI runner and the HDF5 store."""
+
+from cosmosbi.simulators.base import (
+    FunctionSimulator,
+    OutputSpec,
+    Simulator,
+    as_simulator,
+    make_simulator,
+    register_simulator,
+    row_generators,
+    simulator_names,
+    simulator_options,
+)
+from cosmosbi.simulators.priors import (
+    BoxUniform,
+    Gaussian,
+    LogUniform,
+    Normal,
+    Prior,
+    TruncatedNormal,
+    Uniform,
+    prior_from_config,
+)
+from cosmosbi.simulators import gaussian_field  # noqa: F401  (registers built-in simulators)
+from cosmosbi.simulators.gaussian_field import GaussianField2D, HealpixGaussianField, exact_posterior_samples
+
+__all__ = [
+    "BoxUniform",
+    "FunctionSimulator",
+    "Gaussian",
+    "GaussianField2D",
+    "HealpixGaussianField",
+    "LogUniform",
+    "Normal",
+    "OutputSpec",
+    "Prior",
+    "Simulator",
+    "TruncatedNormal",
+    "Uniform",
+    "as_simulator",
+    "exact_posterior_samples",
+    "make_simulator",
+    "prior_from_config",
+    "register_simulator",
+    "row_generators",
+    "simulator_names",
+    "simulator_options",
+]

@@ -1,0 +1,265 @@
+"""The simulator protocol, the wrapper for plain functions, and the registry of built-ins.
+
+A simulator is any object with
+
+- ``parameter_names``: tuple of D names, in the column order of theta;
+- ``prior``: the default :class:`~cosmosbi.simulators.priors.Prior` over those names;
+- ``output_spec``: mapping output name -> :class:`OutputSpec` (shape of one simulation and
+  dtype), or ``None`` when it is only known after a first call;
+- ``simulate(theta, rng) -> dict[str, np.ndarray]``: theta is (N, D); ``rng`` is a sequence
+  of N numpy Generators, one per row (a single Generator is also accepted and split into N).
+  Output ``name`` has shape (N, *output_spec[name].shape).
+
+One generator per row is what makes datasets independent of batching and of the number of
+MPI ranks: row i of a dataset always sees ``SeedSequence([root_seed, i])``.
+
+A plain function works too, with no subclassing::
+
+    def my_sim(theta, rng):            # theta: (D,), rng: numpy Generator
+        return theta[0] + rng.normal(size=10)
+
+    sim = as_simulator(my_sim, prior=BoxUniform(["mu"], [-1], [1]))
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from cosmosbi.simulators.priors import Prior
+
+__all__ = [
+    "OutputSpec",
+    "Simulator",
+    "FunctionSimulator",
+    "as_simulator",
+    "row_generators",
+    "register_simulator",
+    "make_simulator",
+    "simulator_names",
+    "simulator_options",
+]
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Shape of one simulation's output (without the batch axis) and its dtype."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": str(np.dtype(self.dtype))}
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """Protocol every simulator follows (see the module docstring)."""
+
+    parameter_names: tuple[str, ...]
+    prior: Prior
+    output_spec: Mapping[str, OutputSpec] | None
+
+    def simulate(self, theta: np.ndarray, rng) -> dict[str, np.ndarray]:
+        ...  # protocol
+
+
+def row_generators(rng, n: int) -> list[np.random.Generator]:
+    """Normalise ``rng`` to a list of ``n`` numpy Generators, one per simulation.
+
+    ``rng`` may be a sequence of n Generators (used as is), a single Generator (split into n
+    independent children) or an int seed.
+    """
+    if isinstance(rng, (int, np.integer)):
+        rng = np.random.default_rng(int(rng))
+    if isinstance(rng, np.random.Generator):
+        return list(rng.spawn(n))
+    rngs = list(rng)
+    if len(rngs) != n:
+        raise ValueError(f"expected {n} random generators (one per row of theta), got {len(rngs)}")
+    if not all(isinstance(g, np.random.Generator) for g in rngs):
+        raise TypeError("rng must be a numpy Generator, an int seed, or a sequence of numpy Generators")
+    return rngs
+
+
+class FunctionSimulator:
+    """Wraps a plain function as a :class:`Simulator`.
+
+    Args:
+        function: ``f(theta, rng)``. With ``batched=False`` (default) it gets one row
+            theta: (D,) and that row's Generator, and returns an array (or a dict of named
+            arrays) for one simulation. With ``batched=True`` it gets theta: (N, D) and a list
+            of N Generators and returns arrays with a leading N axis.
+        prior: the default prior; its names are the parameter names.
+        output_name: name under which a bare array result is stored (default ``"x"``).
+        output_spec: optional mapping name -> OutputSpec; inferred from the first call if omitted.
+        name: a label for manifests and logs (default: the function's name).
+    """
+
+    def __init__(
+        self,
+        function: Callable,
+        prior: Prior,
+        *,
+        batched: bool = False,
+        output_name: str = "x",
+        output_spec: Mapping[str, OutputSpec] | None = None,
+        name: str | None = None,
+    ):
+        if not callable(function):
+            raise TypeError(f"simulator function must be callable, got {function!r}")
+        if not isinstance(prior, Prior):
+            raise TypeError(f"prior must be a cosmosbi Prior, got {type(prior).__name__}")
+        self.function = function
+        self.prior = prior
+        self.parameter_names = prior.names
+        self.batched = batched
+        self.output_name = output_name
+        self.output_spec = dict(output_spec) if output_spec is not None else None
+        self.name = name or getattr(function, "__name__", "function")
+
+    def simulate(self, theta: np.ndarray, rng) -> dict[str, np.ndarray]:
+        theta = np.atleast_2d(np.asarray(theta, dtype=float))
+        rngs = row_generators(rng, len(theta))
+        if self.batched:
+            return self._as_dict(self.function(theta, rngs))
+        rows = [self._as_dict(self.function(t, g)) for t, g in zip(theta, rngs)]
+        if not rows:
+            return {}
+        return {key: np.stack([np.asarray(r[key]) for r in rows]) for key in rows[0]}
+
+    def _as_dict(self, result) -> dict[str, np.ndarray]:
+        if isinstance(result, Mapping):
+            return {str(k): np.asarray(v) for k, v in result.items()}
+        return {self.output_name: np.asarray(result)}
+
+    def __repr__(self) -> str:
+        return f"FunctionSimulator({self.name}, parameters={list(self.parameter_names)})"
+
+
+def as_simulator(obj, prior: Prior | None = None, **kwargs) -> Simulator:
+    """Return ``obj`` if it already is a simulator, else wrap a plain function.
+
+    A prior given here replaces a simulator's default prior (the parameter names must match).
+    """
+    if hasattr(obj, "simulate") and hasattr(obj, "parameter_names"):
+        if prior is not None:
+            if tuple(prior.names) != tuple(obj.parameter_names):
+                raise ValueError(
+                    f"prior parameters {list(prior.names)} do not match the simulator's "
+                    f"parameters {list(obj.parameter_names)}"
+                )
+            obj.prior = prior
+        return obj
+    if callable(obj):
+        if prior is None:
+            raise ValueError("a plain simulator function needs a prior (it defines the parameter names)")
+        return FunctionSimulator(obj, prior, **kwargs)
+    raise TypeError(f"expected a simulator or a function f(theta, rng), got {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Callable[..., Simulator]] = {}
+
+
+def register_simulator(name: str):
+    """Class or factory decorator: make a simulator constructible by ``name`` from configs.
+
+    The factory's keyword arguments (with type annotations and defaults) are its config
+    options; :func:`make_simulator` validates them.
+    """
+
+    def decorate(factory):
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"a simulator named {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def simulator_names() -> list[str]:
+    """Names of all registered simulators."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def simulator_options(name: str) -> dict[str, inspect.Parameter]:
+    """The config options of a registered simulator (its constructor's keyword parameters)."""
+    factory = _get(name)
+    params = inspect.signature(factory).parameters
+    return {k: p for k, p in params.items() if k != "self" and p.kind is not p.VAR_KEYWORD}
+
+
+def make_simulator(name: str, options: Mapping[str, Any] | None = None, where: str = "simulator") -> Simulator:
+    """Build a registered simulator from its name and an options mapping.
+
+    Unknown options and values of the wrong type raise ``ValueError`` naming the option.
+    """
+    import pydantic
+
+    factory = _get(name, where)
+    options = dict(options or {})
+    params = simulator_options(name)
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(
+            f"{where}.options: simulator {name!r} has no option {unknown[0]!r}; "
+            f"its options are {sorted(params)}"
+        )
+    hints = _type_hints(factory)
+    fields = {
+        key: (hints.get(key, Any), ... if p.default is p.empty else p.default) for key, p in params.items()
+    }
+    model = pydantic.create_model(
+        f"{name}_options", __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
+    )
+    try:
+        validated = model(**options)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{where}.options.{key}: {first['msg']} (got {first.get('input')!r})") from None
+    return factory(**{k: getattr(validated, k) for k in options})
+
+
+def _type_hints(factory) -> dict[str, Any]:
+    import typing
+
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:
+        return {}
+
+
+def _get(name: str, where: str = "simulator"):
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ValueError(f"{where}.name: unknown simulator {name!r}; registered simulators are {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def _load_builtins() -> None:
+    # importing the package registers every built-in simulator
+    import cosmosbi.simulators  # noqa: F401
+
+
+def simulate_rows(simulator: Simulator, theta: np.ndarray, rngs: Sequence[np.random.Generator]) -> dict[str, np.ndarray]:
+    """Call ``simulator.simulate`` and check that every output has N = len(theta) rows."""
+    out = simulator.simulate(theta, list(rngs))
+    if not isinstance(out, Mapping) or not out:
+        raise TypeError(f"simulate() must return a non-empty dict of arrays, got {type(out).__name__}")
+    result = {}
+    for key, value in out.items():
+        value = np.asarray(value)
+        if value.ndim == 0 or value.shape[0] != len(theta):
+            raise ValueError(
+                f"simulate() output {key!r} has shape {value.shape}; expected a leading axis of {len(theta)} rows"
+            )
+        result[str(key)] = value
+    return result
