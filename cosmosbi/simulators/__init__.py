@@ -23,6 +23,8 @@ from cosmosbi.simulators.priors import (
 )
 from cosmosbi.simulators import gaussian_field  # noqa: F401  (registers built-in simulators)
 from cosmosbi.simulators.gaussian_field import GaussianField2D, HealpixGaussianField, exact_posterior_samples
+from cosmosbi.simulators import weak_lensing  # noqa: F401  (registers weak_lensing)
+from cosmosbi.simulators.weak_lensing import WeakLensingSimulator
 
 __all__ = [
     "BoxUniform",
@@ -37,6 +39,7 @@ __all__ = [
     "Simulator",
     "TruncatedNormal",
     "Uniform",
+    "WeakLensingSimulator",
     "as_simulator",
     "exact_posterior_samples",
     "make_simulator",

@@ -1,0 +1,451 @@
+"""Tomographic weak-lensing theory: redshift distributions, pyccl convergence spectra,
+lognormal shifts, and the cached interpolation table (emulator) of all three over a prior box.
+
+Spectra are kept in GLASS order: for bins i = 0..n-1 and j = i, i-1, ..., 0 the pair
+(i, j), i.e. (0,0), (1,1), (1,0), (2,2), (2,1), (2,0), ... (``spectrum_pairs``).
+
+Parameters (``PARAMETERS``; those not varied take the values in ``FIDUCIAL``):
+
+- ``Omega_m``, ``sigma_8``, ``Omega_b``, ``h``, ``n_s``, ``w0``: flat wCDM cosmology
+  (Omega_c = Omega_m - Omega_b, massless neutrinos);
+- ``A_IA``: amplitude of the non-linear alignment (NLA) intrinsic-alignment model
+  (redshift-independent, pyccl's ``ia_bias`` with ``use_A_ia=True``);
+- ``log10_Mc``: baryonic feedback of the Schneider & Teyssier (2015) model
+  (``baryon_model="schneider15"``, pyccl ``BaryonsSchneider15``);
+- ``log10_T_AGN``: AGN feedback temperature of HMCode2020 through CAMB
+  (``baryon_model="hmcode2020"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "PARAMETERS",
+    "FIDUCIAL",
+    "DEFAULT_BOUNDS",
+    "smail_nz",
+    "tomographic_nz",
+    "spectrum_pairs",
+    "LensingTheory",
+    "SpectraTable",
+    "s8",
+    "chebyshev_nodes",
+    "spectra_relative_error",
+]
+
+log = logging.getLogger(__name__)
+
+FIDUCIAL = {
+    "Omega_m": 0.3,
+    "sigma_8": 0.8,
+    "Omega_b": 0.045,
+    "h": 0.7,
+    "n_s": 0.96,
+    "w0": -1.0,
+    "A_IA": 0.0,
+    "log10_Mc": 14.08,
+    "log10_T_AGN": 7.8,
+}
+PARAMETERS = tuple(FIDUCIAL)
+DEFAULT_BOUNDS = {
+    "Omega_m": (0.2, 0.4),
+    "sigma_8": (0.6, 1.0),
+    "Omega_b": (0.03, 0.06),
+    "h": (0.6, 0.8),
+    "n_s": (0.9, 1.02),
+    "w0": (-1.3, -0.7),
+    "A_IA": (-1.0, 2.0),
+    "log10_Mc": (13.0, 15.0),
+    "log10_T_AGN": (7.3, 8.3),
+}
+BARYON_PARAMETER = {"none": None, "schneider15": "log10_Mc", "hmcode2020": "log10_T_AGN"}
+SHIFTS = ("scaled_hilbert2011", "hilbert2011", "empty_beam")
+C_KM_S = 299792.458
+TABLE_FORMAT = 1
+
+
+def s8(omega_m, sigma_8):
+    """Derived S_8 = sigma_8 sqrt(Omega_m / 0.3) (arrays broadcast)."""
+    return np.asarray(sigma_8) * np.sqrt(np.asarray(omega_m) / 0.3)
+
+
+def smail_nz(z: np.ndarray, z0: float = 0.11, alpha: float = 0.68, beta: float = 2.0) -> np.ndarray:
+    """Smail-type n(z) proportional to z^beta exp(-(z / z0)^alpha), normalised to unit integral.
+
+    The defaults are the LSST-Y10 distribution of the DESC Science Requirements Document.
+    z: (Z,). Returns (Z,).
+    """
+    z = np.asarray(z, dtype=float)
+    nz = z**beta * np.exp(-((z / z0) ** alpha))
+    return nz / np.trapezoid(nz, z)
+
+
+def tomographic_nz(z: np.ndarray, nz: np.ndarray, n_bins: int, sigma_z: float = 0.05) -> np.ndarray:
+    """Split n(z) into ``n_bins`` equal-number bins with Gaussian photo-z scatter.
+
+    Bin edges are the quantiles of n(z); bin i is n(z) times the probability that a galaxy at
+    true redshift z has its photometric redshift (Gaussian, standard deviation
+    sigma_z (1 + z)) inside the edges of bin i. With sigma_z = 0 the bins are top hats.
+
+    z: (Z,), nz: (Z,). Returns (n_bins, Z), each bin normalised to unit integral.
+    """
+    from scipy.special import ndtr
+
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    if sigma_z < 0:
+        raise ValueError(f"photo_z_sigma must be non-negative, got {sigma_z}")
+    z, nz = np.asarray(z, dtype=float), np.asarray(nz, dtype=float)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (nz[1:] + nz[:-1]) * np.diff(z))])
+    cdf /= cdf[-1]
+    edges = np.interp(np.linspace(0, 1, n_bins + 1), cdf, z)
+    edges[0], edges[-1] = -np.inf, np.inf  # photo-z outside the range joins the end bins
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if sigma_z > 0:
+            s = sigma_z * (1 + z)
+            prob = ndtr((hi - z) / s) - ndtr((lo - z) / s)
+        else:
+            prob = ((z >= lo) & (z < hi)).astype(float)
+        b = nz * prob
+        bins.append(b / np.trapezoid(b, z))
+    return np.array(bins)
+
+
+def spectrum_pairs(n_bins: int) -> list[tuple[int, int]]:
+    """Bin pairs (i, j) of the spectra in GLASS order."""
+    return [(i, j) for i in range(n_bins) for j in range(i, -1, -1)]
+
+
+def _hilbert2011(z):
+    z = np.asarray(z, dtype=float)
+    return z * (8e-3 + z * (2.9e-2 + z * (-7.9e-3 + z * 6.5e-4)))
+
+
+class LensingTheory:
+    """Convergence spectra and lognormal shifts from pyccl for given tomographic bins.
+
+    Args:
+        z: (Z,) redshift grid of the bins (starting near 0).
+        nz_bins: (n_bins, Z) redshift distributions.
+        lmax: spectra are returned for 0 <= ell <= lmax (ell < 2 set to zero).
+        baryon_model: ``"none"``, ``"schneider15"`` or ``"hmcode2020"``.
+        transfer_function: pyccl transfer function (``"boltzmann_camb"``, ``"eisenstein_hu"``).
+            ``"hmcode2020"`` always uses CAMB.
+        shift: lognormal shift model: ``"scaled_hilbert2011"`` (the Hilbert et al. 2011 fit,
+            scaled by the ratio of the empty-beam convergence in the cosmology to that in the
+            fit's Millennium cosmology, Omega_m = 0.25, h = 0.73), ``"hilbert2011"`` (no
+            cosmology dependence) or ``"empty_beam"`` (minus the convergence of an empty
+            beam). All are averaged over each bin's n(z).
+        n_ell: number of log-spaced multipoles above ell = 20 at which pyccl is evaluated;
+            all 2 <= ell < 20 are evaluated, and a cubic spline in ln ell of
+            ell (ell + 1) C_ell fills the rest.
+    """
+
+    def __init__(
+        self,
+        z: np.ndarray,
+        nz_bins: np.ndarray,
+        lmax: int,
+        baryon_model: str = "schneider15",
+        transfer_function: str = "boltzmann_camb",
+        shift: str = "scaled_hilbert2011",
+        n_ell: int = 40,
+    ):
+        if baryon_model not in BARYON_PARAMETER:
+            raise ValueError(f"baryon_model: expected one of {sorted(BARYON_PARAMETER)}, got {baryon_model!r}")
+        if shift not in SHIFTS:
+            raise ValueError(f"shift: expected one of {list(SHIFTS)}, got {shift!r}")
+        self.z = np.asarray(z, dtype=float)
+        self.nz_bins = np.atleast_2d(np.asarray(nz_bins, dtype=float))
+        if self.nz_bins.shape[1] != self.z.size:
+            raise ValueError(f"n(z) arrays have {self.nz_bins.shape[1]} entries but the z grid has {self.z.size}")
+        self.n_bins = len(self.nz_bins)
+        self.lmax = int(lmax)
+        self.baryon_model = baryon_model
+        self.transfer_function = transfer_function
+        self.shift = shift
+        ell_low = np.arange(2, min(20, self.lmax + 1))
+        ell_high = np.geomspace(20, self.lmax, n_ell) if self.lmax >= 20 else np.array([])
+        self.ell_sampled = np.unique(np.concatenate([ell_low, np.round(ell_high)])).astype(float)
+        self.n_ell = n_ell
+        self.pairs = spectrum_pairs(self.n_bins)
+
+    def fingerprint(self) -> dict:
+        """Everything the theory's output depends on (for cache keys)."""
+        import pyccl
+
+        return {
+            "z": hashlib.sha256(self.z.tobytes()).hexdigest(),
+            "nz": hashlib.sha256(self.nz_bins.tobytes()).hexdigest(),
+            "lmax": self.lmax,
+            "baryon_model": self.baryon_model,
+            "transfer_function": self.transfer_function,
+            "shift": self.shift,
+            "n_ell": self.n_ell,
+            "pyccl": pyccl.__version__,
+        }
+
+    def cosmology(self, params: dict):
+        """A ``pyccl.Cosmology`` for a full parameter dict."""
+        import pyccl as ccl
+
+        om, ob = float(params["Omega_m"]), float(params["Omega_b"])
+        if not 0 < ob < om:
+            raise ValueError(f"need 0 < Omega_b < Omega_m, got Omega_b={ob}, Omega_m={om}")
+        kwargs = dict(
+            Omega_c=om - ob,
+            Omega_b=ob,
+            h=float(params["h"]),
+            n_s=float(params["n_s"]),
+            sigma8=float(params["sigma_8"]),
+            w0=float(params["w0"]),
+            transfer_function=self.transfer_function,
+        )
+        if self.baryon_model == "schneider15":
+            kwargs["baryonic_effects"] = ccl.BaryonsSchneider15(log10Mc=float(params["log10_Mc"]))
+        elif self.baryon_model == "hmcode2020":
+            kwargs["transfer_function"] = "boltzmann_camb"
+            kwargs["matter_power_spectrum"] = "camb"
+            kwargs["extra_parameters"] = {
+                "camb": {"halofit_version": "mead2020_feedback", "HMCode_logT_AGN": float(params["log10_T_AGN"])}
+            }
+        return ccl.Cosmology(**kwargs)
+
+    def spectra(self, params: dict) -> np.ndarray:
+        """Convergence spectra (GG + IA) for one parameter dict. Returns (n_spectra, lmax + 1)."""
+        import pyccl as ccl
+        from scipy.interpolate import CubicSpline
+
+        cosmo = self.cosmology(params)
+        ia = (self.z, np.full_like(self.z, float(params["A_IA"])))
+        tracers = [ccl.WeakLensingTracer(cosmo, dndz=(self.z, nz), ia_bias=ia) for nz in self.nz_bins]
+        ell = self.ell_sampled
+        out = np.zeros((len(self.pairs), self.lmax + 1))
+        all_ell = np.arange(2, self.lmax + 1, dtype=float)
+        for k, (i, j) in enumerate(self.pairs):
+            cl = ccl.angular_cl(cosmo, tracers[i], tracers[j], ell)
+            if ell.size == all_ell.size:
+                out[k, 2:] = cl
+            else:
+                spline = CubicSpline(np.log(ell), ell * (ell + 1) * cl)
+                out[k, 2:] = spline(np.log(all_ell)) / (all_ell * (all_ell + 1))
+        return out
+
+    def _empty_beam(self, omega_m: float, h: float, chi: np.ndarray) -> np.ndarray:
+        """Minus the convergence of an empty beam for sources at each z of the grid. Returns (Z,)."""
+        # kappa_empty(z_s) = 3/2 Omega_m (H0/c)^2 int_0^chi_s dchi (1 + z) chi (chi_s - chi) / chi_s
+        zl, cl_ = self.z[:, None], chi[:, None]
+        cs = chi[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kernel = np.where((cl_ < cs) & (cs > 0), (1 + zl) * cl_ * (cs - cl_) / cs, 0.0)
+        integral = np.trapezoid(kernel, chi, axis=0)
+        return 1.5 * omega_m * (100 * h / C_KM_S) ** 2 * integral
+
+    def shifts(self, params: dict, cosmo=None) -> np.ndarray:
+        """Lognormal shift parameter of each bin. Returns (n_bins,)."""
+        import pyccl as ccl
+
+        if self.shift == "hilbert2011":
+            lam = _hilbert2011(self.z)
+        else:
+            cosmo = cosmo or self.cosmology(params)
+            chi = ccl.comoving_radial_distance(cosmo, 1.0 / (1.0 + self.z))
+            lam = self._empty_beam(float(params["Omega_m"]), float(params["h"]), chi)
+            if self.shift == "scaled_hilbert2011":
+                ref = ccl.Cosmology(Omega_c=0.205, Omega_b=0.045, h=0.73, n_s=1.0, sigma8=0.9, transfer_function="eisenstein_hu")
+                chi_ref = ccl.comoving_radial_distance(ref, 1.0 / (1.0 + self.z))
+                lam_ref = self._empty_beam(0.25, 0.73, chi_ref)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.where(lam_ref > 0, lam / lam_ref, 1.0)
+                lam = _hilbert2011(self.z) * ratio
+        return np.trapezoid(self.nz_bins * lam[None, :], self.z, axis=1)
+
+    def gaussian_spectra(self, cls: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+        """Spectra of the Gaussian fields whose lognormal transforms have spectra ``cls``.
+
+        Solved with GLASS (Tessore et al. 2023); monopole and dipole are set to zero.
+        cls: (n_spectra, lmax + 1), shifts: (n_bins,). Returns (n_spectra, lmax + 1).
+        """
+        import glass
+
+        fields = [glass.grf.Lognormal(float(s)) for s in shifts]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # GLASS divides 0/0 at ell < 2
+            gls = glass.solve_gaussian_spectra(fields, [np.asarray(c) for c in cls])
+        gls = np.array(gls)
+        gls[:, :2] = 0.0
+        return gls
+
+    def evaluate(self, params: dict, lognormal: bool = True) -> dict[str, np.ndarray]:
+        """Spectra ``cls``, shifts and (for lognormal fields) Gaussian spectra ``gls``."""
+        cosmo = self.cosmology(params)
+        cls = self.spectra(params)
+        shifts = self.shifts(params, cosmo)
+        gls = self.gaussian_spectra(cls, shifts) if lognormal else cls
+        return {"cls": cls, "gls": gls, "shifts": shifts}
+
+
+# --------------------------------------------------------------------------- emulator
+
+
+def chebyshev_nodes(low: float, high: float, n: int) -> np.ndarray:
+    """n Chebyshev points of the second kind (including the end points) on [low, high]."""
+    if n == 1:
+        return np.array([0.5 * (low + high)])
+    x = -np.cos(np.pi * np.arange(n) / (n - 1))
+    return 0.5 * (low + high) + 0.5 * (high - low) * x
+
+
+def _barycentric_weights(nodes: np.ndarray, x: float) -> np.ndarray:
+    """Lagrange interpolation weights at x for Chebyshev points of the second kind. Returns (n,)."""
+    n = nodes.size
+    if n == 1:
+        return np.ones(1)
+    w = np.ones(n)
+    w[1::2] = -1
+    w[0] *= 0.5
+    w[-1] *= 0.5
+    diff = x - nodes
+    hit = np.isclose(diff, 0.0, atol=1e-14 * max(1.0, abs(x)))
+    if hit.any():
+        out = np.zeros(n)
+        out[np.argmax(hit)] = 1.0
+        return out
+    q = w / diff
+    return q / q.sum()
+
+
+class SpectraTable:
+    """Tensor-product Chebyshev interpolation of theory outputs over a box of parameters.
+
+    The table holds ``cls``, ``gls`` (for lognormal fields) and ``shifts`` at n^D Chebyshev
+    nodes of the box of the D varied parameters (the other parameters are fixed to ``fiducial``) and interpolates
+    them with a polynomial of degree n - 1 per parameter.
+
+    Args:
+        theory: the :class:`LensingTheory` to tabulate.
+        names: the D varied parameter names.
+        low, high: (D,) bounds of the box.
+        fiducial: values of all parameters (varied ones are overwritten).
+        nodes: n, the number of nodes per parameter.
+    """
+
+    def __init__(self, theory: LensingTheory, names, low, high, fiducial: dict, nodes: int = 7):
+        self.theory = theory
+        self.names = tuple(names)
+        self.low = np.asarray(low, dtype=float)
+        self.high = np.asarray(high, dtype=float)
+        if not (np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)) and np.all(self.high > self.low)):
+            raise ValueError(f"the emulator needs a finite box with high > low; got low={self.low}, high={self.high}")
+        self.fiducial = {k: float(v) for k, v in fiducial.items()}
+        self.nodes = int(nodes)
+        if self.nodes < 1:
+            raise ValueError(f"emulator_nodes must be at least 1, got {nodes}")
+        self.grid = [chebyshev_nodes(lo, hi, self.nodes) for lo, hi in zip(self.low, self.high)]
+        self.data: dict[str, np.ndarray] | None = None
+
+    @property
+    def n_points(self) -> int:
+        return self.nodes ** len(self.names)
+
+    def key(self) -> str:
+        """Hash of everything the table depends on."""
+        blob = {
+            "format": TABLE_FORMAT,
+            "theory": self.theory.fingerprint(),
+            "names": list(self.names),
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+            "fiducial": {k: self.fiducial[k] for k in sorted(self.fiducial)},
+            "nodes": self.nodes,
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
+
+    def params_at(self, theta: np.ndarray) -> dict:
+        """Full parameter dict for one row theta: (D,)."""
+        params = dict(self.fiducial)
+        params.update({n: float(v) for n, v in zip(self.names, theta)})
+        return params
+
+    def build(self, cache_dir: str | os.PathLike | None = None, progress: bool = False) -> "SpectraTable":
+        """Load the table from ``cache_dir`` if present, else compute it (and save it there)."""
+        path = Path(cache_dir) / f"weak_lensing_table_{self.key()}.npz" if cache_dir is not None else None
+        if path is not None and path.exists():
+            with np.load(path, allow_pickle=False) as f:
+                self.data = {k: f[k] for k in ("cls", "gls", "shifts")}
+            log.info("loaded weak-lensing spectra table %s", path)
+            return self
+        points = np.stack(np.meshgrid(*self.grid, indexing="ij"), axis=-1).reshape(-1, len(self.names))
+        log.info("building weak-lensing spectra table: %d cosmologies", len(points))
+        iterator = points
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(points, desc="spectra table", leave=False)
+        rows = [self.theory.evaluate(self.params_at(p), lognormal=True) for p in iterator]
+        shape = (self.nodes,) * len(self.names)
+        self.data = {k: np.stack([r[k] for r in rows]).reshape(*shape, *rows[0][k].shape) for k in ("cls", "gls", "shifts")}
+        if path is not None:
+            _atomic_savez(path, self.data)
+        return self
+
+    def contains(self, theta: np.ndarray) -> np.ndarray:
+        """Whether rows of theta: (N, D) lie in the box. Returns (N,) bool."""
+        theta = np.atleast_2d(theta)
+        tol = 1e-12 * (self.high - self.low)
+        return np.all((theta >= self.low - tol) & (theta <= self.high + tol), axis=1)
+
+    def __call__(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """Interpolated ``cls``, ``gls`` and ``shifts`` at one row theta: (D,)."""
+        if self.data is None:
+            raise RuntimeError("the spectra table is not built yet; call build() first")
+        weights = [_barycentric_weights(g, float(t)) for g, t in zip(self.grid, theta)]
+        out = {}
+        for key, table in self.data.items():
+            value = table
+            for w in weights:  # contract one parameter axis at a time
+                value = np.tensordot(w, value, axes=(0, 0))
+            out[key] = value
+        return out
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an npz file atomically (temp file in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def spectra_relative_error(test: np.ndarray, reference: np.ndarray, pairs) -> np.ndarray:
+    """Relative error of spectra, cross-spectra measured against sqrt(C_ii C_jj).
+
+    Auto-spectra: |test - ref| / ref. Cross-spectra (which may cross zero when intrinsic
+    alignments are strong): |test - ref| / sqrt(ref_ii ref_jj). Multipoles ell >= 2.
+    test, reference: (n_spectra, lmax + 1). Returns (n_spectra,), the maximum over ell.
+    """
+    auto = {i: reference[k, 2:] for k, (i, j) in enumerate(pairs) if i == j}
+    err = np.empty(len(pairs))
+    for k, (i, j) in enumerate(pairs):
+        scale = np.sqrt(auto[i] * auto[j])
+        err[k] = np.max(np.abs(test[k, 2:] - reference[k, 2:]) / scale)
+    return err
+

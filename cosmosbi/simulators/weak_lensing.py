@@ -1,0 +1,405 @@
+"""Tomographic weak-lensing mock surveys on the HEALPix sphere (simulator ``weak_lensing``).
+
+One simulation is a set of convergence maps (and optionally shear maps), one per tomographic
+bin, with the correct cross-bin correlations:
+
+1. theory: the convergence spectra C_ell^{ij} (pyccl, Limber, NLA intrinsic alignments,
+   baryonic feedback), the lognormal shifts lambda_i, and the spectra G_ell^{ij} of the
+   Gaussian fields whose lognormal transforms have spectra C_ell^{ij} (GLASS solver), read
+   from a Chebyshev interpolation table over the prior box (built once, cached on disk;
+   see :class:`~cosmosbi.simulators.lensing_theory.SpectraTable`) or computed directly;
+2. fields: correlated Gaussian a_lm per bin from the Cholesky factor of G_ell (Gaussian
+   fields use C_ell directly), one ``healpy.alm2map`` per bin, then the lognormal transform
+   kappa = lambda [exp(x - sigma_G^2 / 2) - 1] (``glass.grf.Lognormal``);
+3. shear (optional): gamma_lm = -sqrt((ell + 2)(ell - 1) / (ell (ell + 1))) kappa_lm, spin-2
+   synthesis, HEALPix polarisation convention (gamma1, gamma2);
+4. shape noise: Gaussian, per pixel and per component (kappa, gamma1, gamma2) with variance
+   sigma_e^2 / (2 n_gal A_pix), where sigma_e is the rms of the total ellipticity
+   (sigma_e / sqrt(2) per component), n_gal the density of the bin and A_pix the pixel area;
+5. footprint: maps restricted to the footprint pixels, NESTED ordering, float32.
+
+Maps are band-limited at ``lmax`` (no pixel window function is applied).
+
+All randomness of simulation i comes from its own Generator (the a_lm draws, then the
+noise), so datasets do not depend on batching or MPI ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cosmosbi.simulators.base import OutputSpec, register_simulator, row_generators
+from cosmosbi.simulators.lensing_theory import (
+    BARYON_PARAMETER,
+    DEFAULT_BOUNDS,
+    FIDUCIAL,
+    PARAMETERS,
+    LensingTheory,
+    SpectraTable,
+    s8,
+    smail_nz,
+    tomographic_nz,
+)
+from cosmosbi.simulators.priors import BoxUniform
+
+__all__ = ["WeakLensingSimulator", "footprint_mask", "load_nz", "default_cache_dir", "gaussian_alm", "shear_from_convergence"]
+
+log = logging.getLogger(__name__)
+
+ARCMIN2_PER_SR = (180 * 60 / math.pi) ** 2
+
+
+def default_cache_dir() -> Path:
+    """Folder of the spectra tables: ``$COSMOSBI_CACHE`` or ``~/.cache/cosmosbi``."""
+    return Path(os.environ.get("COSMOSBI_CACHE", Path.home() / ".cache" / "cosmosbi"))
+
+
+def footprint_mask(nside: int, mask: str = "full", cap_area_deg2: float = 5000.0, cap_center_deg=(0.0, 90.0)) -> np.ndarray:
+    """Boolean footprint in NESTED ordering. Returns (12 nside^2,).
+
+    Args:
+        nside: HEALPix resolution.
+        mask: ``"full"`` (whole sky), ``"cap"`` (a spherical cap of ``cap_area_deg2`` square
+            degrees centred at ``cap_center_deg`` = (longitude, latitude) in degrees), or the path
+            of a HEALPix mask file: FITS (ordering from its header) or ``.npy`` (NESTED
+            ordering). A file mask is resampled to ``nside`` and pixels with value > 0.5 kept.
+    """
+    import healpy as hp
+
+    npix = hp.nside2npix(nside)
+    if mask == "full":
+        return np.ones(npix, dtype=bool)
+    if mask == "cap":
+        if not 0 < cap_area_deg2 <= 4 * math.pi * (180 / math.pi) ** 2:
+            raise ValueError(f"cap_area_deg2 must be in (0, 41253], got {cap_area_deg2}")
+        area_sr = cap_area_deg2 * (math.pi / 180) ** 2
+        radius = math.acos(max(-1.0, 1 - area_sr / (2 * math.pi)))
+        lon, lat = (float(v) for v in cap_center_deg)
+        vec = hp.ang2vec(lon, lat, lonlat=True)
+        out = np.zeros(npix, dtype=bool)
+        out[hp.query_disc(nside, vec, radius, nest=True)] = True
+        return out
+    path = Path(mask)
+    if not path.exists():
+        raise ValueError(f"mask: expected 'full', 'cap' or the path of a HEALPix mask file; {mask!r} does not exist")
+    if path.suffix == ".npy":
+        values = np.load(path, allow_pickle=False).astype(float)
+    else:
+        values = hp.read_map(str(path), nest=True, dtype=np.float64)
+    if values.ndim != 1 or not hp.isnpixok(values.size):
+        raise ValueError(f"mask file {mask!r} is not a HEALPix map (got shape {values.shape})")
+    if hp.npix2nside(values.size) != nside:
+        values = hp.ud_grade(values, nside, order_in="NESTED", order_out="NESTED")
+    out = values > 0.5
+    if not out.any():
+        raise ValueError(f"mask file {mask!r} has no pixel inside the footprint at nside {nside}")
+    return out
+
+
+def load_nz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read user n(z): an ``.npz`` with arrays ``z`` (Z,) and ``nz`` (n_bins, Z), or a text
+    file whose first column is z and whose other columns are the bins. Returns (z, nz)."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"nz_file: {path!r} does not exist")
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as f:
+            if "z" not in f or "nz" not in f:
+                raise ValueError(f"nz_file {path!r} must hold arrays 'z' and 'nz', has {sorted(f.files)}")
+            z, nz = np.asarray(f["z"], float), np.atleast_2d(np.asarray(f["nz"], float))
+    else:
+        table = np.loadtxt(p, ndmin=2)
+        z, nz = table[:, 0], table[:, 1:].T
+    if nz.shape[-1] != z.size or nz.shape[0] < 1:
+        raise ValueError(f"nz_file {path!r}: n(z) shape {nz.shape} does not match {z.size} redshifts")
+    if np.any(np.diff(z) <= 0) or np.any(nz < 0):
+        raise ValueError(f"nz_file {path!r}: z must increase and n(z) must be non-negative")
+    return z, nz / np.trapezoid(nz, z, axis=1)[:, None]
+
+
+def _cholesky_spectra(spectra: np.ndarray, pairs, n_bins: int) -> np.ndarray:
+    """Lower Cholesky factors of the bin covariance per ell. spectra: (n_spectra, L). Returns (L, n, n).
+
+    Multipoles whose matrix is not positive definite (ell < 2, where everything is zero) use
+    the symmetric square root with negative eigenvalues clipped to zero.
+    """
+    L = spectra.shape[1]
+    cov = np.zeros((L, n_bins, n_bins))
+    for k, (i, j) in enumerate(pairs):
+        cov[:, i, j] = cov[:, j, i] = spectra[k]
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        out = np.zeros_like(cov)
+        for ell in range(L):
+            try:
+                out[ell] = np.linalg.cholesky(cov[ell])
+            except np.linalg.LinAlgError:
+                vals, vecs = np.linalg.eigh(cov[ell])
+                out[ell] = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+        return out
+
+
+def gaussian_alm(spectra: np.ndarray, pairs, n_bins: int, lmax: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Correlated Gaussian a_lm (healpy ordering) with spectra C_ell^{ij} between bins.
+
+    spectra: (n_spectra, lmax + 1) in GLASS order (``pairs``). Returns n_bins complex arrays.
+    """
+    import healpy as hp
+
+    chol = _cholesky_spectra(spectra, pairs, n_bins)
+    n_alm = hp.Alm.getsize(lmax)
+    z = rng.standard_normal((n_bins, 2, n_alm))
+    z *= math.sqrt(0.5)
+    z[:, 0, : lmax + 1] *= math.sqrt(2.0)  # m = 0 modes are real with unit variance
+    z[:, 1, : lmax + 1] = 0.0
+    white = z[:, 0] + 1j * z[:, 1]
+    alms = []
+    for i in range(n_bins):
+        alm = np.zeros(n_alm, dtype=np.complex128)
+        for j in range(i + 1):
+            alm += hp.almxfl(white[j], chol[:, i, j])
+        alms.append(alm)
+    return alms
+
+
+def shear_from_convergence(kappa_ring: np.ndarray, lmax: int) -> np.ndarray:
+    """Shear (gamma1, gamma2) of a RING-ordered convergence map. Returns (2, npix), RING."""
+    import healpy as hp
+
+    nside = hp.npix2nside(kappa_ring.size)
+    alm = hp.map2alm(kappa_ring, lmax=lmax, iter=1, use_weights=True)
+    ell = np.arange(lmax + 1, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(ell >= 2, -np.sqrt((ell + 2) * (ell - 1) / (ell * (ell + 1))), 0.0)
+    elm = hp.almxfl(alm, factor)
+    return np.asarray(hp.alm2map_spin([elm, np.zeros_like(elm)], nside, 2, lmax))
+
+
+@register_simulator("weak_lensing")
+class WeakLensingSimulator:
+    """Tomographic weak-lensing survey: convergence (and shear) maps on the HEALPix sphere.
+
+    Outputs (per simulation; P = number of footprint pixels, NESTED order ``self.pixels``):
+    ``kappa``: (n_bins, P) float32; ``gamma`` (with ``shear=True``): (n_bins, 2, P) float32;
+    ``S_8``: (1,) the derived parameter sigma_8 sqrt(Omega_m / 0.3).
+
+    Args:
+        nside: HEALPix resolution (power of two).
+        lmax: band limit of the maps (default 2 nside; at most 3 nside - 1).
+        n_bins: number of tomographic bins of the Smail n(z) (default 4; with ``nz_file``, the
+            file's number of bins, which a given value must match).
+        parameters: the varied parameters (columns of theta), a subset of
+            Omega_m, sigma_8, Omega_b, h, n_s, w0, A_IA and the baryon model's parameter
+            (log10_Mc for ``schneider15``, log10_T_AGN for ``hmcode2020``).
+        fiducial: values of the parameters that are not varied (defaults in
+            ``lensing_theory.FIDUCIAL``).
+        nz_z0, nz_alpha: Smail n(z) ~ z^2 exp(-(z / z0)^alpha) (LSST-Y10 defaults).
+        photo_z_sigma: Gaussian photo-z scatter sigma_z (1 + z) of the tomographic split.
+        z_max: upper end of the redshift grid of the Smail n(z).
+        nz_file: user n(z) (see :func:`load_nz`) instead of the Smail bins.
+        galaxy_density: galaxies per arcmin^2 over all bins (split equally between bins).
+        shape_noise: sigma_e, rms of the total intrinsic ellipticity.
+        noise: add shape noise.
+        field: ``"lognormal"`` or ``"gaussian"``.
+        shift: lognormal shift model (see :class:`~cosmosbi.simulators.lensing_theory.LensingTheory`).
+        shear: also output shear maps (gamma1, gamma2).
+        mask: ``"full"``, ``"cap"`` or a mask file path (see :func:`footprint_mask`).
+        cap_area_deg2, cap_center_deg: size and centre (lon, lat) of the ``"cap"`` footprint.
+        baryon_model: ``"schneider15"`` (pyccl), ``"hmcode2020"`` (CAMB) or ``"none"``.
+        transfer_function: pyccl transfer function.
+        emulator: use the cached spectra table (else pyccl and the GLASS solver per row).
+        emulator_nodes: Chebyshev nodes per varied parameter (the table has nodes^D entries).
+        cache_dir: folder of the spectra tables (default :func:`default_cache_dir`).
+    """
+
+    def __init__(
+        self,
+        nside: int = 64,
+        lmax: int | None = None,
+        n_bins: int | None = None,
+        parameters: list[str] = ("Omega_m", "sigma_8"),
+        fiducial: dict[str, float] | None = None,
+        nz_z0: float = 0.11,
+        nz_alpha: float = 0.68,
+        photo_z_sigma: float = 0.05,
+        z_max: float = 3.5,
+        nz_file: str | None = None,
+        galaxy_density: float = 27.0,
+        shape_noise: float = 0.26,
+        noise: bool = True,
+        field: str = "lognormal",
+        shift: str = "scaled_hilbert2011",
+        shear: bool = False,
+        mask: str = "full",
+        cap_area_deg2: float = 5000.0,
+        cap_center_deg: tuple[float, float] = (0.0, 90.0),
+        baryon_model: str = "schneider15",
+        transfer_function: str = "boltzmann_camb",
+        emulator: bool = True,
+        emulator_nodes: int = 7,
+        cache_dir: str | None = None,
+    ):
+        import healpy as hp
+
+        if not isinstance(nside, (int, np.integer)) or nside < 1 or nside & (nside - 1):
+            raise ValueError(f"nside must be a power of two, got {nside!r}")
+        self.nside = int(nside)
+        self.lmax = 2 * self.nside if lmax is None else int(lmax)
+        if not 2 <= self.lmax <= 3 * self.nside - 1:
+            raise ValueError(f"lmax must be in [2, 3 nside - 1] = [2, {3 * self.nside - 1}], got {lmax}")
+        if field not in ("lognormal", "gaussian"):
+            raise ValueError(f"field must be 'lognormal' or 'gaussian', got {field!r}")
+        if baryon_model not in BARYON_PARAMETER:
+            raise ValueError(f"baryon_model must be one of {sorted(BARYON_PARAMETER)}, got {baryon_model!r}")
+        if galaxy_density <= 0:
+            raise ValueError(f"galaxy_density must be positive (galaxies per arcmin^2), got {galaxy_density}")
+        if shape_noise < 0:
+            raise ValueError(f"shape_noise must be non-negative, got {shape_noise}")
+
+        allowed = [p for p in PARAMETERS if p not in ("log10_Mc", "log10_T_AGN") or p == BARYON_PARAMETER[baryon_model]]
+        parameters = tuple(parameters)
+        for name in parameters:
+            if name not in allowed:
+                raise ValueError(f"parameters: {name!r} cannot vary with baryon_model={baryon_model!r}; expected names from {allowed}")
+        if len(set(parameters)) != len(parameters) or not parameters:
+            raise ValueError(f"parameters must be a non-empty list of distinct names, got {list(parameters)}")
+        self.fiducial = dict(FIDUCIAL)
+        for key, value in (fiducial or {}).items():
+            if key not in FIDUCIAL:
+                raise ValueError(f"fiducial: unknown parameter {key!r}; expected names from {list(FIDUCIAL)}")
+            self.fiducial[key] = float(value)
+
+        if nz_file is not None:
+            z, nz_bins = load_nz(nz_file)
+            if n_bins is not None and n_bins != len(nz_bins):
+                raise ValueError(f"n_bins={n_bins} but nz_file {nz_file!r} has {len(nz_bins)} bins")
+        else:
+            n_bins = 4 if n_bins is None else int(n_bins)
+            if n_bins < 1:
+                raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+            z = np.linspace(0.0, float(z_max), 351)
+            nz_bins = tomographic_nz(z, smail_nz(z, nz_z0, nz_alpha), n_bins, photo_z_sigma)
+        self.z, self.nz_bins = z, nz_bins
+        self.n_bins = len(nz_bins)
+        self.theory = LensingTheory(z, nz_bins, self.lmax, baryon_model, transfer_function, shift)
+        self.pairs = self.theory.pairs
+
+        self.parameter_names = parameters
+        self.prior = BoxUniform(parameters, [DEFAULT_BOUNDS[p][0] for p in parameters], [DEFAULT_BOUNDS[p][1] for p in parameters])
+        self.lognormal = field == "lognormal"
+        self.field = field
+        self.shear = bool(shear)
+        self.noise = bool(noise)
+        self.shape_noise = float(shape_noise)
+        self.galaxy_density = float(galaxy_density)
+        self.emulator = bool(emulator)
+        self.emulator_nodes = int(emulator_nodes)
+        if self.emulator_nodes < 2:
+            raise ValueError(f"emulator_nodes must be at least 2, got {emulator_nodes}")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._table: SpectraTable | None = None
+
+        footprint = footprint_mask(self.nside, mask, cap_area_deg2, cap_center_deg)
+        self.pixels = np.flatnonzero(footprint)  # NESTED indices of the footprint
+        self._ring_index = hp.nest2ring(self.nside, self.pixels)
+        self.pixel_area_arcmin2 = hp.nside2pixarea(self.nside) * ARCMIN2_PER_SR
+        self.output_spec = {"kappa": OutputSpec((self.n_bins, self.pixels.size), "float32")}
+        if self.shear:
+            self.output_spec["gamma"] = OutputSpec((self.n_bins, 2, self.pixels.size), "float32")
+        self.output_spec["S_8"] = OutputSpec((1,), "float32")
+
+    # ------------------------------------------------------------------ theory
+
+    @property
+    def noise_sigma(self) -> float:
+        """Standard deviation of the shape noise per pixel and component: sigma_e / sqrt(2 n_bin A_pix)."""
+        n_per_pixel = self.galaxy_density / self.n_bins * self.pixel_area_arcmin2
+        return self.shape_noise / math.sqrt(2 * n_per_pixel)
+
+    def params(self, theta_row: np.ndarray) -> dict:
+        """Full parameter dict for one row theta: (D,)."""
+        params = dict(self.fiducial)
+        params.update({n: float(v) for n, v in zip(self.parameter_names, theta_row)})
+        return params
+
+    def derived_parameters(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """Derived parameters (S_8) for theta: (N, D). Returns name -> (N,)."""
+        theta = np.atleast_2d(np.asarray(theta, dtype=float))
+        rows = [self.params(t) for t in theta]
+        return {"S_8": s8([r["Omega_m"] for r in rows], [r["sigma_8"] for r in rows])}
+
+    def table(self) -> SpectraTable:
+        """The spectra table over the current prior's box (built or loaded on first use)."""
+        low, high = np.asarray(self.prior.low, float), np.asarray(self.prior.high, float)
+        if self._table is not None and np.array_equal(self._table.low, low) and np.array_equal(self._table.high, high):
+            return self._table
+        table = SpectraTable(self.theory, self.parameter_names, low, high, self.fiducial, self.emulator_nodes)
+        self._table = table.build(self.cache_dir)
+        return self._table
+
+    def theory_at(self, theta_row: np.ndarray) -> dict[str, np.ndarray]:
+        """``cls``, ``gls`` (n_spectra, lmax + 1) and ``shifts`` (n_bins,) for one row theta: (D,).
+
+        From the spectra table when theta is inside its box, else from pyccl directly.
+        """
+        theta_row = np.asarray(theta_row, dtype=float)
+        if self.emulator:
+            table = self.table()
+            if table.contains(theta_row[None])[0]:
+                return table(theta_row)
+            log.warning("theta %s is outside the spectra table's box; using pyccl directly", theta_row)
+        return self.theory.evaluate(self.params(theta_row), self.lognormal)
+
+    # ------------------------------------------------------------------ simulation
+
+    def simulate(self, theta: np.ndarray, rng) -> dict[str, np.ndarray]:
+        """theta: (N, D) -> {"kappa": (N, n_bins, P), ["gamma": (N, n_bins, 2, P)], "S_8": (N, 1)}."""
+        theta = np.atleast_2d(np.asarray(theta, dtype=float))
+        if theta.shape[1] != len(self.parameter_names):
+            raise ValueError(f"theta has {theta.shape[1]} columns; expected {len(self.parameter_names)} ({list(self.parameter_names)})")
+        rngs = row_generators(rng, len(theta))
+        n, P = len(theta), self.pixels.size
+        out = {"kappa": np.empty((n, self.n_bins, P), dtype=np.float32)}
+        if self.shear:
+            out["gamma"] = np.empty((n, self.n_bins, 2, P), dtype=np.float32)
+        for i, (row, g) in enumerate(zip(theta, rngs)):
+            self._simulate_one(row, g, out, i)
+        out["S_8"] = self.derived_parameters(theta)["S_8"].astype(np.float32)[:, None]
+        return out
+
+    def _simulate_one(self, theta_row: np.ndarray, rng: np.random.Generator, out: dict, i: int) -> None:
+        import glass
+        import healpy as hp
+
+        th = self.theory_at(theta_row)
+        spectra = th["gls"] if self.lognormal else th["cls"]
+        alms = gaussian_alm(spectra, self.pairs, self.n_bins, self.lmax, rng)
+        ell = np.arange(self.lmax + 1)
+        sigma = self.noise_sigma
+        for b, alm in enumerate(alms):
+            x = hp.alm2map(alm, self.nside, lmax=self.lmax)
+            if self.lognormal:
+                var = float(np.sum((2 * ell + 1) * spectra[self.pairs.index((b, b))]) / (4 * math.pi))
+                x = glass.grf.Lognormal(float(th["shifts"][b]))(x, var)
+            kappa = x[self._ring_index].astype(np.float32)
+            if self.shear:
+                gamma = shear_from_convergence(x, self.lmax)[:, self._ring_index].astype(np.float32)
+            if self.noise and sigma > 0:
+                kappa += rng.standard_normal(kappa.shape, dtype=np.float32) * np.float32(sigma)
+                if self.shear:
+                    gamma += rng.standard_normal(gamma.shape, dtype=np.float32) * np.float32(sigma)
+            out["kappa"][i, b] = kappa
+            if self.shear:
+                out["gamma"][i, b] = gamma
+
+    def __repr__(self) -> str:
+        return (
+            f"WeakLensingSimulator(nside={self.nside}, lmax={self.lmax}, n_bins={self.n_bins}, field={self.field!r}, "
+            f"parameters={list(self.parameter_names)}, pixels={self.pixels.size})"
+        )

@@ -1,0 +1,282 @@
+"""Tests of the weak-lensing simulator: spectra, lognormal moments, noise, emulator, cache."""
+
+import math
+
+import healpy as hp
+import numpy as np
+import pytest
+from scipy import stats
+
+from cosmosbi.simulators import make_simulator
+from cosmosbi.simulators.lensing_theory import (
+    FIDUCIAL,
+    LensingTheory,
+    SpectraTable,
+    smail_nz,
+    spectra_relative_error,
+    tomographic_nz,
+)
+from cosmosbi.simulators.weak_lensing import WeakLensingSimulator, footprint_mask
+
+# small, fast configuration shared by the tests (the spectra table is built once per session)
+BASE = {
+    "nside": 32,
+    "lmax": 64,
+    "n_bins": 2,
+    "transfer_function": "eisenstein_hu",
+    "emulator_nodes": 5,
+}
+CENTRE = np.array([0.3, 0.8])  # a node of the 5-point Chebyshev grid over [0.2, 0.4] x [0.6, 1.0]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("wl_cache")
+
+
+def make(cache_dir, **options):
+    return make_simulator("weak_lensing", {**BASE, "cache_dir": str(cache_dir), **options})
+
+
+def measured_spectra(kappa_nest, lmax, pairs):
+    """anafast auto/cross spectra of (n_bins, npix) NESTED maps in GLASS order. Returns (S, lmax + 1)."""
+    maps = [hp.reorder(m.astype(float), n2r=True) for m in kappa_nest]
+    cls = hp.anafast(maps, lmax=lmax, pol=False)  # healpy order: diagonals
+    # healpy order for n maps: (0,0),(1,1),...,(0,1),(1,2),...,(0,2),...
+    n = len(maps)
+    index, k = {}, 0
+    for d in range(n):
+        for i in range(n - d):
+            index[(i + d, i)] = k
+            k += 1
+    return np.array([cls[index[(i, j)]] for i, j in pairs])
+
+
+def spectra_chi2(sim, theta, n_real, rng, use_sample_variance):
+    """chi^2 of the mean measured spectra against pyccl's spectra, one value per spectrum."""
+    target = sim.theory.evaluate(sim.params(theta), lognormal=False)["cls"]
+    thetas = np.tile(theta, (n_real, 1))
+    kappa = sim.simulate(thetas, rng)["kappa"]
+    measured = np.stack([measured_spectra(k, sim.lmax, sim.pairs) for k in kappa])  # (R, S, L)
+    ell = np.arange(sim.lmax + 1)[2:]
+    mean = measured[:, :, 2:].mean(axis=0)
+    if use_sample_variance:
+        var = measured[:, :, 2:].var(axis=0, ddof=1) / n_real
+    else:
+        auto = {i: target[k, 2:] for k, (i, j) in enumerate(sim.pairs) if i == j}
+        var = np.array([(auto[i] * auto[j] + target[k, 2:] ** 2) / (2 * ell + 1) for k, (i, j) in enumerate(sim.pairs)]) / n_real
+    chi2 = np.sum((mean - target[:, 2:]) ** 2 / var, axis=1)
+    print(f"chi2 per spectrum {np.round(chi2, 1)} for {ell.size} multipoles")
+    return chi2, ell.size
+
+
+def test_registered_outputs_and_derived_parameter(cache_dir):
+    sim = make(cache_dir, shear=True, mask="cap", cap_area_deg2=5000.0)
+    assert isinstance(sim, WeakLensingSimulator)
+    theta = np.array([[0.25, 0.9], [0.35, 0.7]])
+    out = sim.simulate(theta, np.random.default_rng(0))
+    P = sim.pixels.size
+    assert out["kappa"].shape == (2, 2, P) and out["kappa"].dtype == np.float32
+    assert out["gamma"].shape == (2, 2, 2, P) and out["gamma"].dtype == np.float32
+    for name, spec in sim.output_spec.items():
+        assert out[name].shape == (2, *spec.shape)
+    np.testing.assert_allclose(out["S_8"][:, 0], theta[:, 1] * np.sqrt(theta[:, 0] / 0.3), rtol=1e-6)
+    # the cap covers 5000 deg^2 up to one ring of pixels; its pixels are in NESTED order
+    area = P * hp.nside2pixarea(32, degrees=True)
+    assert abs(area - 5000.0) < 2 * math.pi * math.sqrt(5000 / math.pi) * hp.nside2resol(32, arcmin=True) / 60
+    assert np.all(np.diff(sim.pixels) > 0)
+    lon, lat = hp.pix2ang(32, sim.pixels, nest=True, lonlat=True)
+    assert lat.min() > 90 - np.degrees(math.acos(1 - 5000 * (math.pi / 180) ** 2 / (2 * math.pi))) - 2
+
+
+def test_rows_do_not_depend_on_batching(cache_dir):
+    sim = make(cache_dir)
+    theta = np.array([[0.25, 0.9], [0.35, 0.7], [0.3, 0.8]])
+    rngs = [np.random.default_rng(s) for s in (5, 6, 7)]
+    together = sim.simulate(theta, rngs)["kappa"]
+    alone = sim.simulate(theta[1:2], [np.random.default_rng(6)])["kappa"]
+    np.testing.assert_array_equal(together[1], alone[0])
+
+
+def test_gaussian_spectra_match_pyccl_chi2(cache_dir):
+    """Full sky, no noise: mean anafast spectra of Gaussian maps vs pyccl, analytic variance."""
+    sim = make(cache_dir, field="gaussian", noise=False)
+    chi2, dof = spectra_chi2(sim, CENTRE, 60, np.random.default_rng(11), use_sample_variance=False)
+    # three independent chi^2 tests (auto, auto, cross), overall false-alarm rate 1e-3
+    assert np.all(chi2 < stats.chi2.ppf(1 - 1e-3 / 3, dof)), chi2
+    assert np.all(chi2 > stats.chi2.ppf(1e-3 / 3, dof)), chi2
+
+
+def test_lognormal_spectra_match_pyccl_chi2(cache_dir):
+    """Lognormal maps reproduce the target spectra; variance of the mean from the sample.
+
+    lmax = nside keeps most of the lognormal power above lmax (quadratic term up to 2 lmax)
+    below the HEALPix quadrature limit, so anafast measures the realised spectrum without aliasing.
+    """
+    sim = make(cache_dir, nside=64, lmax=64, field="lognormal", noise=False)
+    n_real = 40
+    chi2, dof = spectra_chi2(sim, CENTRE, n_real, np.random.default_rng(12), use_sample_variance=True)
+    # with a sample variance the statistic is a sum of squared t(n_real - 1) variables
+    t_var = (n_real - 1) / (n_real - 3)
+    limit = stats.chi2.ppf(1 - 1e-3 / 3, dof) * t_var
+    assert np.all(chi2 < limit), chi2
+
+
+def test_lognormal_mean_variance_skewness(cache_dir):
+    sim = make(cache_dir, nside=64, lmax=64, field="lognormal", noise=False)
+    theta = np.array([0.3, 0.8])
+    th = sim.theory_at(theta)
+    kappa = sim.simulate(np.tile(theta, (6, 1)), np.random.default_rng(3))["kappa"].astype(float)  # (R, B, P)
+    ell = np.arange(sim.lmax + 1)
+    for b in range(sim.n_bins):
+        k = sim.pairs.index((b, b))
+        var_g = np.sum((2 * ell + 1) * th["gls"][k]) / (4 * math.pi)
+        lam = th["shifts"][b]
+        expected_var = lam**2 * np.expm1(var_g)
+        expected_skew = (np.exp(var_g) + 2) * np.sqrt(np.expm1(var_g))
+        # per-realisation moments; their scatter over realisations gives the error bars
+        means = kappa[:, b].mean(axis=1)
+        variances = kappa[:, b].var(axis=1)
+        skews = stats.skew(kappa[:, b], axis=1)
+        R = len(kappa)
+        for value, target, spread in (
+            (means.mean(), 0.0, means.std(ddof=1)),
+            (variances.mean(), expected_var, variances.std(ddof=1)),
+            (skews.mean(), expected_skew, skews.std(ddof=1)),
+        ):
+            assert abs(value - target) < 5 * spread / math.sqrt(R) + 1e-12, (b, value, target, spread)
+        assert skews.mean() > 5 * skews.std(ddof=1) / math.sqrt(R)  # positive skewness
+        # the lognormal variance matches the target spectrum's variance (to the power above lmax)
+        target_var = np.sum((2 * ell + 1) * th["cls"][k]) / (4 * math.pi)
+        assert abs(expected_var / target_var - 1) < 0.02
+
+
+def test_noise_variance_per_pixel(cache_dir):
+    """Noise = (map with noise) - (same seed without noise): variance sigma_e^2 / (2 n_gal A_pix)."""
+    options = {"shear": True, "mask": "cap", "cap_area_deg2": 10000.0, "galaxy_density": 10.0, "shape_noise": 0.3}
+    noisy = make(cache_dir, **options)
+    clean = make(cache_dir, **options, noise=False)
+    theta = np.array([[0.3, 0.8]])
+    a = noisy.simulate(theta, [np.random.default_rng(9)])
+    b = clean.simulate(theta, [np.random.default_rng(9)])
+    n_gal_pix = 10.0 / 2 * hp.nside2pixarea(32, degrees=True) * 3600
+    expected = 0.3**2 / (2 * n_gal_pix)
+    assert noisy.noise_sigma**2 == pytest.approx(expected, rel=1e-12)
+    for name in ("kappa", "gamma"):
+        noise = (a[name] - b[name]).astype(float).ravel()
+        n = noise.size
+        # sample variance of n Gaussian values: relative standard error sqrt(2 / n)
+        assert abs(noise.var() / expected - 1) < 5 * math.sqrt(2 / n), name
+        assert abs(noise.mean()) < 5 * math.sqrt(expected / n), name
+
+
+def test_emulator_error_below_one_percent(cache_dir):
+    sim = make(cache_dir)
+    rng = np.random.default_rng(21)
+    table = sim.table()
+    errors = []
+    for theta in sim.prior.sample(4, rng):
+        direct = sim.theory.evaluate(sim.params(theta))
+        emulated = table(theta)
+        errors.append(spectra_relative_error(emulated["cls"], direct["cls"], sim.pairs).max())
+        errors.append(spectra_relative_error(emulated["gls"], direct["gls"], sim.pairs).max())
+        errors.append(np.max(np.abs(emulated["shifts"] / direct["shifts"] - 1)))
+    print("max relative emulator errors (cls, gls, shifts per point):", np.round(errors, 5))
+    assert max(errors) < 0.01, errors
+    # at a node the table is exact
+    node = table(CENTRE)["cls"]
+    np.testing.assert_allclose(node, sim.theory.evaluate(sim.params(CENTRE))["cls"], rtol=1e-7)
+
+
+def test_table_is_cached_on_disk_and_keyed(cache_dir, monkeypatch):
+    sim = make(cache_dir)
+    sim.table()
+    files = sorted(p.name for p in cache_dir.glob("weak_lensing_table_*.npz"))
+    assert files and not list(cache_dir.glob("*.tmp"))
+    # a new simulator with the same configuration loads the table without computing spectra
+    again = make(cache_dir)
+    monkeypatch.setattr(again.theory, "evaluate", lambda *a, **k: pytest.fail("table was recomputed"))
+    np.testing.assert_array_equal(again.table().data["cls"], sim.table().data["cls"])
+    # anything the table depends on changes its key
+    t0 = SpectraTable(sim.theory, sim.parameter_names, [0.2, 0.6], [0.4, 1.0], FIDUCIAL, 5)
+    assert t0.key() != SpectraTable(sim.theory, sim.parameter_names, [0.2, 0.6], [0.4, 1.1], FIDUCIAL, 5).key()
+    assert t0.key() != SpectraTable(sim.theory, sim.parameter_names, [0.2, 0.6], [0.4, 1.0], FIDUCIAL, 4).key()
+    assert t0.key() != SpectraTable(sim.theory, sim.parameter_names, [0.2, 0.6], [0.4, 1.0], {**FIDUCIAL, "h": 0.6}, 5).key()
+
+
+def test_outside_box_uses_pyccl(cache_dir):
+    sim = make(cache_dir)
+    theta = np.array([0.45, 0.8])  # outside the default prior box
+    direct = sim.theory.evaluate(sim.params(theta))
+    np.testing.assert_allclose(sim.theory_at(theta)["cls"], direct["cls"])
+
+
+def test_shear_e_mode_spectrum(cache_dir):
+    """Shear of a Gaussian convergence: EE = (ell+2)(ell-1) / (ell(ell+1)) C_kk and no B mode."""
+    sim = make(cache_dir, field="gaussian", noise=False, shear=True, n_bins=2)
+    out = sim.simulate(CENTRE[None], [np.random.default_rng(4)])
+    kappa = hp.reorder(out["kappa"][0, 1].astype(float), n2r=True)
+    g1, g2 = (hp.reorder(g.astype(float), n2r=True) for g in out["gamma"][0, 1])
+    cl = hp.anafast([kappa, g1, g2], lmax=sim.lmax, pol=True)
+    tt, ee, bb = cl[0][2:], cl[1][2:], cl[2][2:]
+    ell = np.arange(2, sim.lmax + 1)
+    factor = (ell + 2) * (ell - 1) / (ell * (ell + 1))
+    np.testing.assert_allclose(ee, factor * tt, rtol=2e-2)
+    assert np.all(bb < 1e-3 * ee)
+
+
+def test_theory_ingredients():
+    z = np.linspace(0, 3.5, 351)
+    nz = smail_nz(z)
+    bins = tomographic_nz(z, nz, 3, sigma_z=0.0)
+    np.testing.assert_allclose(np.trapezoid(bins, z, axis=1), 1.0, rtol=1e-6)
+    # top-hat equal-number bins: each holds a third of the galaxies
+    masses = [np.trapezoid(nz * (b > 0), z) for b in bins]
+    np.testing.assert_allclose(masses, 1 / 3, atol=0.01)
+    theory = LensingTheory(z, tomographic_nz(z, nz, 2), 200, transfer_function="eisenstein_hu")
+    base = theory.spectra(FIDUCIAL)
+    # intrinsic alignments (A_IA > 0) lower the lensing spectra (GI term)
+    assert np.all(theory.spectra({**FIDUCIAL, "A_IA": 1.0})[0, 10:] < base[0, 10:])
+    # stronger feedback (larger M_c) suppresses small-scale power more
+    strong = theory.spectra({**FIDUCIAL, "log10_Mc": 15.0})
+    ratio = strong[1, 2:] / base[1, 2:]  # ratio[k] is at ell = k + 2
+    assert ratio[198] < ratio[8] - 0.01 and abs(ratio[8] - 1) < 0.01
+    # shifts grow with source redshift and with Omega_m
+    s = theory.shifts(FIDUCIAL)
+    assert s[1] > s[0] > 0
+    assert np.all(theory.shifts({**FIDUCIAL, "Omega_m": 0.35}) > s)
+
+
+def test_mask_file_and_nz_file(tmp_path, cache_dir):
+    mask = np.zeros(hp.nside2npix(16))
+    mask[:100] = 1.0  # NESTED pixels 0..99 at nside 16 -> 400 pixels at nside 32
+    np.save(tmp_path / "mask.npy", mask)
+    fp = footprint_mask(32, str(tmp_path / "mask.npy"))
+    assert fp.sum() == 400 and fp[:400].all()
+    z = np.linspace(0.01, 2.0, 100)
+    nz = np.stack([np.exp(-((z - 0.5) ** 2) / 0.02), np.exp(-((z - 1.0) ** 2) / 0.02)])
+    np.savez(tmp_path / "nz.npz", z=z, nz=nz)
+    sim = make(cache_dir, nz_file=str(tmp_path / "nz.npz"), n_bins=None, mask=str(tmp_path / "mask.npy"), emulator=False)
+    assert sim.n_bins == 2 and sim.pixels.size == 400
+    out = sim.simulate(CENTRE[None], [np.random.default_rng(0)])
+    assert out["kappa"].shape == (1, 2, 400) and np.all(np.isfinite(out["kappa"]))
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"nside": 48}, "nside"),
+        ({"lmax": 200}, "lmax"),
+        ({"field": "poisson"}, "field"),
+        ({"parameters": ["Omega_m", "log10_T_AGN"]}, "log10_T_AGN"),
+        ({"parameters": ["Omega_k"]}, "Omega_k"),
+        ({"fiducial": {"Omega_x": 1.0}}, "Omega_x"),
+        ({"baryon_model": "bacco"}, "baryon_model"),
+        ({"mask": "/no/such/mask.fits"}, "mask"),
+        ({"galaxy_density": -1.0}, "galaxy_density"),
+        ({"shift": "constant"}, "shift"),
+    ],
+)
+def test_bad_options_raise(options, match, cache_dir):
+    with pytest.raises(ValueError, match=match):
+        make(cache_dir, **options)
