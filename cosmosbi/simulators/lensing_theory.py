@@ -346,7 +346,10 @@ class SpectraTable:
         self.low = np.asarray(low, dtype=float)
         self.high = np.asarray(high, dtype=float)
         if not (np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)) and np.all(self.high > self.low)):
-            raise ValueError(f"the emulator needs a finite box with high > low; got low={self.low}, high={self.high}")
+            raise ValueError(
+                f"emulator: the spectra table needs a prior with finite bounds (high > low), got "
+                f"low={self.low.tolist()}, high={self.high.tolist()}; use a bounded prior or emulator: false"
+            )
         self.fiducial = {k: float(v) for k, v in fiducial.items()}
         self.nodes = int(nodes)
         if self.nodes < 1:

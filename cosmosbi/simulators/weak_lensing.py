@@ -132,17 +132,20 @@ def _cholesky_spectra(spectra: np.ndarray, pairs, n_bins: int) -> np.ndarray:
     cov = np.zeros((L, n_bins, n_bins))
     for k, (i, j) in enumerate(pairs):
         cov[:, i, j] = cov[:, j, i] = spectra[k]
-    try:
-        return np.linalg.cholesky(cov)
-    except np.linalg.LinAlgError:
-        out = np.zeros_like(cov)
-        for ell in range(L):
-            try:
-                out[ell] = np.linalg.cholesky(cov[ell])
+    out = np.zeros_like(cov)
+    for ell in range(L):
+        if ell == 2:
+            try:  # all multipoles >= 2 at once in the usual, positive-definite case
+                out[ell:] = np.linalg.cholesky(cov[ell:])
+                return out
             except np.linalg.LinAlgError:
-                vals, vecs = np.linalg.eigh(cov[ell])
-                out[ell] = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-        return out
+                pass
+        try:
+            out[ell] = np.linalg.cholesky(cov[ell])
+        except np.linalg.LinAlgError:
+            vals, vecs = np.linalg.eigh(cov[ell])
+            out[ell] = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    return out
 
 
 def gaussian_alm(spectra: np.ndarray, pairs, n_bins: int, lmax: int, rng: np.random.Generator) -> list[np.ndarray]:

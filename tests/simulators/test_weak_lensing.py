@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cosmosbi.simulators import make_simulator
+from cosmosbi.simulators import Gaussian, make_simulator, prior_from_config
 from cosmosbi.simulators.lensing_theory import (
     FIDUCIAL,
     LensingTheory,
@@ -280,3 +280,35 @@ def test_mask_file_and_nz_file(tmp_path, cache_dir):
 def test_bad_options_raise(options, match, cache_dir):
     with pytest.raises(ValueError, match=match):
         make(cache_dir, **options)
+
+
+def test_unbounded_prior_needs_direct_theory(cache_dir):
+    sim = make(cache_dir)
+    sim.prior = Gaussian(["Omega_m", "sigma_8"], [0.3, 0.8], [0.02, 0.05])
+    with pytest.raises(ValueError, match="emulator"):
+        sim.simulate(CENTRE[None], np.random.default_rng(0))
+
+
+def test_example_config_builds():
+    import pathlib
+
+    import yaml
+
+    path = pathlib.Path(__file__).parents[2] / "examples" / "weak_lensing.yaml"
+    config = yaml.safe_load(path.read_text())
+    assert config["simulator"]["name"] == "weak_lensing"
+    sim = make_simulator("weak_lensing", config["simulator"]["options"])
+    prior = prior_from_config(config["prior"])
+    assert tuple(prior.names) == sim.parameter_names
+    assert sim.output_spec["kappa"].shape == (4, sim.pixels.size) and sim.shear
+
+
+@pytest.mark.slow
+def test_four_bin_lognormal_spectra_chi2_many_realisations(cache_dir):
+    """4 bins (10 spectra), 300 realisations at nside 64: every auto and cross spectrum matches."""
+    sim = make(cache_dir, nside=64, lmax=64, n_bins=4, field="lognormal", noise=False)
+    n_real = 300
+    chi2, dof = spectra_chi2(sim, CENTRE, n_real, np.random.default_rng(13), use_sample_variance=True)
+    t_var = (n_real - 1) / (n_real - 3)
+    assert np.all(chi2 < stats.chi2.ppf(1 - 1e-3 / 10, dof) * t_var), chi2
+    assert np.all(chi2 > stats.chi2.ppf(1e-3 / 10, dof)), chi2
