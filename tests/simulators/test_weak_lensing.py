@@ -312,3 +312,13 @@ def test_four_bin_lognormal_spectra_chi2_many_realisations(cache_dir):
     t_var = (n_real - 1) / (n_real - 3)
     assert np.all(chi2 < stats.chi2.ppf(1 - 1e-3 / 10, dof) * t_var), chi2
     assert np.all(chi2 > stats.chi2.ppf(1e-3 / 10, dof)), chi2
+
+
+@pytest.mark.slow
+def test_hmcode2020_feedback_suppresses_small_scales():
+    z = np.linspace(0, 3.5, 351)
+    theory = LensingTheory(z, tomographic_nz(z, smail_nz(z), 1), 1000, baryon_model="hmcode2020")
+    weak = theory.spectra({**FIDUCIAL, "log10_T_AGN": 7.3})[0, 2:]
+    strong = theory.spectra({**FIDUCIAL, "log10_T_AGN": 8.3})[0, 2:]
+    ratio = strong / weak  # ratio[k] is at ell = k + 2
+    assert abs(ratio[8] - 1) < 0.005 and ratio[998] < ratio[98] - 0.05
