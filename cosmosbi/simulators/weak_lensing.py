@@ -14,8 +14,10 @@ bin, with the correct cross-bin correlations:
 3. shear (optional): gamma_lm = -sqrt((ell + 2)(ell - 1) / (ell (ell + 1))) kappa_lm, spin-2
    synthesis, HEALPix polarisation convention (gamma1, gamma2);
 4. shape noise: Gaussian, per pixel and per component (kappa, gamma1, gamma2) with variance
-   sigma_e^2 / (2 n_gal A_pix), where sigma_e is the rms of the total ellipticity
-   (sigma_e / sqrt(2) per component), n_gal the density of the bin and A_pix the pixel area;
+   sigma_e^2 / (2 N), where sigma_e is the rms of the total ellipticity (sigma_e / sqrt(2)
+   per component) and N the pixel's galaxy count in the bin: its mean n_gal A_pix
+   (``galaxy_counts="mean"``) or a Poisson draw (``"poisson"``, output ``counts``; pixels
+   without galaxies hold 0 in every map);
 5. footprint: maps restricted to the footprint pixels, NESTED ordering, float32.
 
 Maps are band-limited at ``lmax`` (no pixel window function is applied).
@@ -209,6 +211,8 @@ class WeakLensingSimulator:
         galaxy_density: galaxies per arcmin^2 over all bins (split equally between bins).
         shape_noise: sigma_e, rms of the total intrinsic ellipticity.
         noise: add shape noise.
+        galaxy_counts: ``"mean"`` (every pixel holds n_gal A_pix galaxies per bin) or
+            ``"poisson"`` (Poisson counts per pixel and bin, output as ``counts``).
         field: ``"lognormal"`` or ``"gaussian"``.
         shift: lognormal shift model (see :class:`~cosmosbi.simulators.lensing_theory.LensingTheory`).
         shear: also output shear maps (gamma1, gamma2).
@@ -236,6 +240,7 @@ class WeakLensingSimulator:
         galaxy_density: float = 27.0,
         shape_noise: float = 0.26,
         noise: bool = True,
+        galaxy_counts: str = "mean",
         field: str = "lognormal",
         shift: str = "scaled_hilbert2011",
         shear: bool = False,
@@ -262,6 +267,8 @@ class WeakLensingSimulator:
             raise ValueError(f"baryon_model must be one of {sorted(BARYON_PARAMETER)}, got {baryon_model!r}")
         if galaxy_density <= 0:
             raise ValueError(f"galaxy_density must be positive (galaxies per arcmin^2), got {galaxy_density}")
+        if galaxy_counts not in ("mean", "poisson"):
+            raise ValueError(f"galaxy_counts must be 'mean' or 'poisson', got {galaxy_counts!r}")
         if shape_noise < 0:
             raise ValueError(f"shape_noise must be non-negative, got {shape_noise}")
 
@@ -299,6 +306,7 @@ class WeakLensingSimulator:
         self.field = field
         self.shear = bool(shear)
         self.noise = bool(noise)
+        self.poisson_counts = galaxy_counts == "poisson"
         self.shape_noise = float(shape_noise)
         self.galaxy_density = float(galaxy_density)
         self.emulator = bool(emulator)
@@ -315,15 +323,22 @@ class WeakLensingSimulator:
         self.output_spec = {"kappa": OutputSpec((self.n_bins, self.pixels.size), "float32")}
         if self.shear:
             self.output_spec["gamma"] = OutputSpec((self.n_bins, 2, self.pixels.size), "float32")
+        if self.poisson_counts:
+            self.output_spec["counts"] = OutputSpec((self.n_bins, self.pixels.size), "float32")
         self.output_spec["S_8"] = OutputSpec((1,), "float32")
 
     # ------------------------------------------------------------------ theory
 
     @property
+    def galaxies_per_pixel(self) -> float:
+        """Mean galaxy count per pixel and bin, n_gal A_pix / n_bins."""
+        return self.galaxy_density / self.n_bins * self.pixel_area_arcmin2
+
+    @property
     def noise_sigma(self) -> float:
-        """Standard deviation of the shape noise per pixel and component: sigma_e / sqrt(2 n_bin A_pix)."""
-        n_per_pixel = self.galaxy_density / self.n_bins * self.pixel_area_arcmin2
-        return self.shape_noise / math.sqrt(2 * n_per_pixel)
+        """Standard deviation of the shape noise per pixel and component for the mean count:
+        sigma_e / sqrt(2 n_gal A_pix / n_bins)."""
+        return self.shape_noise / math.sqrt(2 * self.galaxies_per_pixel)
 
     def params(self, theta_row: np.ndarray) -> dict:
         """Full parameter dict for one row theta: (D,)."""
@@ -362,7 +377,8 @@ class WeakLensingSimulator:
     # ------------------------------------------------------------------ simulation
 
     def simulate(self, theta: np.ndarray, rng) -> dict[str, np.ndarray]:
-        """theta: (N, D) -> {"kappa": (N, n_bins, P), ["gamma": (N, n_bins, 2, P)], "S_8": (N, 1)}."""
+        """theta: (N, D) -> {"kappa": (N, n_bins, P), ["gamma": (N, n_bins, 2, P)],
+        ["counts": (N, n_bins, P)], "S_8": (N, 1)}."""
         theta = np.atleast_2d(np.asarray(theta, dtype=float))
         if theta.shape[1] != len(self.parameter_names):
             raise ValueError(f"theta has {theta.shape[1]} columns; expected {len(self.parameter_names)} ({list(self.parameter_names)})")
@@ -371,6 +387,8 @@ class WeakLensingSimulator:
         out = {"kappa": np.empty((n, self.n_bins, P), dtype=np.float32)}
         if self.shear:
             out["gamma"] = np.empty((n, self.n_bins, 2, P), dtype=np.float32)
+        if self.poisson_counts:
+            out["counts"] = np.empty((n, self.n_bins, P), dtype=np.float32)
         for i, (row, g) in enumerate(zip(theta, rngs)):
             self._simulate_one(row, g, out, i)
         out["S_8"] = self.derived_parameters(theta)["S_8"].astype(np.float32)[:, None]
@@ -384,7 +402,12 @@ class WeakLensingSimulator:
         spectra = th["gls"] if self.lognormal else th["cls"]
         alms = gaussian_alm(spectra, self.pairs, self.n_bins, self.lmax, rng)
         ell = np.arange(self.lmax + 1)
-        sigma = self.noise_sigma
+        sigma = np.float32(self.noise_sigma)
+        if self.poisson_counts:
+            counts = rng.poisson(self.galaxies_per_pixel, size=(self.n_bins, self.pixels.size)).astype(np.float32)
+            empty = counts == 0
+            sigma = np.float32(self.shape_noise) / np.sqrt(2 * np.maximum(counts, 1))  # (n_bins, P)
+            out["counts"][i] = counts
         for b, alm in enumerate(alms):
             x = hp.alm2map(alm, self.nside, lmax=self.lmax)
             if self.lognormal:
@@ -393,10 +416,15 @@ class WeakLensingSimulator:
             kappa = x[self._ring_index].astype(np.float32)
             if self.shear:
                 gamma = shear_from_convergence(x, self.lmax)[:, self._ring_index].astype(np.float32)
-            if self.noise and sigma > 0:
-                kappa += rng.standard_normal(kappa.shape, dtype=np.float32) * np.float32(sigma)
+            if self.noise and self.shape_noise > 0:
+                s_b = sigma[b] if self.poisson_counts else sigma
+                kappa += rng.standard_normal(kappa.shape, dtype=np.float32) * s_b
                 if self.shear:
-                    gamma += rng.standard_normal(gamma.shape, dtype=np.float32) * np.float32(sigma)
+                    gamma += rng.standard_normal(gamma.shape, dtype=np.float32) * s_b
+            if self.poisson_counts:  # pixels without galaxies carry no measurement
+                kappa[empty[b]] = 0.0
+                if self.shear:
+                    gamma[:, empty[b]] = 0.0
             out["kappa"][i, b] = kappa
             if self.shear:
                 out["gamma"][i, b] = gamma

@@ -170,6 +170,24 @@ def test_noise_variance_per_pixel(cache_dir):
         assert abs(noise.mean()) < 5 * math.sqrt(expected / n), name
 
 
+def test_poisson_counts_set_the_noise_per_pixel(cache_dir):
+    """With Poisson counts N per pixel, noise * sqrt(2 N) / sigma_e is standard normal; empty pixels are 0."""
+    options = {"galaxy_density": 0.001, "shape_noise": 0.3, "galaxy_counts": "poisson"}
+    noisy = make(cache_dir, **options)
+    clean = make(cache_dir, **options, noise=False)
+    theta = np.array([[0.3, 0.8]])
+    a = noisy.simulate(theta, [np.random.default_rng(8)])
+    b = clean.simulate(theta, [np.random.default_rng(8)])
+    counts = a["counts"][0]
+    np.testing.assert_array_equal(counts, b["counts"][0])
+    mean = noisy.galaxies_per_pixel  # about 1.7 galaxies per pixel and bin at nside 32
+    assert abs(counts.mean() - mean) < 5 * math.sqrt(mean / counts.size)
+    empty = counts == 0
+    assert empty.any() and np.all(a["kappa"][0][empty] == 0) and np.all(b["kappa"][0][empty] == 0)
+    z = ((a["kappa"][0] - b["kappa"][0])[~empty] * np.sqrt(2 * counts[~empty]) / 0.3).astype(float)
+    assert abs(z.var() - 1) < 5 * math.sqrt(2 / z.size)
+
+
 def test_emulator_error_below_one_percent(cache_dir):
     sim = make(cache_dir)
     rng = np.random.default_rng(21)
@@ -275,6 +293,7 @@ def test_mask_file_and_nz_file(tmp_path, cache_dir):
         ({"mask": "/no/such/mask.fits"}, "mask"),
         ({"galaxy_density": -1.0}, "galaxy_density"),
         ({"shift": "constant"}, "shift"),
+        ({"galaxy_counts": "fixed"}, "galaxy_counts"),
     ],
 )
 def test_bad_options_raise(options, match, cache_dir):
@@ -322,3 +341,22 @@ def test_hmcode2020_feedback_suppresses_small_scales():
     strong = theory.spectra({**FIDUCIAL, "log10_T_AGN": 8.3})[0, 2:]
     ratio = strong / weak  # ratio[k] is at ell = k + 2
     assert abs(ratio[8] - 1) < 0.005 and ratio[998] < ratio[98] - 0.05
+
+
+def test_runs_through_the_runner_and_reads_back(cache_dir, tmp_path):
+    from cosmosbi.simulators.runner import run_simulations, simulation_seeds
+    from cosmosbi.simulators.store import SimulationDataset
+
+    sim = make(cache_dir, mask="cap", cap_area_deg2=2000.0, shear=True)
+    summary = run_simulations(sim, 5, tmp_path / "wl", seed=3, batch_size=2, progress=False)
+    assert (summary.simulated, summary.failed) == (5, 0)
+    ds = SimulationDataset(tmp_path / "wl")
+    assert len(ds) == 5 and ds.parameter_names == ("Omega_m", "sigma_8")
+    kappa, gamma = ds.read("kappa"), ds.read("gamma")
+    assert kappa.shape == (5, 2, sim.pixels.size) and kappa.dtype == np.float32
+    assert gamma.shape == (5, 2, 2, sim.pixels.size)
+    np.testing.assert_allclose(ds.read("S_8")[:, 0], ds.theta[:, 1] * np.sqrt(ds.theta[:, 0] / 0.3), rtol=1e-6)
+    # row 4 is reproducible from its own seed alone
+    _, noise_seq = simulation_seeds(3, 4)
+    again = sim.simulate(ds.theta[4:5], [np.random.default_rng(noise_seq)])
+    np.testing.assert_array_equal(again["kappa"][0], kappa[4])
