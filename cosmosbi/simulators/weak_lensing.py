@@ -10,7 +10,7 @@ bin, with the correct cross-bin correlations:
    see :class:`~cosmosbi.simulators.lensing_theory.SpectraTable`) or computed directly;
 2. fields: correlated Gaussian a_lm per bin from the Cholesky factor of G_ell (Gaussian
    fields use C_ell directly), one ``healpy.alm2map`` per bin, then the lognormal transform
-   kappa = lambda [exp(x - sigma_G^2 / 2) - 1] (``glass.grf.Lognormal``);
+   kappa = lambda [exp(x - sigma_G^2 / 2) - 1] (the transform of ``glass.grf.Lognormal``);
 3. shear (optional): gamma_lm = -sqrt((ell + 2)(ell - 1) / (ell (ell + 1))) kappa_lm, spin-2
    synthesis, HEALPix polarisation convention (gamma1, gamma2);
 4. shape noise: Gaussian, per pixel and per component (kappa, gamma1, gamma2) with variance
@@ -159,15 +159,14 @@ def gaussian_alm(spectra: np.ndarray, pairs, n_bins: int, lmax: int, rng: np.ran
 
     chol = _cholesky_spectra(spectra, pairs, n_bins)
     n_alm = hp.Alm.getsize(lmax)
-    z = rng.standard_normal((n_bins, 2, n_alm))
-    z *= math.sqrt(0.5)
-    z[:, 0, : lmax + 1] *= math.sqrt(2.0)  # m = 0 modes are real with unit variance
-    z[:, 1, : lmax + 1] = 0.0
-    white = z[:, 0] + 1j * z[:, 1]
+    # complex unit-variance white noise: real and imaginary parts N(0, 1/2); m = 0 modes real N(0, 1)
+    white = rng.standard_normal((n_bins, 2 * n_alm)).view(np.complex128)
+    white *= math.sqrt(0.5)
+    white[:, : lmax + 1] = white[:, : lmax + 1].real * math.sqrt(2.0)
     alms = []
     for i in range(n_bins):
-        alm = np.zeros(n_alm, dtype=np.complex128)
-        for j in range(i + 1):
+        alm = hp.almxfl(white[i], chol[:, i, i])
+        for j in range(i):
             alm += hp.almxfl(white[j], chol[:, i, j])
         alms.append(alm)
     return alms
@@ -395,7 +394,6 @@ class WeakLensingSimulator:
         return out
 
     def _simulate_one(self, theta_row: np.ndarray, rng: np.random.Generator, out: dict, i: int) -> None:
-        import glass
         import healpy as hp
 
         th = self.theory_at(theta_row)
@@ -410,9 +408,11 @@ class WeakLensingSimulator:
             out["counts"][i] = counts
         for b, alm in enumerate(alms):
             x = hp.alm2map(alm, self.nside, lmax=self.lmax)
-            if self.lognormal:
+            if self.lognormal:  # kappa = lambda [exp(x - var / 2) - 1], in place
                 var = float(np.sum((2 * ell + 1) * spectra[self.pairs.index((b, b))]) / (4 * math.pi))
-                x = glass.grf.Lognormal(float(th["shifts"][b]))(x, var)
+                x -= var / 2
+                np.expm1(x, out=x)
+                x *= float(th["shifts"][b])
             kappa = x[self._ring_index].astype(np.float32)
             if self.shear:
                 gamma = shear_from_convergence(x, self.lmax)[:, self._ring_index].astype(np.float32)
