@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -380,14 +381,47 @@ class SpectraTable:
         params.update({n: float(v) for n, v in zip(self.names, theta)})
         return params
 
-    def build(self, cache_dir: str | os.PathLike | None = None, progress: bool = False) -> "SpectraTable":
-        """Load the table from ``cache_dir`` if present, else compute it (and save it there)."""
-        path = Path(cache_dir) / f"weak_lensing_table_{self.key()}.npz" if cache_dir is not None else None
-        if path is not None and path.exists():
-            with np.load(path, allow_pickle=False) as f:
-                self.data = {k: f[k] for k in ("cls", "gls", "shifts")}
-            log.info("loaded weak-lensing spectra table %s", path)
+    def build(self, cache_dir: str | os.PathLike | None = None, progress: bool = False, poll_seconds: float = 2.0, stale_seconds: float = 900.0) -> "SpectraTable":
+        """Load the table from ``cache_dir`` if present, else compute it (and save it there).
+
+        Processes that share ``cache_dir`` (MPI ranks, concurrent jobs) build a table once:
+        the first one holds a lock file next to the table while it computes and touches it
+        after every cosmology; the others wait for the table to appear. A lock untouched for
+        ``stale_seconds`` (its builder died) is taken over.
+        """
+        if cache_dir is None:
+            self.data = self._compute(progress)
             return self
+        path = Path(cache_dir) / f"weak_lensing_table_{self.key()}.npz"
+        lock = path.with_name(path.name + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            if path.exists():
+                with np.load(path, allow_pickle=False) as f:
+                    self.data = {k: f[k] for k in ("cls", "gls", "shifts")}
+                log.info("loaded weak-lensing spectra table %s", path)
+                return self
+            try:
+                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                try:
+                    age = time.time() - lock.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age > stale_seconds:
+                    log.warning("removing stale spectra-table lock %s (untouched for %.0f s)", lock, age)
+                    lock.unlink(missing_ok=True)
+                    continue
+                time.sleep(poll_seconds)
+                continue
+            try:
+                self.data = self._compute(progress, heartbeat=lock)
+                _atomic_savez(path, self.data)
+            finally:
+                lock.unlink(missing_ok=True)
+            return self
+
+    def _compute(self, progress: bool = False, heartbeat: Path | None = None) -> dict[str, np.ndarray]:
         points = np.stack(np.meshgrid(*self.grid, indexing="ij"), axis=-1).reshape(-1, len(self.names))
         log.info("building weak-lensing spectra table: %d cosmologies", len(points))
         iterator = points
@@ -395,12 +429,13 @@ class SpectraTable:
             from tqdm import tqdm
 
             iterator = tqdm(points, desc="spectra table", leave=False)
-        rows = [self.theory.evaluate(self.params_at(p), lognormal=True) for p in iterator]
+        rows = []
+        for p in iterator:
+            rows.append(self.theory.evaluate(self.params_at(p), lognormal=True))
+            if heartbeat is not None:
+                os.utime(heartbeat)
         shape = (self.nodes,) * len(self.names)
-        self.data = {k: np.stack([r[k] for r in rows]).reshape(*shape, *rows[0][k].shape) for k in ("cls", "gls", "shifts")}
-        if path is not None:
-            _atomic_savez(path, self.data)
-        return self
+        return {k: np.stack([r[k] for r in rows]).reshape(*shape, *rows[0][k].shape) for k in ("cls", "gls", "shifts")}
 
     def contains(self, theta: np.ndarray) -> np.ndarray:
         """Whether rows of theta: (N, D) lie in the box. Returns (N,) bool."""

@@ -222,6 +222,41 @@ def test_table_is_cached_on_disk_and_keyed(cache_dir, monkeypatch):
     assert t0.key() != SpectraTable(sim.theory, sim.parameter_names, [0.2, 0.6], [0.4, 1.0], {**FIDUCIAL, "h": 0.6}, 5).key()
 
 
+def test_table_lock_waits_for_a_live_builder_and_takes_over_a_stale_one(tmp_path):
+    import os
+    import threading
+    import time
+
+    from cosmosbi.simulators.lensing_theory import _atomic_savez
+
+    z = np.linspace(0, 3.5, 351)
+    theory = LensingTheory(z, tomographic_nz(z, smail_nz(z), 1), 32, transfer_function="eisenstein_hu")
+
+    def table():
+        return SpectraTable(theory, ["sigma_8"], [0.7], [0.9], FIDUCIAL, 2)
+
+    path = tmp_path / f"weak_lensing_table_{table().key()}.npz"
+    lock = path.with_name(path.name + ".lock")
+    data = table().build(None).data
+    lock.touch()  # another process is building
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(t=table().build(tmp_path, poll_seconds=0.02)))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive() and not path.exists()
+    _atomic_savez(path, data)
+    lock.unlink()
+    waiter.join(10)
+    np.testing.assert_array_equal(result["t"].data["cls"], data["cls"])
+    # a lock whose builder died (untouched for longer than stale_seconds) is taken over
+    path.unlink()
+    lock.touch()
+    os.utime(lock, (time.time() - 1000, time.time() - 1000))
+    rebuilt = table().build(tmp_path, stale_seconds=900)
+    assert path.exists() and not lock.exists()
+    np.testing.assert_allclose(rebuilt.data["cls"], data["cls"], rtol=1e-10)
+
+
 def test_outside_box_uses_pyccl(cache_dir):
     sim = make(cache_dir)
     theta = np.array([0.45, 0.8])  # outside the default prior box
@@ -313,12 +348,14 @@ def test_example_config_builds():
 
     import yaml
 
+    from cosmosbi.config import load_config
+
     path = pathlib.Path(__file__).parents[2] / "examples" / "weak_lensing.yaml"
-    config = yaml.safe_load(path.read_text())
-    assert config["simulator"]["name"] == "weak_lensing"
-    sim = make_simulator("weak_lensing", config["simulator"]["options"])
-    prior = prior_from_config(config["prior"])
-    assert tuple(prior.names) == sim.parameter_names
+    config = load_config(path)  # validates options and prior against the simulator
+    assert config.simulator.name == "weak_lensing"
+    sim = config.build_simulator()
+    prior = prior_from_config(yaml.safe_load(path.read_text())["prior"])
+    assert sim.prior == prior
     assert sim.output_spec["kappa"].shape == (4, sim.pixels.size) and sim.shear
 
 
