@@ -357,6 +357,7 @@ class SpectraTable:
             raise ValueError(f"emulator_nodes must be at least 1, got {nodes}")
         self.grid = [chebyshev_nodes(lo, hi, self.nodes) for lo, hi in zip(self.low, self.high)]
         self.data: dict[str, np.ndarray] | None = None
+        self._interp = None
 
     @property
     def n_points(self) -> int:
@@ -447,14 +448,53 @@ class SpectraTable:
         """Interpolated ``cls``, ``gls`` and ``shifts`` at one row theta: (D,)."""
         if self.data is None:
             raise RuntimeError("the spectra table is not built yet; call build() first")
+        if self._interp is None or self._interp[0] is not self.data:
+            self._interp = (self.data, {k: _to_smooth(v, self.theory.pairs) if k != "shifts" else np.log(v) for k, v in self.data.items()})
         weights = [_barycentric_weights(g, float(t)) for g, t in zip(self.grid, theta)]
         out = {}
-        for key, table in self.data.items():
+        for key, table in self._interp[1].items():
             value = table
             for w in weights:  # contract one parameter axis at a time
                 value = np.tensordot(w, value, axes=(0, 0))
-            out[key] = value
+            out[key] = np.exp(value) if key == "shifts" else _from_smooth(value, self.theory.pairs)
         return out
+
+
+def _to_smooth(spectra: np.ndarray, pairs) -> np.ndarray:
+    """Spectra (..., S, L) -> the smoothly varying quantities the table interpolates.
+
+    For ell >= 2: ln C_ii for auto-spectra (where every tabulated value is positive) and the
+    correlation coefficient C_ij / sqrt(C_ii C_jj) for cross-spectra.
+    """
+    out = np.array(spectra, dtype=float)
+    auto = {i: spectra[..., k, 2:] for k, (i, j) in enumerate(pairs) if i == j}
+    positive = {i: bool(np.all(a > 0)) for i, a in auto.items()}
+    for k, (i, j) in enumerate(pairs):
+        if i == j and positive[i]:
+            out[..., k, 2:] = np.log(auto[i])
+        elif i != j and positive[i] and positive[j]:
+            out[..., k, 2:] = spectra[..., k, 2:] / np.sqrt(auto[i] * auto[j])
+    out[..., :, :2] = 0.0
+    # remember which spectra were transformed (the last axis of ell 0 holds the flag)
+    for k, (i, j) in enumerate(pairs):
+        out[..., k, 0] = float(positive[i] and positive[j])
+    return out
+
+
+def _from_smooth(values: np.ndarray, pairs) -> np.ndarray:
+    """Inverse of :func:`_to_smooth` for one interpolated row (S, L)."""
+    transformed = values[:, 0] > 0.5
+    out = np.array(values, dtype=float)
+    auto = {}
+    for k, (i, j) in enumerate(pairs):
+        if i == j:
+            out[k, 2:] = np.exp(values[k, 2:]) if transformed[k] else values[k, 2:]
+            auto[i] = out[k, 2:]
+    for k, (i, j) in enumerate(pairs):
+        if i != j and transformed[k]:
+            out[k, 2:] = values[k, 2:] * np.sqrt(auto[i] * auto[j])
+    out[:, :2] = 0.0
+    return out
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -172,6 +172,19 @@ def gaussian_alm(spectra: np.ndarray, pairs, n_bins: int, lmax: int, rng: np.ran
     return alms
 
 
+def _alm2map(alm: np.ndarray, nside: int, lmax: int) -> np.ndarray:
+    """RING map of one a_lm array (``alm`` is overwritten), without healpy's per-call INFO logs."""
+    import healpy as hp
+
+    logger = logging.getLogger("healpy")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        return hp.alm2map(alm, nside, lmax=lmax, inplace=True)
+    finally:
+        logger.setLevel(level)
+
+
 def shear_from_convergence(kappa_ring: np.ndarray, lmax: int) -> np.ndarray:
     """Shear (gamma1, gamma2) of a RING-ordered convergence map. Returns (2, npix), RING."""
     import healpy as hp
@@ -407,7 +420,7 @@ class WeakLensingSimulator:
             sigma = np.float32(self.shape_noise) / np.sqrt(2 * np.maximum(counts, 1))  # (n_bins, P)
             out["counts"][i] = counts
         for b, alm in enumerate(alms):
-            x = hp.alm2map(alm, self.nside, lmax=self.lmax)
+            x = _alm2map(alm, self.nside, self.lmax)
             if self.lognormal:  # kappa = lambda [exp(x - var / 2) - 1], in place
                 var = float(np.sum((2 * ell + 1) * spectra[self.pairs.index((b, b))]) / (4 * math.pi))
                 x -= var / 2
