@@ -308,3 +308,40 @@ class SimulationDataset:
         state = dict(self.__dict__)
         state["_handles"] = {}
         return state
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    theta: np.ndarray,
+    index: np.ndarray,
+    outputs: Mapping[str, np.ndarray],
+    parameter_names: Sequence[str],
+    identity: Mapping[str, Any],
+    seed: int = 0,
+) -> "SimulationDataset":
+    """Write arrays as a complete one-shard dataset that :class:`SimulationDataset` reads.
+
+    Used for derived data (e.g. compressed summaries), so later stages read it like simulations.
+    theta: (N, D); index: (N,) simulation indices; outputs: name -> (N, ...).
+    """
+    from cosmosbi.files import atomic_write_json, provenance
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_rows(out_dir / "shard-00000.h5", theta, index, seed, outputs, [], parameter_names)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "identity": dict(identity),
+        "parameter_names": list(parameter_names),
+        "seed": seed,
+        "n": int(np.max(index)) + 1 if len(index) else 0,
+        "status": "complete",
+        "output_spec": {k: {"shape": list(np.shape(v)[1:]), "dtype": str(np.asarray(v).dtype)} for k, v in outputs.items()},
+        "counts": {"simulated": len(index), "failed": 0, "missing": 0},
+        "shards": {"shard-00000.h5": len(index)},
+        "failures": [],
+        "created": provenance(),
+        "runs": [],
+    }
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return SimulationDataset(out_dir)
