@@ -7,7 +7,8 @@ x 3 axes), so map row j belongs to simulation j // 15.
 
 :class:`CamelsMultifieldDataset` presents these files with the interface of
 :class:`cosmosbi.simulators.store.SimulationDataset`: ``len(ds)``, ``parameter_names``,
-``theta`` (N, D), ``index`` (N,), ``output_names``, ``read(name, rows=None)`` and ``ds[i]``.
+``theta`` (N, D), ``index`` (N,), ``output_names``, ``output_spec``, ``read(name, rows=None)``,
+``iter_batches(batch_size)`` and ``ds[i]`` (so it also works as a map-style torch Dataset).
 Maps are memory-mapped (``np.load(mmap_mode="r")``, never with pickle), so reading a few rows
 of a multi-GB file touches only those rows.
 """
@@ -16,16 +17,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from cosmosbi.simulators.camels import CAMELS_PARAMETERS
-
-try:  # a torch map-style Dataset when torch is present (it is a package dependency)
-    from torch.utils.data import Dataset as _DatasetBase
-except ImportError:  # pragma: no cover - torch is a dependency
-    _DatasetBase = object
 
 __all__ = ["MAPS_PER_SIMULATION", "CamelsMultifieldDataset", "cmd_map_path", "cmd_params_path"]
 
@@ -43,7 +39,7 @@ def cmd_params_path(root, suite: str, set_name: str) -> Path:
     return Path(root) / f"params_{set_name}_{suite}.txt"
 
 
-class CamelsMultifieldDataset(_DatasetBase):
+class CamelsMultifieldDataset:
     """CMD maps and parameters with the schema of simulated datasets.
 
     Args:
@@ -130,6 +126,20 @@ class CamelsMultifieldDataset(_DatasetBase):
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(self._arrays)
+
+    @property
+    def output_spec(self) -> dict[str, dict]:
+        """name -> {"shape": per-map shape, "dtype": dtype}."""
+        return {name: {"shape": list(a.shape[1:]), "dtype": str(a.dtype)} for name, a in self._arrays.items()}
+
+    def iter_batches(self, batch_size: int, names: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Yield {"index", "theta", name...} for consecutive blocks of ``batch_size`` rows."""
+        names = list(self.output_names if names is None else names)
+        for start in range(0, len(self), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(self)))
+            batch = {"index": self.index[rows], "theta": self.theta[rows]}
+            batch.update({name: self.read(name, rows) for name in names})
+            yield batch
 
     def __len__(self) -> int:
         return len(self.index)

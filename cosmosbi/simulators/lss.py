@@ -15,9 +15,10 @@ zero (the field has zero mean). Its cell variance is sigma^2 = sum_k P(k) / V.
 Lognormal fields use the standard transform delta_LN = exp(g - sigma_g^2 / 2) - 1 of a
 Gaussian field g whose spectrum P_g is chosen so that delta_LN has the target spectrum P:
 the grid correlation function xi(r) = IFFT[P / V_c] is mapped to xi_g = ln(1 + xi), and
-P_g = V_c FFT[xi_g], with negative P_g (rare, on the smallest scales of very nonlinear spectra)
-set to zero. delta_LN then has spectrum P on every grid mode up to that clipping, zero
-expected mean and delta_LN > -1.
+P_g = V_c FFT[xi_g] at k != 0 (g has no k = 0 mode; :func:`lognormal_power` rescales xi so
+that dropping the mean of xi_g leaves the spectrum unchanged), with negative P_g (which occur
+on the smallest scales of very nonlinear spectra) set to zero. delta_LN then has spectrum P on
+every grid mode up to that clipping, zero expected mean and delta_LN > -1.
 
 Galaxy counts are Poisson draws with mean lambda = nbar V_c max(0, 1 + b delta) per cell;
 their spectrum is b^2 P(k) + 1 / nbar (shot noise). A projected slab averages delta over the
@@ -204,17 +205,30 @@ def gaussian_field(grid: FourierGrid, power: np.ndarray, rng: np.random.Generato
     return np.fft.irfftn(np.fft.rfftn(white) * amp, s=grid.shape)
 
 
-def lognormal_power(grid: FourierGrid, power: np.ndarray) -> tuple[np.ndarray, float]:
+def lognormal_power(grid: FourierGrid, power: np.ndarray, max_iter: int = 100) -> tuple[np.ndarray, float]:
     """Spectrum P_g of the Gaussian field whose lognormal transform has spectrum ``power``.
+
+    g has no k = 0 mode (the box mean of g is zero), so its correlation function is
+    xi_g = ln(1 + s xi) minus its grid mean mu; exp(xi_g) - 1 then has the spectrum
+    s exp(-mu) P, and the scale s is solved for so that s exp(-mu(s)) = 1. Negative P_g are
+    set to zero (they occur only for very nonlinear targets).
 
     Returns (P_g on the half-space grid, sigma_g^2 = the cell variance of g).
     """
     p = np.array(power, dtype=float)
     p.flat[0] = 0.0
-    xi = np.fft.irfftn(p / grid.cell_volume, s=grid.shape)
-    if xi.min() <= -1.0:
-        raise ValueError("the target spectrum has a correlation function <= -1; no lognormal field has it")
-    pg = np.fft.rfftn(np.log1p(xi)).real * grid.cell_volume
+    xi = np.fft.irfftn(p / grid.cell_volume, s=grid.shape, axes=tuple(range(grid.ndim)))
+    scale = 1.0
+    for _ in range(max_iter):
+        if (scale * xi).min() <= -1.0:
+            raise ValueError("the target spectrum has a correlation function <= -1; no lognormal field has it")
+        mu = float(np.log1p(scale * xi).mean())
+        if abs(scale * math.exp(-mu) - 1.0) < 1e-12:
+            break
+        scale = math.exp(mu)
+    else:
+        raise ValueError(f"lognormal_power: the spectrum normalisation did not converge in {max_iter} iterations")
+    pg = np.fft.rfftn(np.log1p(scale * xi), axes=tuple(range(grid.ndim))).real * grid.cell_volume
     pg = np.clip(pg, 0.0, None)
     pg.flat[0] = 0.0
     sigma2 = float(np.sum(grid.weights * pg) / grid.volume)
