@@ -145,20 +145,20 @@ class CamelsMultifieldDataset:
         return len(self.index)
 
     def read(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
-        """Maps of output ``name``: all (N, n, n), or those at sorted row indices ``rows``."""
+        """Maps of output ``name`` read into memory: all (N, n, n), or those at row indices ``rows`` (R, n, n)."""
         if name not in self._arrays:
             raise KeyError(f"no output {name!r}; outputs are {list(self._arrays)}")
         array = self._arrays[name]
         if rows is None:
-            return np.asarray(array)
-        return np.asarray(array[np.asarray(rows, dtype=np.int64)])
+            return np.array(array)
+        return np.array(array[np.asarray(rows, dtype=np.int64)])
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         i = int(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"row {i} out of range for {len(self)} maps")
         item = {"theta": self.theta[i]}
-        item.update({name: np.asarray(array[i]) for name, array in self._arrays.items()})
+        item.update({name: np.array(array[i]) for name, array in self._arrays.items()})
         return item
 
     def __repr__(self) -> str:
