@@ -1,13 +1,16 @@
 """lss_field and camels_like through the MPI runner (``mpiexec -n 2 cosmosbi simulate``)."""
 
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+import cosmosbi
 from cosmosbi.simulators import make_simulator
 from cosmosbi.simulators.runner import simulation_seeds
 from cosmosbi.simulators.store import SimulationDataset
@@ -32,9 +35,11 @@ def test_two_ranks_write_what_a_serial_run_computes(tmp_path, name):
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    # the ranks import the same cosmosbi as this test
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(cosmosbi.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(
         [mpiexec, "-n", "2", sys.executable, "-m", "cosmosbi", "simulate", str(path), "-q"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     ds = SimulationDataset(tmp_path / "run" / "sims" / "train")
