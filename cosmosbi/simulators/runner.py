@@ -328,6 +328,8 @@ def _finish(out_dir: Path, n: int, seconds: float, n_ranks: int, new_per_rank: l
     if not manifest["output_spec"]:
         manifest["output_spec"] = _done_indices(out_dir)[2]
     parts_dir = out_dir / "parts"
+    for stale in parts_dir.glob(".part-*.tmp"):  # half-written parts of a killed run
+        stale.unlink()
     if parts_dir.is_dir() and not any(parts_dir.iterdir()):
         parts_dir.rmdir()
     missing = n - len(stored) - len(set(failures) - stored)

@@ -11,7 +11,8 @@ Every shard and part holds the datasets ``theta`` (rows, D) float64, ``index`` (
 int64, ``seed`` (rows,) int64 (the root seed; simulation i used
 ``SeedSequence([seed, index])``) and one dataset per named output under ``x/``, plus the
 attribute ``failures`` (JSON list of {index, seed, message}) for the simulations that failed.
-Rows within a file are in increasing index order.
+Merging streams rows (a dataset larger than memory is never loaded whole); the reader orders
+rows by index across all shards.
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ def _open(path: Path, mode: str = "r"):
         ) from None
 
 
+def _create_file(f, n_rows: int, seed: int, parameter_names: Sequence[str], spec: Mapping[str, tuple], failures) -> None:
+    """Lay out an empty shard/part of ``n_rows`` rows; spec: name -> (per-row shape, dtype)."""
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["parameter_names"] = json.dumps(list(parameter_names))
+    f.attrs["failures"] = json.dumps(sorted(failures, key=lambda r: r["index"]))
+    f.create_dataset("theta", shape=(n_rows, len(parameter_names)), dtype=np.float64)
+    f.create_dataset("index", shape=(n_rows,), dtype=np.int64)
+    f.create_dataset("seed", data=np.full(n_rows, seed, dtype=np.int64))
+    group = f.create_group("x")
+    for name, (shape, dtype) in spec.items():
+        row_bytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        chunk_rows = int(np.clip(2**20 // row_bytes, 1, max(1, n_rows)))
+        group.create_dataset(name, shape=(n_rows, *shape), dtype=dtype, chunks=(chunk_rows, *shape) if n_rows else None)
+
+
 def write_rows(
     path: Path,
     theta: np.ndarray,
@@ -64,21 +80,14 @@ def write_rows(
     import h5py
 
     order = np.argsort(index, kind="stable")
+    spec = {name: (np.shape(value)[1:], np.asarray(value).dtype) for name, value in outputs.items()}
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["parameter_names"] = json.dumps(list(parameter_names))
-            f.attrs["failures"] = json.dumps(sorted(failures, key=lambda r: r["index"]))
-            f.create_dataset("theta", data=np.asarray(theta, dtype=np.float64)[order].reshape(len(order), -1))
-            f.create_dataset("index", data=np.asarray(index, dtype=np.int64)[order])
-            f.create_dataset("seed", data=np.full(len(order), seed, dtype=np.int64))
-            group = f.create_group("x")
+            _create_file(f, len(order), seed, parameter_names, spec, failures)
+            f["theta"][...] = np.asarray(theta, dtype=np.float64).reshape(len(order), -1)[order]
+            f["index"][...] = np.asarray(index, dtype=np.int64)[order]
             for name, value in outputs.items():
-                value = np.asarray(value)[order]
-                row_bytes = max(1, value[0].nbytes) if len(value) else 1
-                chunk_rows = int(np.clip(2**20 // row_bytes, 1, max(1, len(value))))
-                chunks = (chunk_rows, *value.shape[1:]) if len(value) else None
-                group.create_dataset(name, data=value, chunks=chunks)
+                f["x"][name][...] = np.asarray(value)[order]
 
 
 def read_index(path: Path) -> tuple[np.ndarray, list[dict]]:
@@ -87,30 +96,38 @@ def read_index(path: Path) -> tuple[np.ndarray, list[dict]]:
         return f["index"][:], json.loads(f.attrs.get("failures", "[]"))
 
 
-def merge_files(sources: Sequence[Path], target: Path, seed: int, parameter_names: Sequence[str]) -> None:
-    """Merge shard/part files into ``target`` atomically; a row present twice is kept once."""
-    theta, index, failures, outputs = [], [], {}, {}
-    seen: set[int] = set()
+def merge_files(sources: Sequence[Path], target: Path, seed: int, parameter_names: Sequence[str], chunk_rows: int = 512) -> None:
+    """Concatenate shard/part files into ``target`` atomically, streaming ``chunk_rows`` at a time.
+
+    A simulation index present in more than one source is kept once (the first).
+    """
+    import h5py
+
+    plans, failures, spec = [], {}, {}
+    seen = np.zeros(0, dtype=np.int64)
     for source in sources:
         with _open(source) as f:
-            idx = f["index"][:]
-            keep = np.array([i not in seen for i in idx.tolist()], dtype=bool)
-            seen.update(idx.tolist())
-            theta.append(f["theta"][:][keep])
-            index.append(idx[keep])
-            for name in f["x"]:
-                outputs.setdefault(name, []).append(f["x"][name][:][keep])
-            for record in json.loads(f.attrs.get("failures", "[]")):
-                failures[record["index"]] = record
-    write_rows(
-        target,
-        np.concatenate(theta) if theta else np.zeros((0, len(parameter_names))),
-        np.concatenate(index) if index else np.zeros(0, dtype=np.int64),
-        seed,
-        {name: np.concatenate(parts) for name, parts in outputs.items()},
-        list(failures.values()),
-        parameter_names,
-    )
+            index = f["index"][:]
+            keep = np.nonzero(~np.isin(index, seen))[0]
+            seen = np.union1d(seen, index)
+            failures.update({r["index"]: r for r in json.loads(f.attrs.get("failures", "[]"))})
+            if not spec and len(index):
+                spec = {name: (d.shape[1:], d.dtype) for name, d in f["x"].items()}
+        plans.append((source, keep))
+    total = sum(len(keep) for _, keep in plans)
+    with atomic_path(target) as tmp:
+        with h5py.File(tmp, "w") as out:
+            _create_file(out, total, seed, parameter_names, spec, list(failures.values()))
+            position = 0
+            for source, keep in plans:
+                with _open(source) as f:
+                    for start in range(0, len(keep), chunk_rows):
+                        rows = keep[start : start + chunk_rows]
+                        block = slice(int(rows[0]), int(rows[-1]) + 1)
+                        stop = position + len(rows)
+                        for key in ["theta", "index", *(f"x/{name}" for name in spec)]:
+                            out[key][position:stop] = f[key][block][rows - rows[0]]
+                        position = stop
 
 
 @dataclass
