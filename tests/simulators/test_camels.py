@@ -150,3 +150,17 @@ def test_runs_through_the_runner(tmp_path):
     assert len(ds) == 3 and ds.parameter_names == CAMELS_PARAMETERS and ds.output_names == ("Mtot",)
     again = sim.simulate(ds.theta, [np.random.default_rng(np.random.SeedSequence([9, i]).spawn(2)[1]) for i in range(3)])
     np.testing.assert_array_equal(ds.read("Mtot"), again["Mtot"])
+
+
+def test_example_config_builds():
+    from pathlib import Path
+
+    from cosmosbi.config import load_config
+
+    path = Path(__file__).parents[2] / "examples" / "camels_like.yaml"
+    config = load_config(path)
+    sim = config.build_simulator(str(path))
+    assert isinstance(sim, CamelsLike) and sim.grid.n == 256 and sim.slab_depth == 5.0
+    np.testing.assert_allclose(sim.prior.low, camels_prior().low)
+    np.testing.assert_allclose(sim.prior.high, camels_prior().high)
+    assert config.dataset_theta("fiducial", sim.prior).shape == (150, 6)

@@ -199,3 +199,16 @@ def test_runs_through_the_runner(tmp_path):
     again = sim.simulate(ds.theta, [np.random.default_rng(np.random.SeedSequence([5, i]).spawn(2)[1]) for i in range(3)])
     np.testing.assert_array_equal(ds.read("counts"), again["counts"])
     np.testing.assert_array_equal(ds.read("slab"), again["slab"])
+
+
+def test_example_config_builds():
+    from pathlib import Path
+
+    from cosmosbi.config import load_config
+
+    path = Path(__file__).parents[2] / "examples" / "lss_field.yaml"
+    config = load_config(path)
+    sim = config.build_simulator(str(path))
+    assert isinstance(sim, LSSField) and sim.parameter_names == ("Omega_m", "sigma_8", "bias")
+    assert set(sim.output_spec) == {"counts", "slab"} and sim.slab_cells == 16
+    assert config.dataset_theta("fiducial", sim.prior).shape == (100, 3)
