@@ -16,7 +16,7 @@ density contrast has the 2D spectrum
 (D the slab depth, |j| <= 4 n); the map is a 2D lognormal (default) or Gaussian field with
 that spectrum (conventions in :mod:`cosmosbi.simulators.lss`), Sigma = Omega_m rho_crit D
 (1 + delta_2D). Modelling the projection directly as a 2D lognormal field is an approximation
-of a projected 3D field: it matches the two-point statistics and the one-point statistics only
+of a projected 3D field: it reproduces the two-point statistics (up to the clipping below) but the one-point statistics only
 roughly. The lognormal transform clips the few negative Gaussian-field powers of these very
 nonlinear spectra, which raises the binned map spectrum by at most 8% (n = 64) or 0.4%
 (n = 256) at the fiducial point; ``field="gaussian"`` reproduces P_2D exactly.
