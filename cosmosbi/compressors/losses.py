@@ -102,8 +102,14 @@ def network_outputs(kind: str, parameter_dim: int, summary_dim: int) -> int:
     return 2 * parameter_dim if kind == "gaussian_nll" else summary_dim
 
 
-def make_loss(kind: str, parameter_dim: int, summary_dim: int, **options) -> nn.Module:
-    """Build loss ``kind`` (vmim | mse | gaussian_nll) for D parameters and d summaries."""
+def make_loss(kind: str, parameter_dim: int, summary_dim: int, seed: int = 0, **options) -> nn.Module:
+    """Build loss ``kind`` (vmim | mse | gaussian_nll) for D parameters and d summaries.
+
+    Trainable parts (the VMIM flow) are initialised from ``seed`` without touching torch's
+    global random state.
+    """
     if kind not in LOSSES:
         raise ValueError(f"loss: unknown loss {kind!r}; expected one of {sorted(LOSSES)}")
-    return LOSSES[kind](parameter_dim, summary_dim, **options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LOSSES[kind](parameter_dim, summary_dim, **options)
