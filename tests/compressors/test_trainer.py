@@ -120,3 +120,11 @@ def test_bad_setups_are_refused(vector_dataset):
         make_compressor({"kind": "resnet2d"}, vector_dataset, "x")
     with pytest.raises(ValueError, match="val_fraction"):
         TrainSettings(val_fraction=1.5)
+
+
+def test_streaming_from_disk_gives_the_in_memory_result(vector_dataset, tmp_path):
+    in_memory, _, a = train(vector_dataset, tmp_path / "memory", "mse", TrainSettings(**{**FAST.__dict__, "epochs": 2}))
+    streamed, _, b = train(vector_dataset, tmp_path / "stream", "mse", TrainSettings(**{**FAST.__dict__, "epochs": 2, "in_memory_bytes": 0}))
+    assert [h["val_loss"] for h in a.history] == [h["val_loss"] for h in b.history]
+    for key, value in in_memory.state_dict().items():
+        torch.testing.assert_close(streamed.state_dict()[key], value, rtol=0, atol=0)
