@@ -2,8 +2,8 @@
 
     python benchmarks/compressor_information.py [--n-train 20000] [--epochs 40] [--loss vmim]
 
-Trains a CNN compressor on simulations of the Gaussian-field reference problem (32 x 32,
-P(k) = A (k / 8)^-B, the default prior), then estimates the Fisher matrix of its summaries at
+Trains a CNN compressor on simulations of the Gaussian-field reference problem (n x n,
+P(k) = A (k / (n/4))^-B, the default prior), then estimates the Fisher matrix of its summaries at
 the fiducial point theta0 = (1, 2): F_t = dmu^T C^-1 dmu, with the covariance C from
 ``--n-cov`` simulations at theta0 (Hartlap-corrected) and the derivatives dmu / dtheta_j
 from ``--n-deriv`` seed-matched simulations at theta0 +- delta_j (the same seeds on both
@@ -55,6 +55,7 @@ def summary_fisher(sim, compressor, theta0, step, n_cov, n_deriv, work: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-pixels", type=int, default=32, help="grid side of the Gaussian field")
     parser.add_argument("--n-train", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--width", type=int, default=8)
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="keep the simulations and the compressor here (default: a temporary directory)")
     args = parser.parse_args()
 
-    sim = make_simulator("gaussian_field", {"n_pixels": 32})
+    sim = make_simulator("gaussian_field", {"n_pixels": args.n_pixels})
     theta0 = np.array([1.0, 2.0])
     exact = sim.fisher_matrix(theta0)
     step = 0.5 * np.sqrt(np.diag(np.linalg.inv(exact)))  # half a marginal standard deviation
@@ -82,7 +83,7 @@ def main() -> None:
         trained = time.time() - started
         learned = summary_fisher(sim, compressor.cpu(), theta0, step, args.n_cov, args.n_deriv, work)
     ratio = np.linalg.det(learned) / np.linalg.det(exact)
-    print(f"Gaussian field 32x32, theta0 = {theta0.tolist()}, {args.n_train} training simulations, "
+    print(f"Gaussian field {args.n_pixels}x{args.n_pixels}, theta0 = {theta0.tolist()}, {args.n_train} training simulations, "
           f"resnet2d width {args.width} depth {args.depth}, loss {args.loss}; torch {torch.__version__}, "
           f"{platform.machine()}, {torch.get_num_threads()} threads")
     print(f"training: {len(result.history)} epochs (best {result.best_epoch}), {trained:.0f} s")
