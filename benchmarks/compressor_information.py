@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--loss", default="vmim", choices=["vmim", "mse", "gaussian_nll"])
     parser.add_argument("--n-cov", type=int, default=2000)
     parser.add_argument("--n-deriv", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads while training")
     parser.add_argument("--work-dir", type=Path, help="keep the simulations and the compressor here (default: a temporary directory)")
     args = parser.parse_args()
 
@@ -76,7 +77,7 @@ def main() -> None:
         started = time.time()
         run_simulations(sim, args.n_train, work / "train", seed=1, progress=False)
         dataset = SimulationDataset(work / "train")
-        settings = TrainSettings(epochs=args.epochs, batch_size=128, learning_rate=2e-3, patience=6, seed=0, device="auto")
+        settings = TrainSettings(epochs=args.epochs, batch_size=128, learning_rate=2e-3, patience=6, seed=0, device="auto", num_threads=args.threads)
         compressor = make_compressor({"kind": "resnet2d", "width": args.width, "depth": args.depth}, dataset, "field", loss=args.loss)
         loss = make_loss(args.loss, 2, 2)
         result = train_compressor(compressor, loss, dataset, work / "compressor", settings, progress=True)

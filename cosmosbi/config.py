@@ -80,6 +80,7 @@ class TrainConfig(_Strict):
     device: str = "auto"
     mixed_precision: bool = False
     num_workers: int = Field(default=0, ge=0)
+    num_threads: int | None = Field(default=None, gt=0)
 
 
 class CompressorConfig(_Strict):

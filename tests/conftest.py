@@ -3,6 +3,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+# the networks in the tests are small: one thread is faster than two, and immune to a busy machine
+torch.set_num_threads(1)
 
 
 @pytest.fixture
