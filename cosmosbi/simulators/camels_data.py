@@ -134,12 +134,9 @@ class CamelsMultifieldDataset:
 
     def iter_batches(self, batch_size: int, names: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield {"index", "theta", name...} for consecutive blocks of ``batch_size`` rows."""
-        names = list(self.output_names if names is None else names)
-        for start in range(0, len(self), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(self)))
-            batch = {"index": self.index[rows], "theta": self.theta[rows]}
-            batch.update({name: self.read(name, rows) for name in names})
-            yield batch
+        from cosmosbi.simulators.store import iter_batches
+
+        return iter_batches(self, batch_size, names)
 
     def __len__(self) -> int:
         return len(self.index)

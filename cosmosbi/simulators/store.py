@@ -130,6 +130,17 @@ def merge_files(sources: Sequence[Path], target: Path, seed: int, parameter_name
                         position = stop
 
 
+def iter_batches(dataset, batch_size: int, names: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive blocks of ``batch_size`` rows of any dataset with ``index``, ``theta``,
+    ``output_names`` and ``read(name, rows)``: dicts {"index", "theta", name...}."""
+    names = list(dataset.output_names if names is None else names)
+    for start in range(0, len(dataset), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(dataset)))
+        batch = {"index": dataset.index[rows], "theta": dataset.theta[rows]}
+        batch.update({name: dataset.read(name, rows) for name in names})
+        yield batch
+
+
 @dataclass
 class _Shard:
     path: Path
@@ -282,12 +293,7 @@ class SimulationDataset:
 
     def iter_batches(self, batch_size: int, names: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield {"index", "theta", name...} for consecutive blocks of ``batch_size`` rows."""
-        names = list(self.output_names if names is None else names)
-        for start in range(0, len(self), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(self)))
-            batch = {"index": self.index[rows], "theta": self.theta[rows]}
-            batch.update({name: self.read(name, rows) for name in names})
-            yield batch
+        return iter_batches(self, batch_size, names)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if not -len(self) <= i < len(self):
