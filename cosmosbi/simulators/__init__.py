@@ -23,15 +23,21 @@ from cosmosbi.simulators.priors import (
 )
 from cosmosbi.simulators import gaussian_field  # noqa: F401  (registers built-in simulators)
 from cosmosbi.simulators.gaussian_field import GaussianField2D, HealpixGaussianField, exact_posterior_samples
+from cosmosbi.simulators.lss import LSSField, power_spectrum
+from cosmosbi.simulators.camels import CamelsLike, camels_prior
+from cosmosbi.simulators.camels_data import CamelsMultifieldDataset
 from cosmosbi.simulators import weak_lensing  # noqa: F401  (registers weak_lensing)
 from cosmosbi.simulators.weak_lensing import WeakLensingSimulator
 
 __all__ = [
     "BoxUniform",
+    "CamelsLike",
+    "CamelsMultifieldDataset",
     "FunctionSimulator",
     "Gaussian",
     "GaussianField2D",
     "HealpixGaussianField",
+    "LSSField",
     "LogUniform",
     "Normal",
     "OutputSpec",
@@ -41,8 +47,10 @@ __all__ = [
     "Uniform",
     "WeakLensingSimulator",
     "as_simulator",
+    "camels_prior",
     "exact_posterior_samples",
     "make_simulator",
+    "power_spectrum",
     "prior_from_config",
     "register_simulator",
     "row_generators",
