@@ -31,20 +31,30 @@ class _Normalise(nn.Module):
         return (x - self.shift.view(shape)) / self.scale.view(shape)
 
 
+def _norm(kind: str, channels: int) -> nn.Module:
+    # batch statistics keep the amplitude differences between maps (per-map normalisation
+    # such as LayerNorm or GroupNorm would divide out the amplitude of a field)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"network option norm must be 'batch' or 'none', got {kind!r}")
+
+
 class _ResidualBlock(nn.Module):
-    def __init__(self, channels_in: int, channels_out: int, stride: int, padding_mode: str):
+    def __init__(self, channels_in: int, channels_out: int, stride: int, padding_mode: str, norm: str):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1, padding_mode=padding_mode, bias=False),
-            nn.BatchNorm2d(channels_out),
+            nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1, padding_mode=padding_mode, bias=norm == "none"),
+            _norm(norm, channels_out),
             nn.GELU(),
-            nn.Conv2d(channels_out, channels_out, 3, padding=1, padding_mode=padding_mode, bias=False),
-            nn.BatchNorm2d(channels_out),
+            nn.Conv2d(channels_out, channels_out, 3, padding=1, padding_mode=padding_mode, bias=norm == "none"),
+            _norm(norm, channels_out),
         )
         self.skip = (
             nn.Identity()
             if stride == 1 and channels_in == channels_out
-            else nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride=stride, bias=False), nn.BatchNorm2d(channels_out))
+            else nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride=stride, bias=norm == "none"), _norm(norm, channels_out))
         )
         self.act = nn.GELU()
 
@@ -68,21 +78,23 @@ class ResNet2D(nn.Module):
         depth: number of stages.
         blocks: residual blocks per stage.
         periodic: circular (True) or zero (False) padding.
+        norm: "batch" (batch normalisation) or "none".
     """
 
-    def __init__(self, in_channels: int = 1, out_features: int = 2, width: int = 16, depth: int = 3, blocks: int = 1, periodic: bool = True):
+    def __init__(self, in_channels: int = 1, out_features: int = 2, width: int = 16, depth: int = 3, blocks: int = 1, periodic: bool = True, norm: str = "batch"):
         super().__init__()
         _check_positive(in_channels=in_channels, out_features=out_features, width=width, depth=depth, blocks=blocks)
-        self.config = {"kind": "resnet2d", "in_channels": in_channels, "out_features": out_features, "width": width, "depth": depth, "blocks": blocks, "periodic": periodic}
+        self.config = {"kind": "resnet2d", "in_channels": in_channels, "out_features": out_features, "width": width, "depth": depth,
+                       "blocks": blocks, "periodic": periodic, "norm": norm}
         self.out_features = out_features
         self.normalise = _Normalise(in_channels)
         pad = "circular" if periodic else "zeros"
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, padding_mode=pad, bias=False), nn.BatchNorm2d(width), nn.GELU()]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, padding_mode=pad, bias=norm == "none"), _norm(norm, width), nn.GELU()]
         channels = width
         for stage in range(depth):
             out = width * 2**stage
             for b in range(blocks):
-                layers.append(_ResidualBlock(channels, out, 2 if stage > 0 and b == 0 else 1, pad))
+                layers.append(_ResidualBlock(channels, out, 2 if stage > 0 and b == 0 else 1, pad, norm))
                 channels = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Linear(2 * channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, out_features))

@@ -11,6 +11,7 @@ CAP = np.sort(hp.query_disc(8, hp.ang2vec(0.7, 0.3), 0.8, nest=True))
 NETWORKS = {
     "resnet2d": (lambda: ResNet2D(in_channels=2, out_features=3, width=4, depth=2), (5, 2, 16, 16)),
     "resnet2d-single-map": (lambda: ResNet2D(out_features=2, width=4, depth=2, periodic=False), (5, 16, 16)),
+    "resnet2d-no-norm": (lambda: ResNet2D(out_features=2, width=4, depth=2, norm="none"), (5, 16, 16)),
     "mlp": (lambda: MLP(in_features=12, out_features=3), (5, 12)),
     "healpix-full-sky": (lambda: HealpixCNN(8, None, in_channels=2, out_features=3, width=4, depth=2), (5, 2, 768)),
     "healpix-cap": (lambda: HealpixCNN(8, CAP, in_channels=1, out_features=2, width=4, depth=3), (5, len(CAP))),
