@@ -23,6 +23,8 @@ from cosmosbi.simulators.priors import (
 )
 from cosmosbi.simulators import gaussian_field  # noqa: F401  (registers built-in simulators)
 from cosmosbi.simulators.gaussian_field import GaussianField2D, HealpixGaussianField, exact_posterior_samples
+from cosmosbi.simulators import strong_lens  # noqa: F401  (registers strong_lens)
+from cosmosbi.simulators.strong_lens import Instrument, StrongLensSimulator
 
 __all__ = [
     "BoxUniform",
@@ -30,11 +32,13 @@ __all__ = [
     "Gaussian",
     "GaussianField2D",
     "HealpixGaussianField",
+    "Instrument",
     "LogUniform",
     "Normal",
     "OutputSpec",
     "Prior",
     "Simulator",
+    "StrongLensSimulator",
     "TruncatedNormal",
     "Uniform",
     "as_simulator",
