@@ -199,6 +199,7 @@ def make_simulator(name: str, options: Mapping[str, Any] | None = None, where: s
     """Build a registered simulator from its name and an options mapping.
 
     Unknown options and values of the wrong type raise ``ValueError`` naming the option.
+    The simulator gets a ``description`` attribute ({"name", "options"}) that manifests record.
     """
     import pydantic
 
@@ -224,7 +225,9 @@ def make_simulator(name: str, options: Mapping[str, Any] | None = None, where: s
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{where}.options.{key}: {first['msg']} (got {first.get('input')!r})") from None
-    return factory(**{k: getattr(validated, k) for k in options})
+    simulator = factory(**{k: getattr(validated, k) for k in options})
+    simulator.description = {"name": name, "options": options}
+    return simulator
 
 
 def _type_hints(factory) -> dict[str, Any]:

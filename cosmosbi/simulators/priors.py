@@ -295,7 +295,7 @@ class Prior:
             row, col = map(int, np.argwhere(bad)[0])
             name = self.names[col]
             raise ValueError(
-                f"theta[{row}] has {name}={flat[row, col]!r}, outside the prior support "
+                f"theta[{row}] has {name}={float(flat[row, col])}, outside the prior support "
                 f"[{self.low[col]}, {self.high[col]}] of {name!r}"
             )
         return flat

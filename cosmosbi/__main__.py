@@ -1,0 +1,5 @@
+import sys
+
+from cosmosbi.cli import main
+
+sys.exit(main())

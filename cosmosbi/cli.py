@@ -1,0 +1,184 @@
+"""The ``cosmosbi`` command line.
+
+    cosmosbi simulate [CONFIG.yaml]   simulate the config's datasets (works under mpiexec / srun)
+    cosmosbi info PATH                what a run directory or dataset holds
+    cosmosbi simulators               the registered simulators and their options
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cosmosbi import __version__
+
+log = logging.getLogger("cosmosbi")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cosmosbi",
+        description="Simulation-based inference for galaxy surveys: simulate, compress, estimate, validate.",
+        epilog="Run `cosmosbi COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"cosmosbi {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="simulate the datasets a config names",
+        description=(
+            "Simulate every dataset of CONFIG (or those given with --dataset) into "
+            "RUN_DIR/sims/NAME/. Rerunning after a kill finishes only what is missing. Under "
+            "`mpiexec -n N` or `srun` the simulations are split over the MPI ranks, and the "
+            "dataset is identical to a one-process run."
+        ),
+    )
+    simulate.add_argument("config", nargs="?", help="YAML config (default: the built-in Gaussian-field example)")
+    simulate.add_argument("--dataset", action="append", metavar="NAME", help="simulate only this dataset (repeatable)")
+    simulate.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
+    simulate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    info = commands.add_parser(
+        "info",
+        help="describe a run directory or a dataset",
+        description="Show what each dataset holds (parameters, outputs, counts), its failures and its provenance.",
+    )
+    info.add_argument("path", help="a run directory (RUN_DIR) or one dataset directory (RUN_DIR/sims/NAME)")
+    info.add_argument("--failures", type=int, default=10, metavar="K", help="list at most K failed simulations (default 10)")
+
+    commands.add_parser("simulators", help="list the registered simulators and their options")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = {"simulate": _simulate, "info": _info, "simulators": _simulators}[args.command]
+    from cosmosbi.simulators.mpi import get_comm
+
+    comm = get_comm()
+    try:
+        return handler(args, comm)
+    except (ValueError, OSError, KeyError) as err:
+        if comm.Get_rank() == 0:
+            print(f"cosmosbi {args.command}: error: {err}", file=sys.stderr)
+        if comm.Get_size() > 1:
+            comm.Abort(2)
+        return 2
+
+
+def _simulate(args, comm) -> int:
+    from cosmosbi.config import default_config_path, load_config
+    from cosmosbi.simulators.runner import run_simulations
+
+    path = Path(args.config) if args.config else default_config_path()
+    config = load_config(path)
+    if args.run_dir:
+        config = config.model_copy(update={"run_dir": args.run_dir})
+    names = args.dataset or list(config.datasets)
+    unknown = [n for n in names if n not in config.datasets]
+    if unknown:
+        raise ValueError(f"{path}: no dataset {unknown[0]!r}; the config defines {list(config.datasets)}")
+    simulator = config.build_simulator(str(path))
+    rank = comm.Get_rank()
+    for name in names:
+        dataset = config.datasets[name]
+        summary = run_simulations(
+            simulator,
+            dataset.n,
+            config.dataset_dir(name),
+            dataset.seed,
+            theta=config.dataset_theta(name, simulator.prior, str(path)),
+            batch_size=config.batch_size,
+            comm=comm,
+            progress=not args.quiet,
+        )
+        if rank == 0:
+            print(
+                f"{name}: {summary.simulated} of {summary.n} simulations stored, {summary.failed} failed, "
+                f"{summary.new_this_run} run now in {summary.seconds:.1f} s -> {summary.path} [{summary.status}]"
+            )
+    if rank == 0:
+        print(f"inspect with: cosmosbi info {config.run_dir}")
+    return 0
+
+
+def _info(args, comm) -> int:
+    if comm.Get_rank() != 0:
+        return 0
+    from cosmosbi.simulators.store import MANIFEST
+
+    path = Path(args.path)
+    if (path / MANIFEST).is_file():
+        datasets = [path]
+    else:
+        datasets = sorted(p.parent for p in path.glob(f"sims/*/{MANIFEST}"))
+        if not datasets:
+            raise ValueError(f"{path}: neither a dataset directory (no {MANIFEST}) nor a run directory (no sims/*/{MANIFEST})")
+    for k, dataset in enumerate(datasets):
+        if k:
+            print()
+        print(_describe_dataset(dataset, args.failures))
+    return 0
+
+
+def _describe_dataset(path: Path, max_failures: int) -> str:
+    from cosmosbi.simulators.store import SimulationDataset
+
+    ds = SimulationDataset(path, allow_incomplete=True)
+    m = ds.manifest
+    identity = m["identity"]
+    counts = m["counts"]
+    lines = [
+        f"dataset   {path}",
+        f"status    {m['status']}: {counts['simulated']} simulated, {counts['failed']} failed, {counts['missing']} missing of n={m['n']}",
+        f"simulator {identity['simulator'].get('name')} {identity['simulator'].get('options', {})}",
+        f"seed      {m['seed']} (simulation i uses SeedSequence([{m['seed']}, i]))"
+        + ("; theta fixed by the caller" if identity.get("theta") else "; theta drawn from the prior"),
+        "parameters:",
+    ]
+    theta = ds.theta
+    for j, name in enumerate(ds.parameter_names):
+        spread = f"min {theta[:, j].min():.4g}  max {theta[:, j].max():.4g}" if len(theta) else "no rows"
+        lines.append(f"  {name:<12} prior {identity['prior'][name]}  {spread}")
+    lines.append("outputs:")
+    for name, spec in ds.output_spec.items():
+        lines.append(f"  {name:<12} shape {tuple(spec['shape'])}  {spec['dtype']}")
+    lines.append(f"shards    {', '.join(f'{k} ({v} rows)' for k, v in m['shards'].items()) or 'none'}")
+    if ds.failures:
+        lines.append(f"failures  ({len(ds.failures)}):")
+        for record in ds.failures[:max_failures]:
+            lines.append(f"  index {record['index']} (seed {record['seed']}): {record['message']}")
+        if len(ds.failures) > max_failures:
+            lines.append(f"  ... {len(ds.failures) - max_failures} more")
+    created = m.get("created", {})
+    lines.append(f"created   {created.get('time')} on {created.get('host')}; versions {created.get('versions')}")
+    for run in m.get("runs", []):
+        lines.append(f"  run {run['time']}: {run['new_simulations']} simulations on {run['n_ranks']} rank(s) in {run['seconds']} s")
+    return "\n".join(lines)
+
+
+def _simulators(args, comm) -> int:
+    if comm.Get_rank() != 0:
+        return 0
+    from cosmosbi.simulators.base import simulator_names, simulator_options, _get
+
+    for name in simulator_names():
+        doc = (_get(name).__doc__ or "").strip().splitlines()
+        print(f"{name}: {doc[0] if doc else ''}")
+        for option, param in simulator_options(name).items():
+            default = "required" if param.default is param.empty else f"default {param.default!r}"
+            print(f"    {option} ({default})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Typed analysis configs, read from YAML and validated on load.
+
+A config names a run directory, a simulator (a registered name and its options), an optional
+prior (default: the simulator's), and the datasets to simulate::
+
+    run_dir: runs/gaussian_field        # relative paths are relative to the working directory
+    simulator:
+      name: gaussian_field
+      options: {n_pixels: 32}
+    prior:                              # optional
+      A: {uniform: [0.5, 2.0]}
+      B: {normal: [2.0, 0.3], bounds: [1.0, 3.0]}
+    datasets:
+      train: {n: 1000, seed: 1}
+      test: {n: 200, seed: 2}
+      fiducial: {n: 100, seed: 3, fixed: {A: 1.0, B: 2.0}}   # every row at the same theta
+    batch_size: 64
+
+Every error (malformed YAML, unknown key, missing field, wrong type, unknown simulator, bad
+prior) is a :class:`ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from cosmosbi.simulators.base import Simulator, make_simulator
+from cosmosbi.simulators.priors import Prior, prior_from_config
+
+__all__ = ["ConfigError", "SimulateConfig", "DatasetConfig", "SimulatorConfig", "load_config", "default_config_path"]
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message names the file and the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SimulatorConfig(_Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetConfig(_Strict):
+    n: int = Field(gt=0, description="number of simulations")
+    seed: int = Field(ge=0, description="root seed; simulation i uses SeedSequence([seed, i])")
+    fixed: dict[str, float] | None = Field(
+        default=None, description="simulate every row at these parameter values instead of prior draws"
+    )
+
+
+class SimulateConfig(_Strict):
+    run_dir: str = "cosmosbi-run"
+    simulator: SimulatorConfig
+    prior: dict[str, dict[str, Any]] | None = None
+    datasets: dict[str, DatasetConfig] = Field(min_length=1)
+    batch_size: int = Field(default=64, gt=0)
+
+    # ------------------------------------------------------------- derived objects
+
+    def build_simulator(self, source: str = "config") -> Simulator:
+        """The configured simulator, with the configured prior (if any) replacing its default."""
+        try:
+            simulator = make_simulator(self.simulator.name, self.simulator.options)
+            if self.prior is not None:
+                prior = prior_from_config(self.prior)
+                if prior.names != tuple(simulator.parameter_names):
+                    raise ValueError(
+                        f"prior: parameters {list(prior.names)} must match the simulator's "
+                        f"parameters {list(simulator.parameter_names)} (same names, same order)"
+                    )
+                simulator.prior = prior
+        except ValueError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        return simulator
+
+    def dataset_theta(self, name: str, prior: Prior, source: str = "config") -> np.ndarray | None:
+        """Fixed theta (n, D) for dataset ``name`` if it sets ``fixed``, else None."""
+        dataset = self.datasets[name]
+        if dataset.fixed is None:
+            return None
+        missing = [p for p in prior.names if p not in dataset.fixed]
+        extra = [p for p in dataset.fixed if p not in prior.names]
+        if missing or extra:
+            raise ConfigError(
+                f"{source}: datasets.{name}.fixed must give exactly the parameters {list(prior.names)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unknown {extra}" if extra else "")
+            )
+        row = np.array([dataset.fixed[p] for p in prior.names], dtype=float)
+        try:
+            prior.check(row)
+        except ValueError as err:
+            raise ConfigError(f"{source}: datasets.{name}.fixed: {err}") from None
+        return np.tile(row, (dataset.n, 1))
+
+    def dataset_dir(self, name: str) -> Path:
+        return Path(self.run_dir) / "sims" / name
+
+
+def default_config_path() -> Path:
+    """The built-in default config (a small Gaussian-field dataset)."""
+    return Path(str(resources.files("cosmosbi") / "data" / "default.yaml"))
+
+
+def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> SimulateConfig:
+    """Read and validate a YAML config; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    try:
+        config = model.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise ConfigError(f"{path}: " + _describe(err)) from None
+    if isinstance(config, SimulateConfig):
+        config.build_simulator(str(path))  # unknown simulator, bad options or prior fail now
+    return config
+
+
+def _describe(err: pydantic.ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        elif item["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(lines)

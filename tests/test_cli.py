@@ -1,0 +1,102 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from cosmosbi.cli import main
+from cosmosbi.config import ConfigError, default_config_path, load_config
+from cosmosbi.simulators.store import SimulationDataset
+
+GOOD = {
+    "run_dir": "RUN",
+    "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
+    "datasets": {"train": {"n": 20, "seed": 1}, "fid": {"n": 5, "seed": 2, "fixed": {"A": 1.0, "B": 2.0}}},
+    "batch_size": 8,
+}
+
+
+def write(tmp_path, data, name="config.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_simulate_then_info(tmp_path, capsys):
+    config = write(tmp_path, {**GOOD, "run_dir": str(tmp_path / "run")})
+    assert main(["simulate", "-q", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 20 of 20 simulations stored, 0 failed" in out
+    fid = SimulationDataset(tmp_path / "run" / "sims" / "fid")
+    np.testing.assert_array_equal(fid.theta, np.tile([1.0, 2.0], (5, 1)))
+    assert main(["info", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "status    complete: 20 simulated, 0 failed, 0 missing of n=20" in out
+    assert "field        shape (8, 8)  float32" in out
+    assert "theta fixed by the caller" in out
+    # rerunning does nothing new
+    assert main(["simulate", "-q", str(config), "--dataset", "train"]) == 0
+    assert "0 run now" in capsys.readouterr().out
+
+
+def test_default_config_is_valid_and_runs(tmp_path, capsys):
+    config = load_config(default_config_path())
+    assert config.simulator.name == "gaussian_field"
+    assert main(["simulate", "-q", "--run-dir", str(tmp_path / "default"), "--dataset", "test"]) == 0
+    assert len(SimulationDataset(tmp_path / "default" / "sims" / "test")) == config.datasets["test"].n
+
+
+def test_examples_are_valid_configs():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        ("run_dir: [unclosed", r"malformed YAML at line 1"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ({**GOOD, "simulatr": {}}, "simulatr: unknown key"),
+        ({k: v for k, v in GOOD.items() if k != "datasets"}, "datasets: required key is missing"),
+        ({**GOOD, "batch_size": "many"}, "batch_size: .*integer"),
+        ({**GOOD, "datasets": {"train": {"n": -3, "seed": 1}}}, "datasets.train.n: .*greater than 0"),
+        ({**GOOD, "datasets": {"train": {"n": 3, "seed": 1, "sed": 2}}}, "datasets.train.sed: unknown key"),
+        ({**GOOD, "simulator": {"name": "weak_lensingg"}}, "simulator.name: unknown simulator 'weak_lensingg'"),
+        ({**GOOD, "simulator": {"name": "gaussian_field", "options": {"npix": 8}}}, "has no option 'npix'"),
+        ({**GOOD, "prior": {"A": {"uniform": [2, 1]}, "B": {"uniform": [1, 3]}}}, r"prior.A: uniform needs finite low < high"),
+        ({**GOOD, "prior": {"B": {"uniform": [1, 3]}, "A": {"uniform": [0, 1]}}}, "must match the simulator's parameters"),
+    ],
+)
+def test_config_errors_name_file_and_key(tmp_path, mutate, message):
+    path = write(tmp_path, mutate)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_cli_reports_errors_without_traceback(tmp_path, capsys):
+    path = write(tmp_path, {**GOOD, "datasets": {"train": {"n": 5, "seed": 1, "fixed": {"A": 9.0, "B": 2.0}}}})
+    assert main(["simulate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "datasets.train.fixed" in err and "A=9.0" in err
+    assert main(["simulate", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["info", str(tmp_path)]) == 2
+    assert "neither a dataset directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["simulate"], ["info"], ["simulators"]])
+def test_help_is_available(command):
+    done = subprocess.run([sys.executable, "-m", "cosmosbi", *command, "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: cosmosbi" in done.stdout
+
+
+def test_simulators_lists_builtins(capsys):
+    assert main(["simulators"]) == 0
+    out = capsys.readouterr().out
+    assert "gaussian_field:" in out and "n_pixels (default 32)" in out
