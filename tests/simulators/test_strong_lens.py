@@ -293,3 +293,24 @@ def test_bad_options_raise_clear_errors():
     sim = make_simulator("strong_lens", {"device": "cpu"})
     with pytest.raises(ValueError, match="columns"):
         sim.simulate(np.zeros((2, 3)), np.random.default_rng(0))
+
+
+def test_runs_through_the_runner_and_the_example_config(tmp_path):
+    from pathlib import Path
+
+    from cosmosbi.config import load_config
+    from cosmosbi.simulators.runner import run_simulations
+    from cosmosbi.simulators.store import SimulationDataset
+
+    config = load_config(Path(__file__).parents[2] / "examples" / "strong_lens.yaml")
+    sim = config.build_simulator()
+    assert sim.parameter_names == ("Sigma_sub", "beta")
+    summary = run_simulations(sim, 5, tmp_path / "lens", seed=3, batch_size=2, progress=False)
+    assert (summary.simulated, summary.failed) == (5, 0)
+    ds = SimulationDataset(tmp_path / "lens")
+    images = ds.read("image")
+    assert len(ds) == 5 and ds.theta.shape == (5, 2) and images.shape == (5, 64, 64)
+    assert np.all(np.isfinite(images)) and images.std() > 0
+    # the same simulations with another batch size are identical
+    run_simulations(sim, 5, tmp_path / "lens3", seed=3, batch_size=3, progress=False)
+    np.testing.assert_allclose(SimulationDataset(tmp_path / "lens3").read("image"), images, atol=1e-2)
