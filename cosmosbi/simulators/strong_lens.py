@@ -432,10 +432,11 @@ class StrongLensSimulator:
         sub = {k: torch.as_tensor(v, **kw)[:, :, None] for k, v in padded.items() if k != "mask"}
         n_rows, n_rays = brightness.shape
         sigma = self.instrument.background_sigma
+        profile = None if exact else self._profile_on_grid(sub)
         if exact or self.ray_tolerance is None:
             active = torch.ones_like(brightness, dtype=torch.bool)
         else:
-            bound = self._deflection_bound(sub)  # (B, P)
+            bound = self._deflection_bound(sub, profile)  # (B, P)
             e_lo = torch.clamp(radius - bound / torch.sqrt(qs), min=0.0)
             grad = self._sersic_slope(e_lo, src) / torch.sqrt(qs)
             active = (e_lo < 2 * src["r_e"]) | (grad * bound > self.ray_tolerance * sigma)
@@ -448,7 +449,7 @@ class StrongLensSimulator:
             grad_max = self._sersic_max_slope(src) / torch.sqrt(qs)  # (B, 1)
             tol = (self.far_field_tolerance * sigma / grad_max)[:, :, None]  # arcsec, (B, 1, 1)
             c_far = self._far_field_coefficient(sub)  # (B, S, 1)
-            r_far = self._far_field_radius(sub, c_far, tol)  # (B, S, 1)
+            r_far = self._far_field_radius(sub, c_far, tol, profile)  # (B, S, 1)
             direct, slot, coeff_a, coeff_c = self._local_expansions(sub, c_far, r_far, tol, rows, tiles)
             alpha = self._evaluate_expansions(rows, rays, tiles, slot, coeff_a, coeff_c)
         alpha = alpha + self._direct_deflection(rows, rays, tiles, sub, direct, batch_pairs)
@@ -548,9 +549,10 @@ class StrongLensSimulator:
             corr = corr * d + inner[:, j]
         return total - corr
 
-    def _deflection_bound(self, sub) -> torch.Tensor:
+    def _deflection_bound(self, sub, profile) -> torch.Tensor:
         """Upper bound (B, P) on |alpha_sub| at every ray, from per-tile distances."""
-        g_max = self._max_deflection_profile(sub)  # (B, S, 1): max_r F(r)/r
+        r, frac = profile
+        g_max = (1.1 * (frac / r).max(dim=2, keepdim=True).values).to(self.torch_dtype)  # (B, S, 1): max_r F(r)/r
         d = torch.sqrt((self.tile_x - sub["x"]) ** 2 + (self.tile_y - sub["y"]) ** 2)  # (B, S, T)
         d_lo = torch.clamp(d - self.tile_halfdiag, min=0.0)
         per_tile = (sub["theta_e2"] * torch.minimum(1.0 / torch.clamp(d_lo, min=1e-12), g_max)).sum(dim=1)
@@ -564,11 +566,10 @@ class StrongLensSimulator:
         u = torch.linspace(0.0, 1.0, n, dtype=torch.float64, device=rs.device)
         return rs * 1e-3 * (top / 1e-3) ** u
 
-    def _max_deflection_profile(self, sub) -> torch.Tensor:
-        """1.1 max_r F(r) / r per subhalo on a fine radius grid (arcsec^-1), (B, S, 1)."""
+    def _profile_on_grid(self, sub):
+        """Radii (B, S, n) and the enclosed-mass fraction F there, float64."""
         r = self._radius_grid(sub)
-        f = tnfw_mass_fraction(r, sub["r_s"].double(), sub["tau"].double()) / r
-        return (1.1 * f.max(dim=2, keepdim=True).values).to(self.torch_dtype)
+        return r, tnfw_mass_fraction(r, sub["r_s"].double(), sub["tau"].double())
 
     def _far_field_coefficient(self, sub) -> torch.Tensor:
         """C = lim (1 - F(r)) r^2 as r -> infinity, in arcsec^2 (B, S, 1) (evaluated at 1e5 max(r_s, r_t))."""
@@ -576,11 +577,11 @@ class StrongLensSimulator:
         r = 1e5 * rs * torch.clamp(tau, min=1.0)
         return ((1.0 - tnfw_mass_fraction(r, rs, tau)) * r * r).to(self.torch_dtype)
 
-    def _far_field_radius(self, sub, c_far, tol) -> torch.Tensor:
+    def _far_field_radius(self, sub, c_far, tol, profile) -> torch.Tensor:
         """Radius (B, S, 1) beyond which the far-field deflection is within tol (arcsec) of the truncated NFW."""
-        r = self._radius_grid(sub)
+        r, frac = profile
         far = 1.0 - c_far.double() / (r * r)
-        err = sub["theta_e2"].double() * (far - tnfw_mass_fraction(r, sub["r_s"].double(), sub["tau"].double())).abs() / r
+        err = sub["theta_e2"].double() * (far - frac).abs() / r
         bad = err > tol.double()
         k = torch.arange(r.shape[2], device=r.device)
         last = torch.where(bad, k, torch.full_like(k, -1)).max(dim=2, keepdim=True).values
