@@ -126,16 +126,22 @@ def shear_deflection(x, y, gamma1, gamma2, x0, y0):
 # --------------------------------------------------------------------------- subhalos
 
 
-def tnfw_mass_fraction(r, r_s, tau):
+def tnfw_norm(tau):
+    """M0 / M_total of a truncated NFW halo (Baltz et al. 2009), M0 = 4 pi rho_s r_s^3."""
+    return cf.M0_totmass_tnfw(torch.ones_like(tau), tau)
+
+
+def tnfw_mass_fraction(r, r_s, tau, norm=None):
     """Projected mass within radius r over the total mass of a truncated NFW halo.
 
-    r, r_s in the same units; tau = r_t / r_s. Equals 1 - O((r_t / r)^2) far outside r_t.
+    r, r_s in the same units; tau = r_t / r_s; ``norm``: :func:`tnfw_norm` (tau), if at hand.
+    Equals 1 - O((r_t / r)^2) far outside r_t.
     """
     r = torch.clamp(r, min=1e-4 * r_s)
-    return cf.mass_enclosed_2d_tnfw(r, r_s, tau, cf.M0_totmass_tnfw(torch.ones_like(tau), tau))
+    return cf.mass_enclosed_2d_tnfw(r, r_s, tau, tnfw_norm(tau) if norm is None else norm)
 
 
-def tnfw_deflection(dx, dy, theta_e2, r_s, tau):
+def tnfw_deflection(dx, dy, theta_e2, r_s, tau, norm=None):
     """Truncated-NFW deflection at offsets (dx, dy) from the subhalo centre.
 
     theta_e2 is the squared Einstein radius of a point mass of the subhalo's total mass
@@ -143,7 +149,7 @@ def tnfw_deflection(dx, dy, theta_e2, r_s, tau):
     """
     r2 = dx * dx + dy * dy
     r = torch.sqrt(r2)
-    scale = theta_e2 * tnfw_mass_fraction(r, r_s, tau) / torch.clamp(r2, min=(1e-4 * r_s) ** 2)
+    scale = theta_e2 * tnfw_mass_fraction(r, r_s, tau, norm) / torch.clamp(r2, min=(1e-4 * r_s) ** 2)
     return scale * dx, scale * dy
 
 

@@ -61,6 +61,7 @@ from cosmosbi.simulators.lens_profiles import (
     far_field_deflection,
     tnfw_deflection,
     tnfw_mass_fraction,
+    tnfw_norm,
 )
 from cosmosbi.simulators.priors import Prior, Uniform, marginal_from_config
 from cosmosbi.simulators.subhalos import MassFunction, draw_subhalo_population, pad_populations
@@ -139,6 +140,7 @@ DEFAULT_PRIORS = {
 TILE_PIXELS = 2  # side of the tiles of the deflection bound and the local expansions
 EXPANSION_ORDER = 10  # K: order of the point-mass local expansion
 CORRECTION_ORDER = 3  # L: order of the far-field correction expansion
+TOLERANCE_LEVELS = 6  # far-field tolerance levels tol_min 4^k, chosen per tile from the source gradient there
 
 
 def resolve_device(device: str) -> torch.device:
@@ -433,24 +435,30 @@ class StrongLensSimulator:
         n_rows, n_rays = brightness.shape
         sigma = self.instrument.background_sigma
         profile = None if exact else self._profile_on_grid(sub)
+        if not exact and (self.ray_tolerance is not None or self.far_field_tolerance is not None):
+            bound = self._deflection_bound(sub, profile)  # (B, P)
+            grad = self._max_slope_within(radius, bound / torch.sqrt(qs), src) / torch.sqrt(qs)  # (B, P)
         if exact or self.ray_tolerance is None:
             active = torch.ones_like(brightness, dtype=torch.bool)
         else:
-            bound = self._deflection_bound(sub, profile)  # (B, P)
-            e_lo = torch.clamp(radius - bound / torch.sqrt(qs), min=0.0)
-            grad = self._sersic_slope(e_lo, src) / torch.sqrt(qs)
-            active = (e_lo < 2 * src["r_e"]) | (grad * bound > self.ray_tolerance * sigma)
+            active = grad * bound > self.ray_tolerance * sigma
         rows, rays = active.nonzero(as_tuple=True)  # the active rays of all images, flattened
         tiles = self.tile_of_ray[rays]
         if exact or self.far_field_tolerance is None:
             direct = torch.ones((n_rows, self.tile_x.shape[2], sub["x"].shape[1]), dtype=torch.bool, device=self.device)
             alpha = torch.zeros(rows.shape, device=self.device, dtype=self.complex_dtype)
         else:
+            # deflection tolerance (arcsec) per tile: far_field_tolerance sigma / max |grad I| in the tile,
+            # rounded down to one of TOLERANCE_LEVELS levels tol_min 4^k
             grad_max = self._sersic_max_slope(src) / torch.sqrt(qs)  # (B, 1)
-            tol = (self.far_field_tolerance * sigma / grad_max)[:, :, None]  # arcsec, (B, 1, 1)
+            tile_grad = torch.zeros((n_rows, self.tile_x.shape[2]), **kw).scatter_reduce(
+                1, self.tile_of_ray.expand(n_rows, -1), grad, reduce="amax", include_self=True
+            )
+            level = torch.clamp(torch.floor(torch.log(grad_max / torch.clamp(tile_grad, min=1e-30)) / math.log(4.0)), 0, TOLERANCE_LEVELS - 1).long()
+            tol_levels = self.far_field_tolerance * sigma / grad_max * 4.0 ** torch.arange(TOLERANCE_LEVELS, **kw)  # (B, NL)
             c_far = self._far_field_coefficient(sub)  # (B, S, 1)
-            r_far = self._far_field_radius(sub, c_far, tol, profile)  # (B, S, 1)
-            direct, slot, coeff_a, coeff_c = self._local_expansions(sub, c_far, r_far, tol, rows, tiles)
+            r_far = self._far_field_radius(sub, c_far, tol_levels[:, None, :], profile)  # (B, S, NL)
+            direct, slot, coeff_a, coeff_c = self._local_expansions(sub, c_far, r_far, tol_levels, level, rows, tiles)
             alpha = self._evaluate_expansions(rows, rays, tiles, slot, coeff_a, coeff_c)
         alpha = alpha + self._direct_deflection(rows, rays, tiles, sub, direct, batch_pairs)
         gbx, gby = bx[rows, rays] - alpha.real, by[rows, rays] - alpha.imag
@@ -462,6 +470,7 @@ class StrongLensSimulator:
         """Exact truncated-NFW deflection (complex, (R,)) of the subhalos marked direct for each ray's tile."""
         alpha = torch.zeros(rows.shape, device=self.device, dtype=self.complex_dtype)
         flat = {k: v[:, :, 0] for k, v in sub.items()}
+        flat["norm"] = tnfw_norm(flat["tau"])
         chunk = max(1, batch_pairs // max(1, direct.shape[2]))
         for lo in range(0, len(rows), chunk):
             sl = slice(lo, lo + chunk)
@@ -471,11 +480,12 @@ class StrongLensSimulator:
             row_i = rows[sl][ray_i]
             dx = self.ray_x[0, rays[sl][ray_i]] - flat["x"][row_i, sub_i]
             dy = self.ray_y[0, rays[sl][ray_i]] - flat["y"][row_i, sub_i]
-            fx, fy = tnfw_deflection(dx, dy, flat["theta_e2"][row_i, sub_i], flat["r_s"][row_i, sub_i], flat["tau"][row_i, sub_i])
+            pair = {k: flat[k][row_i, sub_i] for k in ("theta_e2", "r_s", "tau", "norm")}
+            fx, fy = tnfw_deflection(dx, dy, pair["theta_e2"], pair["r_s"], pair["tau"], pair["norm"])
             alpha[lo:lo + chunk] += torch.zeros_like(alpha[lo:lo + chunk]).index_add(0, ray_i, torch.complex(fx, fy))
         return alpha
 
-    def _local_expansions(self, sub, c_far, r_far, tol, rows, tiles):
+    def _local_expansions(self, sub, c_far, r_far, tol_levels, level, rows, tiles):
         """Tile-wise local expansions of the far field of the subhalos far enough from each tile.
 
         In complex notation the far-field deflection of subhalo s at z is
@@ -486,8 +496,9 @@ class StrongLensSimulator:
             1 / (w conj(w)^2)    = sum_jk (-d)^j (k+1) (-conj(d))^k / (W^(j+1) conj(W)^(k+2))  (j, k <= L)
 
         A pair (tile, subhalo) is expanded when every ray of the tile is beyond the far-field
-        radius and the truncation error bound is below ``tol``; otherwise it is direct. Only
-        the tiles holding active rays (``rows``, ``tiles``) are expanded.
+        radius and the truncation error bound is below the tile's tolerance (``tol_levels``
+        (B, NL) indexed by ``level`` (B, T)); otherwise it is direct. Only the tiles holding
+        active rays (``rows``, ``tiles``) are expanded.
         Returns direct (B, T, S) bool, the index (B, T) of each tile's coefficients, A (M, K+1)
         and C (M, L+1, L+1) complex.
         """
@@ -506,28 +517,31 @@ class StrongLensSimulator:
         q = h / dist
         e2, c = flat["theta_e2"], c_far[:, :, 0][t_row]
         err = e2 / dist * q ** (K + 1) / (1 - q) + e2 * c / dist**3 * (L + 2) * q ** (L + 1) / (1 - q) ** 3
-        expand = (q < 0.6) & (dist - h >= r_far[:, :, 0][t_row]) & (err < 0.5 * tol[:, 0][t_row]) & (e2 > 0)
+        lvl = level[t_row, t_tile]  # (M,)
+        tol = tol_levels[t_row, lvl][:, None]  # (M, 1)
+        r_far_pair = r_far[t_row].gather(2, lvl[:, None, None].expand(-1, n_sub, 1))[:, :, 0]  # (M, S)
+        expand = (q < 0.6) & (dist - h >= r_far_pair) & (err < 0.5 * tol) & (e2 > 0)
         direct = torch.zeros((n_rows, n_tiles, n_sub), dtype=torch.bool, device=self.device)
         direct[t_row, t_tile] = ~expand & (e2 > 0)
-        w = torch.complex(torch.where(expand, wx, torch.ones_like(wx)), torch.where(expand, wy, torch.zeros_like(wy)))
-        inv_wc = (1.0 / w).conj()
-        weight = (e2 * expand).to(w.dtype)
-        coeff_a = torch.empty((len(t_row), K + 1), dtype=w.dtype, device=self.device)
-        power = inv_wc * weight
-        for k in range(K + 1):
-            coeff_a[:, k] = power.sum(dim=1) * (-1) ** k
-            power = power * inv_wc
+        # 1 / conj(W) = W / |W|^2; pairs that are not expanded get weight 0
+        inv_d2 = torch.where(expand, 1.0 / (dist * dist), torch.zeros_like(dist))
+        inv_wc = torch.complex(wx * inv_d2, wy * inv_d2)
         inv_w = inv_wc.conj()
-        v0 = (e2 * c * expand).to(w.dtype) * inv_wc * inv_wc
-        vs = [v0]
-        for _ in range(L):
-            vs.append(vs[-1] * inv_wc)
-        coeff_c = torch.empty((len(t_row), L + 1, L + 1), dtype=w.dtype, device=self.device)
-        u = inv_w
-        for j in range(L + 1):
-            for k in range(L + 1):
-                coeff_c[:, j, k] = (u * vs[k]).sum(dim=1) * ((-1) ** (j + k) * (k + 1))
-            u = u * inv_w
+        weight = (e2 * expand).to(self.torch_dtype)
+        m = len(t_row)
+        powers = torch.empty((m, K + 1, n_sub), dtype=inv_wc.dtype, device=self.device)  # conj(W)^-(k+1)
+        powers[:, 0] = inv_wc
+        for k in range(1, K + 1):
+            torch.mul(powers[:, k - 1], inv_wc, out=powers[:, k])
+        sign_a = torch.tensor([(-1) ** k for k in range(K + 1)], device=self.device).to(inv_wc.dtype)
+        coeff_a = torch.bmm(powers, weight.to(inv_wc.dtype)[:, :, None])[:, :, 0] * sign_a  # (M, K+1)
+        us = torch.empty((m, L + 1, n_sub), dtype=inv_wc.dtype, device=self.device)  # W^-(j+1)
+        us[:, 0] = inv_w
+        for j in range(1, L + 1):
+            torch.mul(us[:, j - 1], inv_w, out=us[:, j])
+        vs = powers[:, 1 : L + 2] * (e2 * c * expand).to(inv_wc.dtype)[:, None, :]  # conj(W)^-(k+2) c theta_e2
+        sign = torch.tensor([[(-1) ** (j + k) * (k + 1) for k in range(L + 1)] for j in range(L + 1)], device=self.device).to(inv_wc.dtype)
+        coeff_c = torch.bmm(us, vs.transpose(1, 2)) * sign  # (M, L+1, L+1)
         return direct, slot, coeff_a, coeff_c
 
     def _evaluate_expansions(self, rows, rays, tiles, slot, coeff_a, coeff_c):
@@ -578,15 +592,18 @@ class StrongLensSimulator:
         return ((1.0 - tnfw_mass_fraction(r, rs, tau)) * r * r).to(self.torch_dtype)
 
     def _far_field_radius(self, sub, c_far, tol, profile) -> torch.Tensor:
-        """Radius (B, S, 1) beyond which the far-field deflection is within tol (arcsec) of the truncated NFW."""
+        """Radii (B, S, NL) beyond which the far-field deflection is within tol (B, 1, NL) (arcsec) of the truncated NFW."""
         r, frac = profile
         far = 1.0 - c_far.double() / (r * r)
-        err = sub["theta_e2"].double() * (far - frac).abs() / r
-        bad = err > tol.double()
+        err = sub["theta_e2"].double() * (far - frac).abs() / r  # (B, S, n)
         k = torch.arange(r.shape[2], device=r.device)
-        last = torch.where(bad, k, torch.full_like(k, -1)).max(dim=2, keepdim=True).values
-        r_next = r.gather(2, torch.clamp(last + 1, max=r.shape[2] - 1))
-        return torch.where(last < 0, torch.zeros_like(r_next), r_next).to(self.torch_dtype)
+        out = []
+        for level in range(tol.shape[2]):
+            bad = err > tol[:, :, level : level + 1].double()
+            last = torch.where(bad, k, torch.full_like(k, -1)).max(dim=2, keepdim=True).values
+            r_next = r.gather(2, torch.clamp(last + 1, max=r.shape[2] - 1))
+            out.append(torch.where(last < 0, torch.zeros_like(r_next), r_next))
+        return torch.cat(out, dim=2).to(self.torch_dtype)
 
     @staticmethod
     def _sersic_slope(radius, src):
@@ -594,6 +611,19 @@ class StrongLensSimulator:
         radius = torch.clamp(radius, min=1e-6)
         value = sersic_brightness(radius, **src)
         return value * src["b"] / src["n"] * torch.pow(radius / src["r_e"], 1.0 / src["n"]) / radius
+
+    def _max_slope_within(self, radius, delta, src):
+        """max |dI/dR| of the Sersic profile over elliptical radii [R - delta, R + delta].
+
+        |dI/dR| decreases with R beyond its peak, at R = 0 for n >= 1 (where the cusp is cut at
+        half a ray spacing, as in :meth:`_sersic_max_slope`) and at R_e ((1 - n) / b)^n < R_e
+        for n < 1; the maximum over an interval is at the peak clamped into the interval.
+        """
+        n, r_e, b = src["n"], src["r_e"], src["b"]
+        peak = torch.where(n < 1, r_e * torch.pow(torch.clamp((1 - n) / b, min=1e-12), n), torch.zeros_like(n))
+        r_min = 0.5 * self.instrument.pixel_scale_arcsec / self.instrument.supersampling
+        at = torch.maximum(torch.minimum(torch.maximum(peak, radius - delta), radius + delta), torch.full_like(radius, r_min))
+        return self._sersic_slope(at, src)
 
     def _sersic_max_slope(self, src):
         """max over R of |dI/dR| (B, 1) on radii from half a ray spacing to 10 R_e (times 1.1).
