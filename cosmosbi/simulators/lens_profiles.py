@@ -37,7 +37,6 @@ __all__ = [
     "tnfw_mass_fraction",
     "tnfw_deflection",
     "point_mass_deflection",
-    "far_field_deflection",
     "sersic_b",
     "sersic_amplitude",
     "sersic_brightness",
@@ -150,17 +149,6 @@ def tnfw_deflection(dx, dy, theta_e2, r_s, tau, norm=None):
     r2 = dx * dx + dy * dy
     r = torch.sqrt(r2)
     scale = theta_e2 * tnfw_mass_fraction(r, r_s, tau, norm) / torch.clamp(r2, min=(1e-4 * r_s) ** 2)
-    return scale * dx, scale * dy
-
-
-def far_field_deflection(dx, dy, theta_e2, c_far):
-    """Far-field deflection of a compact halo: theta_e2 (1 - c_far / r^2) (dx, dy) / r^2.
-
-    c_far (arcsec^2) is lim r^2 (1 - F(r)); c_far = 0 gives a point mass. Zero at r = 0.
-    """
-    r2 = dx * dx + dy * dy
-    inv = 1.0 / torch.where(r2 > 0, r2, torch.ones_like(r2)) * (r2 > 0)
-    scale = theta_e2 * inv * (1.0 - c_far * inv)
     return scale * dx, scale * dy
 
 

@@ -58,7 +58,6 @@ from cosmosbi.simulators.lens_profiles import (
     sersic_radius,
     shear_deflection,
     sie_deflection,
-    far_field_deflection,
     tnfw_deflection,
     tnfw_mass_fraction,
     tnfw_norm,
