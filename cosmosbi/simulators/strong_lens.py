@@ -22,15 +22,17 @@ Speed. Three controlled approximations, each of which can be switched off:
 - rays only where subhalos matter (``ray_tolerance``): a ray is traced through the subhalos
   only where the source brightness could change by more than ``ray_tolerance`` times the
   background noise sigma of a pixel. The bound uses |alpha_sub| <= sum_s theta_E,s^2
-  min(1 / d, max_r F_s(r) / r) on tiles of 2 x 2 pixels and the largest Sersic gradient
+  min(1 / d, max_r F_s(r) / r) on tiles of 4 x 4 pixels and the largest Sersic gradient
   within that deflection of the macro-model source position; elsewhere the macro-model
   brightness is kept (its error is below the bound);
 - a far field for subhalos (``far_field_tolerance``): beyond the radius where the
-  truncated-NFW deflection differs by less than tol = ``far_field_tolerance`` sigma / max|dI/dR|
-  (arcsec) from theta_E^2 (1 - c / r^2) / r (a point mass with its leading finite-size
-  correction, c = lim r^2 (1 - F(r))), the far field is used, summed per tile of 2 x 2 pixels
+  truncated-NFW deflection differs by less than tol = ``far_field_tolerance`` sigma / G
+  (arcsec; G the largest source-brightness slope the tile's rays can see, rounded to one of
+  six levels) from theta_E^2 (1 - c / r^2) / r (a point mass with its leading finite-size
+  correction, c = lim r^2 (1 - F(r))), the far field is used, summed per tile of 4 x 4 pixels
   as a local (Taylor) expansion in complex coordinates whose truncation error is also below
-  tol; subhalos closer to a tile are summed ray by ray with the exact profile.
+  tol; subhalos closer to a tile are summed ray by ray, with the far field beyond the
+  far-field radius and the exact profile within it.
 
 ``benchmarks/strong_lens.py`` measures the effect of all three against the exact
 computation (float64, every ray, exact truncated NFW everywhere).
@@ -136,7 +138,7 @@ DEFAULT_PRIORS = {
     "log10_m_hm": Uniform(6.0, 9.0),
 }
 
-TILE_PIXELS = 2  # side of the tiles of the deflection bound and the local expansions
+TILE_PIXELS = 4  # side of the tiles of the deflection bound and the local expansions
 EXPANSION_ORDER = 10  # K: order of the point-mass local expansion
 CORRECTION_ORDER = 3  # L: order of the far-field correction expansion
 TOLERANCE_LEVELS = 6  # far-field tolerance levels tol_min 4^k, chosen per tile from the source gradient there
@@ -446,6 +448,7 @@ class StrongLensSimulator:
         if exact or self.far_field_tolerance is None:
             direct = torch.ones((n_rows, self.tile_x.shape[2], sub["x"].shape[1]), dtype=torch.bool, device=self.device)
             alpha = torch.zeros(rows.shape, device=self.device, dtype=self.complex_dtype)
+            far = None
         else:
             # deflection tolerance (arcsec) per tile: far_field_tolerance sigma / max |grad I| in the tile,
             # rounded down to one of TOLERANCE_LEVELS levels tol_min 4^k
@@ -459,14 +462,20 @@ class StrongLensSimulator:
             r_far = self._far_field_radius(sub, c_far, tol_levels[:, None, :], profile)  # (B, S, NL)
             direct, slot, coeff_a, coeff_c = self._local_expansions(sub, c_far, r_far, tol_levels, level, rows, tiles)
             alpha = self._evaluate_expansions(rows, rays, tiles, slot, coeff_a, coeff_c)
-        alpha = alpha + self._direct_deflection(rows, rays, tiles, sub, direct, batch_pairs)
+            far = (r_far, c_far, level)
+        alpha = alpha + self._direct_deflection(rows, rays, tiles, sub, direct, batch_pairs, far)
         gbx, gby = bx[rows, rays] - alpha.real, by[rows, rays] - alpha.imag
         src_rows = {k: v[rows, 0] for k, v in src.items()}
         radius_new = sersic_radius(gbx, gby, qs[rows, 0], phis[rows, 0], p["src_x"][rows, 0], p["src_y"][rows, 0])
         return brightness.index_put((rows, rays), sersic_brightness(radius_new, **src_rows))
 
-    def _direct_deflection(self, rows, rays, tiles, sub, direct, batch_pairs):
-        """Exact truncated-NFW deflection (complex, (R,)) of the subhalos marked direct for each ray's tile."""
+    def _direct_deflection(self, rows, rays, tiles, sub, direct, batch_pairs, far=None):
+        """Deflection (complex, (R,)) of the subhalos marked direct for each ray's tile, ray by ray.
+
+        ``far``: None (exact truncated NFW for every pair) or (r_far, c_far, level): then a pair
+        farther than the far-field radius of its tile's tolerance level uses the far field
+        theta_e2 (1 - c / r^2) / r, and only the nearer pairs the exact profile.
+        """
         alpha = torch.zeros(rows.shape, device=self.device, dtype=self.complex_dtype)
         flat = {k: v[:, :, 0] for k, v in sub.items()}
         flat["norm"] = tnfw_norm(flat["tau"])
@@ -479,8 +488,23 @@ class StrongLensSimulator:
             row_i = rows[sl][ray_i]
             dx = self.ray_x[0, rays[sl][ray_i]] - flat["x"][row_i, sub_i]
             dy = self.ray_y[0, rays[sl][ray_i]] - flat["y"][row_i, sub_i]
-            pair = {k: flat[k][row_i, sub_i] for k in ("theta_e2", "r_s", "tau", "norm")}
-            fx, fy = tnfw_deflection(dx, dy, pair["theta_e2"], pair["r_s"], pair["tau"], pair["norm"])
+            e2 = flat["theta_e2"][row_i, sub_i]
+            if far is None:
+                near = None
+                fx, fy = tnfw_deflection(dx, dy, e2, flat["r_s"][row_i, sub_i], flat["tau"][row_i, sub_i], flat["norm"][row_i, sub_i])
+            else:
+                r_far, c_far, level = far
+                lvl = level[row_i, tiles[sl][ray_i]]
+                r2 = dx * dx + dy * dy
+                near = (r2 < r_far[row_i, sub_i, lvl] ** 2).nonzero(as_tuple=True)[0]
+                inv = 1.0 / torch.clamp(r2, min=1e-30)
+                scale = e2 * inv * (1.0 - c_far[row_i, sub_i, 0] * inv)
+                fx, fy = scale * dx, scale * dy
+                if near.numel():
+                    r_i, s_i = row_i[near], sub_i[near]
+                    tx, ty = tnfw_deflection(dx[near], dy[near], e2[near], flat["r_s"][r_i, s_i], flat["tau"][r_i, s_i], flat["norm"][r_i, s_i])
+                    fx = fx.index_put((near,), tx)
+                    fy = fy.index_put((near,), ty)
             alpha[lo:lo + chunk] += torch.zeros_like(alpha[lo:lo + chunk]).index_add(0, ray_i, torch.complex(fx, fy))
         return alpha
 
