@@ -1,6 +1,7 @@
 """The ``cosmosbi`` command line.
 
     cosmosbi simulate [CONFIG.yaml]   simulate the config's datasets (works under mpiexec / srun)
+    cosmosbi compress CONFIG.yaml     train the compressor, write the summaries of the datasets
     cosmosbi info PATH                what a run directory or dataset holds
     cosmosbi simulators               the registered simulators and their options
 """
@@ -50,6 +51,19 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("path", help="a run directory (RUN_DIR) or one dataset directory (RUN_DIR/sims/NAME)")
     info.add_argument("--failures", type=int, default=10, metavar="K", help="list at most K failed simulations (default 10)")
 
+    compress = commands.add_parser(
+        "compress",
+        help="train the config's compressor and compress its datasets",
+        description=(
+            "Train the compressor of CONFIG on its train_on dataset (resuming from RUN_DIR/compressor/"
+            "checkpoint.pt after a kill), then write the summaries t of every dataset in apply_to to "
+            "RUN_DIR/summaries/NAME/. Run `cosmosbi simulate CONFIG` first."
+        ),
+    )
+    compress.add_argument("config", help="YAML config with a compressor section")
+    compress.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
+    compress.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     commands.add_parser("simulators", help="list the registered simulators and their options")
     return parser
 
@@ -61,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"simulate": _simulate, "info": _info, "simulators": _simulators}[args.command]
+    handler = {"simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators}[args.command]
     from cosmosbi.simulators.mpi import get_comm
 
     comm = get_comm()
@@ -111,6 +125,58 @@ def _simulate(args, comm) -> int:
     return 0
 
 
+def _compress(args, comm) -> int:
+    if comm.Get_rank() != 0:
+        return 0
+    from cosmosbi.config import load_config
+    from cosmosbi.compressors.losses import make_loss
+    from cosmosbi.compressors.trainer import TrainSettings, compress_dataset, make_compressor, train_compressor
+    from cosmosbi.simulators.store import SimulationDataset
+
+    path = Path(args.config)
+    config = load_config(path)
+    if args.run_dir:
+        config = config.model_copy(update={"run_dir": args.run_dir})
+    section = config.compressor
+    if section is None:
+        raise ValueError(f"{path}: no compressor section; see `cosmosbi compress --help` and the README")
+    datasets = {}
+    for name in [section.train_on, *(section.apply_to or config.datasets)]:
+        try:
+            datasets[name] = SimulationDataset(config.dataset_dir(name))
+        except ValueError as err:
+            raise ValueError(f"{err} (run `cosmosbi simulate {path}` first)") from None
+    train_set = datasets[section.train_on]
+    settings = TrainSettings(**section.train.model_dump())
+    network = _network_for(section.network, config.build_simulator(str(path)))
+    compressor = make_compressor(network, train_set, section.input, loss=section.loss, summary_dim=section.summary_dim, seed=settings.seed)
+    loss = make_loss(section.loss, compressor.parameter_dim, compressor.summary_dim, seed=settings.seed, **section.loss_options)
+    out_dir = Path(config.run_dir) / "compressor"
+    result = train_compressor(compressor, loss, train_set, out_dir, settings, progress=not args.quiet)
+    print(f"compressor: best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch} of {len(result.history)}"
+          f"{' (stopped early)' if result.stopped_early else ''} -> {out_dir}")
+    for name in section.apply_to or config.datasets:
+        summaries = compress_dataset(compressor, datasets[name], Path(config.run_dir) / "summaries" / name, device=settings.device)
+        print(f"{name}: {len(summaries)} summaries of dimension {compressor.summary_dim} -> {summaries.path}")
+    return 0
+
+
+def _network_for(network: dict, simulator) -> dict:
+    """Fill a HEALPix network's nside and footprint from the simulator when the config omits them."""
+    network = dict(network)
+    if network.get("kind") == "healpix_cnn" and "nside" not in network:
+        nside = getattr(simulator, "nside", None)
+        if nside is None:
+            raise ValueError("compressor.network: healpix_cnn needs nside (the simulator does not say)")
+        network["nside"] = int(nside)
+        pixels = getattr(simulator, "pixels", None)
+        if pixels is not None and "footprint" not in network:
+            from cosmosbi.compressors.healpix import footprint_ranges
+
+            network["footprint"] = footprint_ranges(pixels)
+    return network
+
+
 def _info(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
@@ -120,7 +186,7 @@ def _info(args, comm) -> int:
     if (path / MANIFEST).is_file():
         datasets = [path]
     else:
-        datasets = sorted(p.parent for p in path.glob(f"sims/*/{MANIFEST}"))
+        datasets = sorted(p.parent for p in path.glob(f"sims/*/{MANIFEST}")) + sorted(p.parent for p in path.glob(f"summaries/*/{MANIFEST}"))
         if not datasets:
             raise ValueError(f"{path}: neither a dataset directory (no {MANIFEST}) nor a run directory (no sims/*/{MANIFEST})")
     for k, dataset in enumerate(datasets):
@@ -140,15 +206,22 @@ def _describe_dataset(path: Path, max_failures: int) -> str:
     lines = [
         f"dataset   {path}",
         f"status    {m['status']}: {counts['simulated']} simulated, {counts['failed']} failed, {counts['missing']} missing of n={m['n']}",
-        f"simulator {identity['simulator'].get('name')} {identity['simulator'].get('options', {})}",
-        f"seed      {m['seed']} (simulation i uses SeedSequence([{m['seed']}, i]))"
-        + ("; theta fixed by the caller" if identity.get("theta") else "; theta drawn from the prior"),
-        "parameters:",
     ]
+    if "compressed_from" in identity:
+        network = identity["compressor"]["network"]
+        lines.append(f"summaries of {identity['compressed_from']} by a {network['kind']} compressor (loss {identity['compressor']['loss']})")
+    else:
+        lines += [
+            f"simulator {identity['simulator'].get('name')} {identity['simulator'].get('options', {})}",
+            f"seed      {m['seed']} (simulation i uses SeedSequence([{m['seed']}, i]))"
+            + ("; theta fixed by the caller" if identity.get("theta") else "; theta drawn from the prior"),
+        ]
+    lines.append("parameters:")
     theta = ds.theta
     for j, name in enumerate(ds.parameter_names):
         spread = f"min {theta[:, j].min():.4g}  max {theta[:, j].max():.4g}" if len(theta) else "no rows"
-        lines.append(f"  {name:<12} prior {identity['prior'][name]}  {spread}")
+        prior = identity.get("prior", {}).get(name)
+        lines.append(f"  {name:<12} {f'prior {prior}  ' if prior else ''}{spread}")
     lines.append("outputs:")
     for name, spec in ds.output_spec.items():
         lines.append(f"  {name:<12} shape {tuple(spec['shape'])}  {spec['dtype']}")

@@ -15,6 +15,13 @@ prior (default: the simulator's), and the datasets to simulate::
       test: {n: 200, seed: 2}
       fiducial: {n: 100, seed: 3, fixed: {A: 1.0, B: 2.0}}   # every row at the same theta
     batch_size: 64
+    compressor:                         # optional: `cosmosbi compress`
+      input: field                      # which simulator output to compress
+      network: {kind: resnet2d, width: 16, depth: 3}
+      loss: vmim                        # vmim | mse | gaussian_nll
+      train_on: train
+      apply_to: [train, test]           # default: every dataset
+      train: {epochs: 30, batch_size: 128, learning_rate: 0.001}
 
 Every error (malformed YAML, unknown key, missing field, wrong type, unknown simulator, bad
 prior) is a :class:`ConfigError` naming the file and the key.
@@ -58,12 +65,42 @@ class DatasetConfig(_Strict):
     )
 
 
+class TrainConfig(_Strict):
+    """Settings of :class:`cosmosbi.compressors.trainer.TrainSettings`."""
+
+    epochs: int = Field(default=50, gt=0)
+    batch_size: int = Field(default=128, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    patience: int = Field(default=8, gt=0)
+    lr_patience: int = Field(default=3, gt=0)
+    lr_factor: float = Field(default=0.5, gt=0, lt=1)
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    seed: int = Field(default=0, ge=0)
+    device: str = "auto"
+    mixed_precision: bool = False
+    num_workers: int = Field(default=0, ge=0)
+    num_threads: int | None = Field(default=None, gt=0)
+
+
+class CompressorConfig(_Strict):
+    input: str = Field(description="name of the simulator output to compress")
+    network: dict[str, Any] = Field(description="{kind: resnet2d | healpix_cnn | mlp, options...}")
+    loss: str = "vmim"
+    loss_options: dict[str, Any] = Field(default_factory=dict)
+    summary_dim: int | None = Field(default=None, gt=0)
+    train_on: str = "train"
+    apply_to: list[str] | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
 class SimulateConfig(_Strict):
     run_dir: str = "cosmosbi-run"
     simulator: SimulatorConfig
     prior: dict[str, dict[str, Any]] | None = None
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
     batch_size: int = Field(default=64, gt=0)
+    compressor: CompressorConfig | None = None
 
     # ------------------------------------------------------------- derived objects
 
@@ -132,6 +169,10 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
         raise ConfigError(f"{path}: " + _describe(err)) from None
     if isinstance(config, SimulateConfig):
         config.build_simulator(str(path))  # unknown simulator, bad options or prior fail now
+        if config.compressor is not None:
+            for key, name in [("train_on", config.compressor.train_on), *(("apply_to", n) for n in config.compressor.apply_to or [])]:
+                if name not in config.datasets:
+                    raise ConfigError(f"{path}: compressor.{key}: no dataset {name!r}; the config defines {list(config.datasets)}")
     return config
 
 

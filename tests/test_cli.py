@@ -100,3 +100,33 @@ def test_simulators_lists_builtins(capsys):
     assert main(["simulators"]) == 0
     out = capsys.readouterr().out
     assert "gaussian_field:" in out and "n_pixels (default 32)" in out
+
+
+def test_compress_trains_and_writes_summaries(tmp_path, capsys):
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
+        "datasets": {"train": {"n": 120, "seed": 1}, "test": {"n": 20, "seed": 2}},
+        "compressor": {"input": "field", "network": {"kind": "resnet2d", "width": 4, "depth": 1}, "loss": "mse",
+                       "train": {"epochs": 1, "batch_size": 32, "device": "cpu"}},
+    }
+    path = write(tmp_path, config)
+    assert main(["compress", "-q", str(path)]) == 2
+    assert "run `cosmosbi simulate" in capsys.readouterr().err
+    assert main(["simulate", "-q", str(path)]) == 0
+    assert main(["compress", "-q", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "test: 20 summaries of dimension 2" in out
+    summaries = SimulationDataset(tmp_path / "run" / "summaries" / "test")
+    np.testing.assert_array_equal(summaries.theta, SimulationDataset(tmp_path / "run" / "sims" / "test").theta)
+    assert main(["info", str(tmp_path / "run")]) == 0
+    assert "by a resnet2d compressor (loss mse)" in capsys.readouterr().out
+
+
+def test_compressor_section_errors(tmp_path):
+    bad = {**GOOD, "compressor": {"input": "field", "network": {"kind": "mlp"}, "train_on": "training"}}
+    with pytest.raises(ConfigError, match="compressor.train_on: no dataset 'training'"):
+        load_config(write(tmp_path, bad))
+    bad = {**GOOD, "compressor": {"input": "field", "network": {"kind": "mlp"}, "train": {"epochs": 0}}}
+    with pytest.raises(ConfigError, match="compressor.train.epochs"):
+        load_config(write(tmp_path, bad))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["flat_power_spectrum"]
+__all__ = ["flat_power_spectrum", "healpix_bandpowers", "flat_peak_counts", "healpix_peak_counts"]
 
 
 def flat_power_spectrum(x: np.ndarray, bin_edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,3 +45,106 @@ def flat_power_spectrum(x: np.ndarray, bin_edges: np.ndarray) -> tuple[np.ndarra
     used = which >= 0
     sums = np.stack([np.bincount(which[used], weights=p[used], minlength=n_bins) for p in power])
     return k_mean, sums / counts, counts
+
+
+def healpix_bandpowers(
+    maps: np.ndarray, nside: int, pixels: np.ndarray | None, ell_edges: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Tomographic auto and cross angular power spectra in multipole bands, on a footprint.
+
+    Pseudo-C_ell of the maps zero-filled outside the footprint, divided by the sky fraction
+    (unbiased for spectra that vary slowly across a band; exact on the full sky).
+
+    Args:
+        maps: (N, B, P) or (N, P): B tomographic maps on the P footprint pixels (NESTED).
+        nside: HEALPix resolution.
+        pixels: footprint pixels (P,) in NESTED ordering; None for the full sky.
+        ell_edges: multipole band edges (K + 1,); band k holds edge_k <= ell < edge_k+1.
+
+    Returns:
+        ell_mean (K,): mean multipole of each band;
+        bandpowers (N, n_pairs, K): mean C_ell over each band for every pair of maps;
+        pairs: the (i, j) map pairs, i <= j, in the order of axis 1.
+    """
+    import healpy as hp
+
+    maps = np.asarray(maps, dtype=float)
+    if maps.ndim == 2:
+        maps = maps[:, None, :]
+    npix = 12 * nside**2
+    pixels = np.arange(npix) if pixels is None else np.asarray(pixels)
+    if maps.ndim != 3 or maps.shape[-1] != len(pixels):
+        raise ValueError(f"expected maps of shape (N, B, {len(pixels)}) on the footprint, got {maps.shape}")
+    edges = np.asarray(ell_edges, dtype=int)
+    lmax = int(edges[-1]) - 1
+    if edges[0] < 0 or np.any(np.diff(edges) <= 0) or lmax > 3 * nside - 1:
+        raise ValueError(f"ell_edges must increase from >= 0 with the last edge <= 3 nside = {3 * nside}, got {edges.tolist()}")
+    fsky = len(pixels) / npix
+    n_maps = maps.shape[1]
+    pairs = [(i, j) for i in range(n_maps) for j in range(i, n_maps)]
+    ell = np.arange(lmax + 1)
+    band = np.digitize(ell, edges) - 1
+    counts = np.bincount(band[band >= 0], minlength=len(edges) - 1)
+    ell_mean = np.bincount(band[band >= 0], weights=ell[band >= 0], minlength=len(edges) - 1) / counts
+    out = np.empty((len(maps), len(pairs), len(edges) - 1))
+    full = np.zeros((n_maps, npix))
+    for n, row in enumerate(maps):
+        full[:, pixels] = row
+        alms = [hp.map2alm(hp.reorder(m, n2r=True), lmax=lmax, iter=0) for m in full]
+        for p, (i, j) in enumerate(pairs):
+            cl = hp.alm2cl(alms[i], alms[j], lmax=lmax) / fsky
+            out[n, p] = np.bincount(band[band >= 0], weights=cl[band >= 0], minlength=len(edges) - 1) / counts
+    return ell_mean, out, pairs
+
+
+def flat_peak_counts(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Histogram of local maxima (higher than their 8 neighbours, periodic) of images.
+
+    Args:
+        x: (N, H, W) or (H, W) maps (e.g. signal-to-noise maps).
+        edges: peak-height bin edges (K + 1,).
+
+    Returns:
+        counts (N, K).
+    """
+    x = np.asarray(x, dtype=float)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"expected images (N, H, W), got shape {x.shape}")
+    is_peak = np.ones(x.shape, dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dx or dy:
+                is_peak &= x > np.roll(x, (dy, dx), axis=(1, 2))
+    return np.stack([np.histogram(img[mask], bins=edges)[0] for img, mask in zip(x, is_peak)])
+
+
+def healpix_peak_counts(maps: np.ndarray, nside: int, pixels: np.ndarray | None, edges: np.ndarray) -> np.ndarray:
+    """Histogram of local maxima of HEALPix maps on a footprint (NESTED).
+
+    A pixel is a peak when it is higher than all its neighbours; pixels with a neighbour
+    outside the footprint are never counted.
+
+    Args:
+        maps: (N, P) or (N, B, P) maps on the P footprint pixels.
+        nside: HEALPix resolution.
+        pixels: footprint pixels (P,), NESTED; None for the full sky.
+        edges: peak-height bin edges (K + 1,).
+
+    Returns:
+        counts (N, K) or (N, B, K).
+    """
+    from cosmosbi.compressors.healpix import _neighbour_table
+
+    maps = np.asarray(maps, dtype=float)
+    pixels = np.arange(12 * nside**2) if pixels is None else np.asarray(pixels)
+    if maps.shape[-1] != len(pixels):
+        raise ValueError(f"maps have {maps.shape[-1]} pixels, the footprint {len(pixels)}")
+    table = _neighbour_table(nside, pixels)[:, 1:]
+    interior = np.all(table < len(pixels), axis=1)
+    flat = maps.reshape(-1, len(pixels))
+    padded = np.concatenate([flat, np.full((len(flat), 1), np.inf)], axis=1)
+    is_peak = np.all(flat[:, :, None] > padded[:, table], axis=2) & interior
+    counts = np.stack([np.histogram(m[mask], bins=edges)[0] for m, mask in zip(flat, is_peak)])
+    return counts.reshape(*maps.shape[:-1], len(edges) - 1)

@@ -23,16 +23,22 @@ from cosmosbi.simulators.priors import (
 )
 from cosmosbi.simulators import gaussian_field  # noqa: F401  (registers built-in simulators)
 from cosmosbi.simulators.gaussian_field import GaussianField2D, HealpixGaussianField, exact_posterior_samples
+from cosmosbi.simulators.lss import LSSField, power_spectrum
+from cosmosbi.simulators.camels import CamelsLike, camels_prior
+from cosmosbi.simulators.camels_data import CamelsMultifieldDataset
 from cosmosbi.simulators import strong_lens  # noqa: F401  (registers strong_lens)
 from cosmosbi.simulators.strong_lens import Instrument, StrongLensSimulator
 
 __all__ = [
     "BoxUniform",
+    "CamelsLike",
+    "CamelsMultifieldDataset",
     "FunctionSimulator",
     "Gaussian",
     "GaussianField2D",
     "HealpixGaussianField",
     "Instrument",
+    "LSSField",
     "LogUniform",
     "Normal",
     "OutputSpec",
@@ -42,8 +48,10 @@ __all__ = [
     "TruncatedNormal",
     "Uniform",
     "as_simulator",
+    "camels_prior",
     "exact_posterior_samples",
     "make_simulator",
+    "power_spectrum",
     "prior_from_config",
     "register_simulator",
     "row_generators",

@@ -130,6 +130,17 @@ def merge_files(sources: Sequence[Path], target: Path, seed: int, parameter_name
                         position = stop
 
 
+def iter_batches(dataset, batch_size: int, names: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive blocks of ``batch_size`` rows of any dataset with ``index``, ``theta``,
+    ``output_names`` and ``read(name, rows)``: dicts {"index", "theta", name...}."""
+    names = list(dataset.output_names if names is None else names)
+    for start in range(0, len(dataset), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(dataset)))
+        batch = {"index": dataset.index[rows], "theta": dataset.theta[rows]}
+        batch.update({name: dataset.read(name, rows) for name in names})
+        yield batch
+
+
 @dataclass
 class _Shard:
     path: Path
@@ -282,12 +293,7 @@ class SimulationDataset:
 
     def iter_batches(self, batch_size: int, names: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield {"index", "theta", name...} for consecutive blocks of ``batch_size`` rows."""
-        names = list(self.output_names if names is None else names)
-        for start in range(0, len(self), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(self)))
-            batch = {"index": self.index[rows], "theta": self.theta[rows]}
-            batch.update({name: self.read(name, rows) for name in names})
-            yield batch
+        return iter_batches(self, batch_size, names)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if not -len(self) <= i < len(self):
@@ -308,3 +314,40 @@ class SimulationDataset:
         state = dict(self.__dict__)
         state["_handles"] = {}
         return state
+
+
+def write_dataset(
+    out_dir: str | os.PathLike,
+    theta: np.ndarray,
+    index: np.ndarray,
+    outputs: Mapping[str, np.ndarray],
+    parameter_names: Sequence[str],
+    identity: Mapping[str, Any],
+    seed: int = 0,
+) -> "SimulationDataset":
+    """Write arrays as a complete one-shard dataset that :class:`SimulationDataset` reads.
+
+    Used for derived data (e.g. compressed summaries), so later stages read it like simulations.
+    theta: (N, D); index: (N,) simulation indices; outputs: name -> (N, ...).
+    """
+    from cosmosbi.files import atomic_write_json, provenance
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_rows(out_dir / "shard-00000.h5", theta, index, seed, outputs, [], parameter_names)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "identity": dict(identity),
+        "parameter_names": list(parameter_names),
+        "seed": seed,
+        "n": int(np.max(index)) + 1 if len(index) else 0,
+        "status": "complete",
+        "output_spec": {k: {"shape": list(np.shape(v)[1:]), "dtype": str(np.asarray(v).dtype)} for k, v in outputs.items()},
+        "counts": {"simulated": len(index), "failed": 0, "missing": 0},
+        "shards": {"shard-00000.h5": len(index)},
+        "failures": [],
+        "created": provenance(),
+        "runs": [],
+    }
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return SimulationDataset(out_dir)

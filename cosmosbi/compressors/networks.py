@@ -1,0 +1,148 @@
+"""Compressor networks for flat images and vectors: x -> t of shape (N, d).
+
+- :class:`ResNet2D`: residual CNN for images (N, C, H, W) or (N, H, W).
+- :class:`MLP`: fully connected network for vectors (N, F) (or anything flattened to it).
+
+Every network takes its normalisation of the input (a per-channel shift and scale, stored as
+buffers so that they travel with the state_dict) and is described by a JSON-able dict
+(``network.config``) from which :func:`build_network` rebuilds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ResNet2D", "MLP", "build_network", "NETWORKS"]
+
+
+class _Normalise(nn.Module):
+    """x -> (x - shift) / scale with per-channel buffers of shape (C,) (broadcast on axis 1)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(channels))
+        self.register_buffer("scale", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.shift.view(shape)) / self.scale.view(shape)
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int, stride: int, padding_mode: str):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1, padding_mode=padding_mode, bias=False),
+            nn.BatchNorm2d(channels_out),
+            nn.GELU(),
+            nn.Conv2d(channels_out, channels_out, 3, padding=1, padding_mode=padding_mode, bias=False),
+            nn.BatchNorm2d(channels_out),
+        )
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and channels_in == channels_out
+            else nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride=stride, bias=False), nn.BatchNorm2d(channels_out))
+        )
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.skip(x))
+
+
+class ResNet2D(nn.Module):
+    """Residual CNN for images: x (N, C, H, W) or (N, H, W) -> t (N, out_features).
+
+    A stem convolution, then ``depth`` stages of ``blocks`` residual blocks each; every stage
+    after the first halves the resolution and doubles the width. Global pooling concatenates
+    the mean and the mean square of the last feature maps (second moments carry the power of
+    a field), then a small MLP head maps to ``out_features``. Convolutions use circular
+    padding (periodic fields); set ``periodic=False`` for images with edges.
+
+    Args:
+        in_channels: input channels C (1 for a single map).
+        out_features: summary dimension d.
+        width: channels of the first stage.
+        depth: number of stages.
+        blocks: residual blocks per stage.
+        periodic: circular (True) or zero (False) padding.
+    """
+
+    def __init__(self, in_channels: int = 1, out_features: int = 2, width: int = 16, depth: int = 3, blocks: int = 1, periodic: bool = True):
+        super().__init__()
+        _check_positive(in_channels=in_channels, out_features=out_features, width=width, depth=depth, blocks=blocks)
+        self.config = {"kind": "resnet2d", "in_channels": in_channels, "out_features": out_features, "width": width, "depth": depth, "blocks": blocks, "periodic": periodic}
+        self.out_features = out_features
+        self.normalise = _Normalise(in_channels)
+        pad = "circular" if periodic else "zeros"
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, padding_mode=pad, bias=False), nn.BatchNorm2d(width), nn.GELU()]
+        channels = width
+        for stage in range(depth):
+            out = width * 2**stage
+            for b in range(blocks):
+                layers.append(_ResidualBlock(channels, out, 2 if stage > 0 and b == 0 else 1, pad))
+                channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Linear(2 * channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        h = self.features(self.normalise(x))
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.pow(2).mean(dim=(2, 3))], dim=1)
+        return self.head(pooled)
+
+
+class MLP(nn.Module):
+    """Fully connected network: x (N, in_features) (or (N, ...) flattened) -> t (N, out_features).
+
+    Args:
+        in_features: input size F.
+        out_features: summary dimension d.
+        hidden: width of the hidden layers.
+        layers: number of hidden layers.
+    """
+
+    def __init__(self, in_features: int, out_features: int = 2, hidden: int = 64, layers: int = 2):
+        super().__init__()
+        _check_positive(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers)
+        self.config = {"kind": "mlp", "in_features": in_features, "out_features": out_features, "hidden": hidden, "layers": layers}
+        self.out_features = out_features
+        self.normalise = _Normalise(in_features)
+        sizes = [in_features] + [hidden] * layers
+        body: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            body += [nn.Linear(a, b), nn.GELU()]
+        self.body = nn.Sequential(*body, nn.Linear(sizes[-1], out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.normalise(x.flatten(1)))
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"network option {name} must be a positive integer, got {value!r}")
+
+
+def _healpix_cnn(footprint=None, **kwargs):
+    from cosmosbi.compressors.healpix import HealpixCNN, footprint_from_ranges
+
+    return HealpixCNN(pixels=None if footprint is None else footprint_from_ranges(footprint), **kwargs)
+
+
+NETWORKS = {"resnet2d": ResNet2D, "mlp": MLP, "healpix_cnn": _healpix_cnn}
+
+
+def build_network(config: dict[str, Any]) -> nn.Module:
+    """Build a network from its config dict ({"kind": ..., options...}), as saved by ``network.config``."""
+    config = dict(config)
+    kind = config.pop("kind", None)
+    if kind not in NETWORKS:
+        raise ValueError(f"network.kind: unknown network {kind!r}; expected one of {sorted(NETWORKS)}")
+    try:
+        return NETWORKS[kind](**config)
+    except TypeError as err:
+        raise ValueError(f"network ({kind}): {err}") from None

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from cosmosbi.analyses.validation import validate_posterior
+
+S2 = 0.25  # x = theta + N(0, S2), theta ~ N(0, 1)
+
+
+class ConjugatePosterior:
+    """The exact posterior of the conjugate Gaussian problem, with its width scaled by ``factor``."""
+
+    def __init__(self, factor=1.0):
+        self.sd = np.sqrt(S2 / (1 + S2)) * factor
+
+    def sample(self, n, x, rng):
+        mean = np.asarray(x) / (1 + S2)
+        return mean[:, None, :] + self.sd * rng.standard_normal((len(mean), n, mean.shape[1]))
+
+    def log_prob(self, theta, x):
+        z = (np.asarray(theta) - np.asarray(x) / (1 + S2)) / self.sd
+        return np.sum(-0.5 * z**2 - np.log(self.sd) - 0.5 * np.log(2 * np.pi), axis=1)
+
+
+def test_exact_posterior_passes_and_a_shrunk_one_fails():
+    rng = np.random.default_rng(0)
+    theta = rng.standard_normal((400, 2))
+    x = theta + np.sqrt(S2) * rng.standard_normal(theta.shape)
+    derived = {"sum": lambda t: t[..., 0] + t[..., 1]}
+    good = validate_posterior(ConjugatePosterior(), theta, x, ["a", "b"], rng, n_samples=200, derived=derived)
+    assert good.samples.shape == (400, 200, 2)
+    assert good.sbc.names == ["a", "b", "sum"] and good.sbc.verdicts == ["calibrated"] * 3
+    assert good.coverage.verdict == "calibrated" and good.tarp.verdict == "calibrated"
+    bad = validate_posterior(ConjugatePosterior(0.6), theta, x, ["a", "b"], rng, n_samples=200, derived=derived)
+    assert bad.sbc.verdicts == ["overconfident"] * 3
+    assert bad.coverage.verdict == "overconfident" and bad.tarp.verdict == "overconfident"
+    metrics = bad.to_dict()
+    assert metrics["sbc"]["sum"]["verdict"] == "overconfident" and metrics["n_samples"] == 200
+
+
+def test_wrong_sample_shape_is_reported():
+    class Broken(ConjugatePosterior):
+        def sample(self, n, x, rng):
+            return super().sample(n, x, rng)[:, :, :1]
+
+    with pytest.raises(ValueError, match="posterior.sample returned"):
+        validate_posterior(Broken(), np.zeros((5, 2)), np.zeros((5, 2)), ["a", "b"], np.random.default_rng(0), n_samples=10)
