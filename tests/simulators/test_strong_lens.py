@@ -314,3 +314,17 @@ def test_runs_through_the_runner_and_the_example_config(tmp_path):
     # the same simulations with another batch size are identical
     run_simulations(sim, 5, tmp_path / "lens3", seed=3, batch_size=3, progress=False)
     np.testing.assert_allclose(SimulationDataset(tmp_path / "lens3").read("image"), images, atol=1e-2)
+
+
+def test_simulator_subhalo_counts_include_the_wdm_suppression():
+    sim = StrongLensSimulator(
+        infer_half_mode_mass=True, device="cpu", nuisance_priors={"theta_E": {"uniform": [1.0, 1.0 + 1e-9]}}
+    )
+    theta = np.tile([[0.1, -1.9, 8.0]], (600, 1))
+    rngs = [np.random.default_rng([21, i]) for i in range(len(theta))]
+    _, pops = sim.draw_parameters(theta, rngs)
+    counts = np.array([len(p) for p in pops])
+    area_kpc2 = math.pi * (1.5**2 - 0.5**2) * sim.distances.kpc_per_arcsec**2
+    lam = 0.1 * area_kpc2 * MassFunction(1e7, 1e10, -1.9, 8.0).suppressed_fraction()
+    assert lam < 0.5 * 0.1 * area_kpc2  # the suppression matters here
+    assert abs(counts.mean() - lam) < 4 * math.sqrt(lam / len(counts))
