@@ -477,35 +477,49 @@ class StrongLensSimulator:
         theta_e2 (1 - c / r^2) / r, and only the nearer pairs the exact profile.
         """
         alpha = torch.zeros(rows.shape, device=self.device, dtype=self.complex_dtype)
-        flat = {k: v[:, :, 0] for k, v in sub.items()}
-        flat["norm"] = tnfw_norm(flat["tau"])
-        chunk = max(1, batch_pairs // max(1, direct.shape[2]))
+        n_rows, n_tiles, n_sub = direct.shape
+        # per-subhalo tables: the far-field columns (x, y, theta_e2, c_far) for every pair and
+        # the profile columns (r_s, tau, norm) for the pairs that need the exact profile
+        zeros = torch.zeros_like(sub["x"][:, :, 0])
+        far_cols = [sub["x"][:, :, 0], sub["y"][:, :, 0], sub["theta_e2"][:, :, 0], zeros if far is None else far[1][:, :, 0]]
+        far_table = torch.stack(far_cols, dim=2).reshape(n_rows * n_sub, 4)
+        near_table = torch.stack([sub["r_s"][:, :, 0], sub["tau"][:, :, 0], tnfw_norm(sub["tau"][:, :, 0])], dim=2).reshape(n_rows * n_sub, 3)
+        if far is not None:
+            r_far, _, level = far
+            n_levels = r_far.shape[2]
+            r_far_flat = r_far.reshape(-1)
+            level_flat = level.reshape(-1)
+        direct_flat = direct.reshape(n_rows * n_tiles, n_sub)
+        ray_tile = rows * n_tiles + tiles
+        chunk = max(1, batch_pairs // max(1, n_sub))
         for lo in range(0, len(rows), chunk):
             sl = slice(lo, lo + chunk)
-            ray_i, sub_i = direct[rows[sl], tiles[sl]].nonzero(as_tuple=True)  # pairs (ray, subhalo)
+            ray_i, sub_i = direct_flat.index_select(0, ray_tile[sl]).nonzero(as_tuple=True)  # pairs (ray, subhalo)
             if not ray_i.numel():
                 continue
-            row_i = rows[sl][ray_i]
-            dx = self.ray_x[0, rays[sl][ray_i]] - flat["x"][row_i, sub_i]
-            dy = self.ray_y[0, rays[sl][ray_i]] - flat["y"][row_i, sub_i]
-            e2 = flat["theta_e2"][row_i, sub_i]
+            lin = rows[sl].index_select(0, ray_i) * n_sub + sub_i
+            pair = far_table.index_select(0, lin)  # (N, 4)
+            ray_id = rays[sl].index_select(0, ray_i)
+            dx = self.ray_x[0].index_select(0, ray_id) - pair[:, 0]
+            dy = self.ray_y[0].index_select(0, ray_id) - pair[:, 1]
+            e2 = pair[:, 2]
             if far is None:
-                near = None
-                fx, fy = tnfw_deflection(dx, dy, e2, flat["r_s"][row_i, sub_i], flat["tau"][row_i, sub_i], flat["norm"][row_i, sub_i])
+                q = near_table.index_select(0, lin)
+                fx, fy = tnfw_deflection(dx, dy, e2, q[:, 0], q[:, 1], q[:, 2])
             else:
-                r_far, c_far, level = far
-                lvl = level[row_i, tiles[sl][ray_i]]
+                lvl = level_flat.index_select(0, ray_tile[sl].index_select(0, ray_i))
+                r_far_pair = r_far_flat.index_select(0, lin * n_levels + lvl)
                 r2 = dx * dx + dy * dy
-                near = (r2 < r_far[row_i, sub_i, lvl] ** 2).nonzero(as_tuple=True)[0]
                 inv = 1.0 / torch.clamp(r2, min=1e-30)
-                scale = e2 * inv * (1.0 - c_far[row_i, sub_i, 0] * inv)
+                scale = e2 * inv * (1.0 - pair[:, 3] * inv)
                 fx, fy = scale * dx, scale * dy
+                near = (r2 < r_far_pair * r_far_pair).nonzero(as_tuple=True)[0]
                 if near.numel():
-                    r_i, s_i = row_i[near], sub_i[near]
-                    tx, ty = tnfw_deflection(dx[near], dy[near], e2[near], flat["r_s"][r_i, s_i], flat["tau"][r_i, s_i], flat["norm"][r_i, s_i])
+                    q = near_table.index_select(0, lin.index_select(0, near))
+                    tx, ty = tnfw_deflection(dx[near], dy[near], e2[near], q[:, 0], q[:, 1], q[:, 2])
                     fx = fx.index_put((near,), tx)
                     fy = fy.index_put((near,), ty)
-            alpha[lo:lo + chunk] += torch.zeros_like(alpha[lo:lo + chunk]).index_add(0, ray_i, torch.complex(fx, fy))
+            alpha[sl] += torch.zeros_like(alpha[sl]).index_add(0, ray_i, torch.complex(fx, fy))
         return alpha
 
     def _local_expansions(self, sub, c_far, r_far, tol_levels, level, rows, tiles):
