@@ -35,8 +35,8 @@ __all__ = [
     "epl_deflection",
     "shear_deflection",
     "tnfw_mass_fraction",
+    "tnfw_norm",
     "tnfw_deflection",
-    "point_mass_deflection",
     "sersic_b",
     "sersic_amplitude",
     "sersic_brightness",
@@ -149,13 +149,6 @@ def tnfw_deflection(dx, dy, theta_e2, r_s, tau, norm=None):
     r2 = dx * dx + dy * dy
     r = torch.sqrt(r2)
     scale = theta_e2 * tnfw_mass_fraction(r, r_s, tau, norm) / torch.clamp(r2, min=(1e-4 * r_s) ** 2)
-    return scale * dx, scale * dy
-
-
-def point_mass_deflection(dx, dy, theta_e2):
-    """Point-mass deflection theta_e2 (dx, dy) / r^2 (zero at r = 0)."""
-    r2 = dx * dx + dy * dy
-    scale = theta_e2 / torch.where(r2 > 0, r2, torch.ones_like(r2)) * (r2 > 0)
     return scale * dx, scale * dy
 
 

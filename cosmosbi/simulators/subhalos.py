@@ -38,7 +38,9 @@ __all__ = [
     "SubhaloPopulation",
     "concentration_duffy08",
     "draw_subhalo_population",
+    "expected_count",
     "pad_populations",
+    "region_area_arcsec2",
 ]
 
 WDM_GAMMA = 2.7
