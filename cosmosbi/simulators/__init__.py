@@ -28,6 +28,8 @@ from cosmosbi.simulators.camels import CamelsLike, camels_prior
 from cosmosbi.simulators.camels_data import CamelsMultifieldDataset
 from cosmosbi.simulators import weak_lensing  # noqa: F401  (registers weak_lensing)
 from cosmosbi.simulators.weak_lensing import WeakLensingSimulator
+from cosmosbi.simulators import strong_lens  # noqa: F401  (registers strong_lens)
+from cosmosbi.simulators.strong_lens import Instrument, StrongLensSimulator
 
 __all__ = [
     "BoxUniform",
@@ -37,12 +39,14 @@ __all__ = [
     "Gaussian",
     "GaussianField2D",
     "HealpixGaussianField",
+    "Instrument",
     "LSSField",
     "LogUniform",
     "Normal",
     "OutputSpec",
     "Prior",
     "Simulator",
+    "StrongLensSimulator",
     "TruncatedNormal",
     "Uniform",
     "WeakLensingSimulator",

@@ -1,0 +1,236 @@
+"""Lens and light profiles for the strong-lens simulator, batched in torch.
+
+Angles are in arcsec, masses in M_sun, distances in Mpc. Every function broadcasts: the
+parameters are tensors shaped like ``(B, 1)`` (one value per image) or ``(B, S, 1)`` (one
+per subhalo) and the ray coordinates like ``(B, P)`` or ``(1, P)``.
+
+- Main deflectors: the singular isothermal ellipsoid (SIE, closed form of Kormann et al. 1994
+  / Keeton 2001) and the elliptical power law (EPL, Tessore & Metcalf 2015), both from
+  ``caustics.func``, plus external shear. Convention (as lenstronomy's): the convergence of
+  the SIE is kappa = theta_E / (2 sqrt(q x'^2 + y'^2 / q)) with x' along the major axis.
+- Subhalos: truncated NFW (Baltz, Marshall & Oguri 2009) with the projected mass from
+  ``caustics.func.mass_enclosed_2d_tnfw``, normalised to the total mass.
+- Light: elliptical Sersic with R = sqrt(q x'^2 + y'^2 / q), normalised to a total flux.
+- Instrument: Gaussian PSF kernels integrated over pixels and zero-padded FFT convolution.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+from scipy import integrate, special
+
+import caustics.func as cf
+
+__all__ = [
+    "G_OVER_C2_MPC_PER_MSUN",
+    "ARCSEC_PER_RAD",
+    "angular_diameter_distance",
+    "LensDistances",
+    "ellipticity_to_q_phi",
+    "sie_deflection",
+    "epl_deflection",
+    "shear_deflection",
+    "tnfw_mass_fraction",
+    "tnfw_norm",
+    "tnfw_deflection",
+    "sersic_b",
+    "sersic_amplitude",
+    "sersic_brightness",
+    "sersic_radius",
+    "gaussian_psf_kernel",
+    "FFTConvolver",
+]
+
+G_OVER_C2_MPC_PER_MSUN = 4.785970e-20  # G / c^2 in Mpc / M_sun
+ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
+RHO_CRIT0_H2 = 2.775366e11  # critical density today / h^2, M_sun / Mpc^3
+C_KM_S = 299792.458
+
+
+# --------------------------------------------------------------------------- cosmology
+
+
+def _e_of_z(z, omega_m):
+    return math.sqrt(omega_m * (1 + z) ** 3 + 1.0 - omega_m)
+
+
+def angular_diameter_distance(z1: float, z2: float, h: float = 0.7, omega_m: float = 0.3) -> float:
+    """Angular-diameter distance (Mpc) from redshift z1 to z2 > z1 in flat LambdaCDM."""
+    if not z2 > z1 >= 0:
+        raise ValueError(f"expected 0 <= z1 < z2, got z1={z1}, z2={z2}")
+    chi, _ = integrate.quad(lambda z: 1.0 / _e_of_z(z, omega_m), z1, z2)
+    return C_KM_S / (100.0 * h) * chi / (1.0 + z2)
+
+
+class LensDistances:
+    """Distances and derived scales of one lens-source configuration.
+
+    Attributes: ``d_l``, ``d_s``, ``d_ls`` (Mpc); ``kpc_per_arcsec`` at the lens;
+    ``sigma_crit`` (M_sun / kpc^2); ``rho_crit_lens`` (M_sun / Mpc^3 at z_lens).
+    """
+
+    def __init__(self, z_lens: float, z_source: float, h: float = 0.7, omega_m: float = 0.3):
+        if not 0 < z_lens < z_source:
+            raise ValueError(f"z_lens and z_source: expected 0 < z_lens < z_source, got {z_lens}, {z_source}")
+        self.z_lens, self.z_source, self.h, self.omega_m = float(z_lens), float(z_source), h, omega_m
+        self.d_l = angular_diameter_distance(0.0, z_lens, h, omega_m)
+        self.d_s = angular_diameter_distance(0.0, z_source, h, omega_m)
+        self.d_ls = angular_diameter_distance(z_lens, z_source, h, omega_m)
+        self.kpc_per_arcsec = self.d_l * 1e3 / ARCSEC_PER_RAD
+        sigma_crit_mpc2 = self.d_s / (4 * math.pi * G_OVER_C2_MPC_PER_MSUN * self.d_l * self.d_ls)
+        self.sigma_crit = sigma_crit_mpc2 / 1e6
+        self.rho_crit_lens = RHO_CRIT0_H2 * h**2 * _e_of_z(z_lens, omega_m) ** 2
+
+    def point_mass_theta_e2(self, mass):
+        """Squared Einstein radius (arcsec^2) of a point mass ``mass`` (M_sun, array-like)."""
+        return 4 * G_OVER_C2_MPC_PER_MSUN * np.asarray(mass) * self.d_ls / (self.d_l * self.d_s) * ARCSEC_PER_RAD**2
+
+
+# --------------------------------------------------------------------------- main deflector
+
+
+def ellipticity_to_q_phi(e1, e2):
+    """Axis ratio q and position angle phi (rad) from ellipticity components (lenstronomy's
+    convention: phi = atan2(e2, e1) / 2, q = (1 - |e|) / (1 + |e|))."""
+    c = torch.sqrt(e1**2 + e2**2) if isinstance(e1, torch.Tensor) else np.sqrt(e1**2 + e2**2)
+    atan2 = torch.atan2 if isinstance(e1, torch.Tensor) else np.arctan2
+    return (1 - c) / (1 + c), 0.5 * atan2(e2, e1)
+
+
+def sie_deflection(x, y, theta_e, q, phi, x0, y0):
+    """SIE deflection (alpha_x, alpha_y) at rays (x, y); closed form, no core.
+
+    q = 1 exactly is replaced by 1 - 1e-6 (the closed form has a removable 0/0 there).
+    """
+    q = torch.clamp(q, max=1.0 - 1e-6 if q.dtype == torch.float64 else 1.0 - 1e-3)
+    return cf.reduced_deflection_angle_sie(x0, y0, q, phi, theta_e, x, y)
+
+
+def epl_deflection(x, y, theta_e, q, phi, gamma, x0, y0, n_iter: int = 18):
+    """EPL deflection for convergence kappa = (3 - gamma)/2 (theta_e / R)^(gamma - 1),
+    R = sqrt(q x'^2 + y'^2 / q); gamma = 2 is the SIE. Series of Tessore & Metcalf (2015)
+    truncated at ``n_iter`` terms."""
+    return cf.reduced_deflection_angle_epl(x0, y0, q, phi, theta_e, gamma - 1.0, x, y, n_iter)
+
+
+def shear_deflection(x, y, gamma1, gamma2, x0, y0):
+    """External shear deflection about (x0, y0): (g1 x + g2 y, g2 x - g1 y)."""
+    return cf.reduced_deflection_angle_external_shear(x0, y0, gamma1, gamma2, x, y)
+
+
+# --------------------------------------------------------------------------- subhalos
+
+
+def tnfw_norm(tau):
+    """M0 / M_total of a truncated NFW halo (Baltz et al. 2009), M0 = 4 pi rho_s r_s^3."""
+    return cf.M0_totmass_tnfw(torch.ones_like(tau), tau)
+
+
+def tnfw_mass_fraction(r, r_s, tau, norm=None):
+    """Projected mass within radius r over the total mass of a truncated NFW halo.
+
+    r, r_s in the same units; tau = r_t / r_s; ``norm``: :func:`tnfw_norm` (tau), if at hand.
+    Equals 1 - O((r_t / r)^2) far outside r_t.
+    """
+    r = torch.clamp(r, min=1e-4 * r_s)
+    return cf.mass_enclosed_2d_tnfw(r, r_s, tau, tnfw_norm(tau) if norm is None else norm)
+
+
+def tnfw_deflection(dx, dy, theta_e2, r_s, tau, norm=None):
+    """Truncated-NFW deflection at offsets (dx, dy) from the subhalo centre.
+
+    theta_e2 is the squared Einstein radius of a point mass of the subhalo's total mass
+    (arcsec^2): alpha = theta_e2 F(r) / r along the offset, F the enclosed mass fraction.
+    """
+    r2 = dx * dx + dy * dy
+    r = torch.sqrt(r2)
+    scale = theta_e2 * tnfw_mass_fraction(r, r_s, tau, norm) / torch.clamp(r2, min=(1e-4 * r_s) ** 2)
+    return scale * dx, scale * dy
+
+
+# --------------------------------------------------------------------------- light
+
+
+def sersic_b(n):
+    """The Sersic constant b_n (half the light within R_e): gammaincinv(2n, 1/2)."""
+    return special.gammaincinv(2.0 * np.asarray(n, dtype=float), 0.5)
+
+
+def sersic_amplitude(flux, r_e, n):
+    """Brightness at R_e (flux per arcsec^2) of a Sersic profile with total ``flux``."""
+    n = np.asarray(n, dtype=float)
+    b = sersic_b(n)
+    total_over_ie = 2 * math.pi * n * np.asarray(r_e) ** 2 * np.exp(b) * b ** (-2 * n) * special.gamma(2 * n)
+    return np.asarray(flux) / total_over_ie
+
+
+def sersic_radius(x, y, q, phi, x0, y0):
+    """Elliptical radius R = sqrt(q x'^2 + y'^2 / q) in the frame rotated by phi about (x0, y0)."""
+    dx, dy = x - x0, y - y0
+    c, s = torch.cos(phi), torch.sin(phi)
+    xr = c * dx + s * dy
+    yr = -s * dx + c * dy
+    return torch.sqrt(q * xr * xr + yr * yr / q)
+
+
+def sersic_brightness(radius, amplitude, r_e, n, b):
+    """Sersic surface brightness I = amplitude exp(-b ((R / R_e)^(1/n) - 1))."""
+    return amplitude * torch.exp(-b * (torch.pow(radius / r_e, 1.0 / n) - 1.0))
+
+
+# --------------------------------------------------------------------------- instrument
+
+
+def gaussian_psf_kernel(fwhm_arcsec: float, pixel_scale_arcsec: float, truncation_sigma: float = 5.0) -> np.ndarray:
+    """Pixel-integrated Gaussian PSF kernel (odd side, sums to 1), truncated at ``truncation_sigma``."""
+    if not fwhm_arcsec > 0:
+        raise ValueError(f"psf_fwhm_arcsec must be positive, got {fwhm_arcsec}")
+    sigma = fwhm_arcsec / (2 * math.sqrt(2 * math.log(2))) / pixel_scale_arcsec  # in pixels
+    half = max(1, int(math.ceil(truncation_sigma * sigma)))
+    edges = np.arange(-half - 0.5, half + 1.0)
+    cdf = special.ndtr(edges / sigma)
+    profile = np.diff(cdf)
+    kernel = np.outer(profile, profile)
+    return kernel / kernel.sum()
+
+
+class FFTConvolver:
+    """Linear (zero-padded) 2D convolution of (B, H, W) images with one fixed odd-sided kernel.
+
+    The output has the input's shape and centring ("same" mode); light falling outside the
+    frame is lost, as on a detector.
+    """
+
+    def __init__(self, kernel: np.ndarray, shape: tuple[int, int], device, dtype):
+        kernel = np.asarray(kernel, dtype=float)
+        if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
+            raise ValueError(f"psf kernel must be a 2D array with odd sides, got shape {kernel.shape}")
+        self.shape = tuple(shape)
+        kh, kw = kernel.shape
+        self.pad = (kh // 2, kw // 2)
+        self.fft_shape = (_fast_len(shape[0] + kh - 1), _fast_len(shape[1] + kw - 1))
+        k = torch.as_tensor(kernel, dtype=dtype, device=device)
+        self.kernel_fft = torch.fft.rfft2(k, s=self.fft_shape)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = self.shape
+        full = torch.fft.irfft2(torch.fft.rfft2(images, s=self.fft_shape) * self.kernel_fft, s=self.fft_shape)
+        return full[..., self.pad[0] : self.pad[0] + h, self.pad[1] : self.pad[1] + w]
+
+
+@lru_cache(maxsize=None)
+def _fast_len(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (fast FFT sizes)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
