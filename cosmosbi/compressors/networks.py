@@ -67,8 +67,9 @@ class ResNet2D(nn.Module):
 
     A stem convolution, then ``depth`` stages of ``blocks`` residual blocks each; every stage
     after the first halves the resolution and doubles the width. Global pooling concatenates
-    the mean and the mean square of the last feature maps (second moments carry the power of
-    a field), then a small MLP head maps to ``out_features``. Convolutions use circular
+    the mean and the mean square of the feature maps of the stem and of every stage (second
+    moments carry the power of a field, and pooling every resolution keeps the small scales
+    that downsampling aliases), then a small MLP head maps to ``out_features``. Convolutions use circular
     padding (periodic fields); set ``periodic=False`` for images with edges.
 
     Args:
@@ -89,22 +90,28 @@ class ResNet2D(nn.Module):
         self.out_features = out_features
         self.normalise = _Normalise(in_channels)
         pad = "circular" if periodic else "zeros"
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, padding_mode=pad, bias=norm == "none"), _norm(norm, width), nn.GELU()]
-        channels = width
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, padding_mode=pad, bias=norm == "none"), _norm(norm, width), nn.GELU())
+        self.stages = nn.ModuleList()
+        channels, pooled = width, width
         for stage in range(depth):
             out = width * 2**stage
+            blocks_here = []
             for b in range(blocks):
-                layers.append(_ResidualBlock(channels, out, 2 if stage > 0 and b == 0 else 1, pad, norm))
+                blocks_here.append(_ResidualBlock(channels, out, 2 if stage > 0 and b == 0 else 1, pad, norm))
                 channels = out
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(2 * channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, out_features))
+            self.stages.append(nn.Sequential(*blocks_here))
+            pooled += out
+        self.head = nn.Sequential(nn.Linear(2 * pooled, 2 * channels), nn.GELU(), nn.Linear(2 * channels, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        h = self.features(self.normalise(x))
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.pow(2).mean(dim=(2, 3))], dim=1)
-        return self.head(pooled)
+        h = self.stem(self.normalise(x))
+        moments = [h.mean(dim=(2, 3)), h.pow(2).mean(dim=(2, 3))]
+        for stage in self.stages:
+            h = stage(h)
+            moments += [h.mean(dim=(2, 3)), h.pow(2).mean(dim=(2, 3))]
+        return self.head(torch.cat(moments, dim=1))
 
 
 class MLP(nn.Module):
