@@ -1,0 +1,158 @@
+"""Neural likelihood estimation: a conditional density q(x | theta), sampled with MCMC.
+
+Example::
+
+    nle = NLE(prior).fit(theta, t, rng)
+    samples = nle.sample(1000, t_obs, rng)                 # emcee; (n, D) or (M, n, D)
+    samples = nle.sample(1000, t_obs, rng, method="sbi")   # sbi's vectorised slice sampler
+    nle.mcmc_reports                                       # burn-in, thinning, tau per observation
+
+The posterior density is q(x | theta) p(theta) up to a constant (:meth:`NLE.log_prob`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee
+from cosmosbi.estimators.npe import _NetworkEstimator, as_tensor
+
+__all__ = ["NLE", "sample_posterior_emcee"]
+
+
+def sample_posterior_emcee(
+    log_posterior,
+    prior,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    n_candidates: int = 2000,
+    **emcee_options,
+) -> MCMCResult:
+    """Sample a posterior with emcee, starting near the best of ``n_candidates`` prior draws.
+
+    Args:
+        log_posterior: vectorised theta: (W, D) -> (W,), -inf outside the support.
+        prior: cosmosbi Prior (for the starting candidates).
+        n: samples wanted.
+        rng: numpy Generator.
+        emcee_options: passed to :func:`~cosmosbi.estimators.mcmc.sample_emcee`.
+    """
+    candidates = prior.sample(n_candidates, rng)
+    values = log_posterior(candidates)
+    if not np.isfinite(values).any():
+        raise ValueError("log-posterior is -inf at every starting candidate drawn from the prior")
+    order = np.argsort(values)[::-1]
+    x0 = candidates[order[0]]
+    top = candidates[order[: max(10, prior.dim + 2)]]
+    scale = np.clip(0.1 * top.std(0), 1e-6, None)
+    return sample_emcee(log_posterior, x0, n, rng, scale=scale, **emcee_options)
+
+
+class NLE(_NetworkEstimator):
+    """Neural likelihood estimator q(x | theta) with emcee or sbi MCMC posterior sampling.
+
+    Args: as for :class:`~cosmosbi.estimators.npe.NPE` (no embedding net: NLE models the
+    density of the summaries themselves).
+    """
+
+    kind = "nle"
+
+    def __init__(self, prior, flow=None, training=None, *, device: str = "auto"):
+        super().__init__(prior, flow, training, device=device)
+        self.mcmc_reports: list[dict] = []
+
+    def _net_log_prob(self, theta_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """log q(x | theta) for rows theta_t: (N, D), x_t: (N, d). Returns (N,)."""
+        return self._require_network().log_prob(x_t[None], theta_t)[0]
+
+    @torch.no_grad()
+    def log_likelihood(self, theta, x) -> np.ndarray:
+        """log q(x | theta) for theta: (N, D) and x: (N, d) or one x. Returns (N,)."""
+        theta_t, x_t = self._pairs(theta, x)
+        with self._threads():
+            return self._net_log_prob(theta_t, x_t).double().cpu().numpy()
+
+    def log_prob(self, theta, x) -> np.ndarray:
+        """Unnormalised log posterior log q(x | theta) + log p(theta). Returns (N,); -inf outside the prior."""
+        theta = np.atleast_2d(np.asarray(theta, dtype=float))
+        lp = self.prior.log_prob(theta)
+        out = np.full(len(theta), -math.inf)
+        ok = np.isfinite(lp)
+        if ok.any():
+            x_arr = np.asarray(x)
+            x_rows = x_arr if x_arr.shape == tuple(self.x_shape) else x_arr[ok]  # one x, or one per theta
+            out[ok] = lp[ok] + self.log_likelihood(theta[ok], x_rows)
+        return out
+
+    def sample(self, n: int, x, rng: np.random.Generator, *, method: str = "emcee", **options) -> np.ndarray:
+        """Posterior samples by MCMC, one chain ensemble per observation.
+
+        Args:
+            n: samples per observation.
+            x: one observation (d,) or M observations (M, d).
+            rng: numpy Generator.
+            method: ``"emcee"`` (affine-invariant ensemble, burn-in and thinning from the
+                autocorrelation time) or ``"sbi"`` (sbi's vectorised slice sampler).
+            options: passed to :func:`~cosmosbi.estimators.mcmc.sample_emcee` (emcee) or to
+                ``sbi``'s ``MCMCPosterior`` (sbi: e.g. ``num_chains``, ``warmup_steps``, ``thin``).
+
+        Returns:
+            (n, D) for one observation, (M, n, D) for M observations. The diagnostics of each
+            run (burn-in, thinning, autocorrelation time, acceptance) are in ``mcmc_reports``.
+        """
+        x_t, single = self._batch_x(x)
+        x_np = x_t.cpu().numpy()
+        self.mcmc_reports = []
+        out = []
+        for row in x_np:
+            if method == "emcee":
+                result = sample_posterior_emcee(lambda th: self.log_prob(th, row), self.prior, int(n), rng, **options)
+                out.append(result.samples)
+                self.mcmc_reports.append(
+                    {
+                        "method": "emcee",
+                        "burn_in": result.burn_in,
+                        "thin": result.thin,
+                        "autocorr_time": result.autocorr_time.tolist(),
+                        "acceptance": result.acceptance,
+                        "n_steps": result.n_steps,
+                        "converged": result.converged,
+                    }
+                )
+            elif method == "sbi":
+                out.append(self._sample_sbi(int(n), row, rng, **options))
+            else:
+                raise ValueError(f"method: expected 'emcee' or 'sbi', got {method!r}")
+        samples = np.stack(out)
+        return samples[0] if single else samples
+
+    def _sample_sbi(self, n: int, x_row: np.ndarray, rng: np.random.Generator, *, num_chains: int = 20, warmup_steps: int = 100, thin: int = 5) -> np.ndarray:
+        from sbi.inference.posteriors import MCMCPosterior
+
+        from cosmosbi.estimators.networks import seeded_torch
+
+        estimator = self
+        x_o = as_tensor(x_row, self.device)[None]
+
+        def potential(theta, x_o):
+            with torch.no_grad():
+                value = estimator.log_prob(theta.detach().cpu().double().numpy(), x_o[0].cpu().numpy())
+            return torch.as_tensor(value, dtype=torch.float32)
+
+        prior_t = self.prior.to_torch(self.device)
+        posterior = MCMCPosterior(
+            potential,
+            proposal=prior_t,
+            method="slice_np_vectorized",
+            num_chains=num_chains,
+            warmup_steps=warmup_steps,
+            thin=thin,
+        )
+        with seeded_torch(rng):
+            samples = posterior.sample((n,), x=x_o, show_progress_bars=False)
+        self.mcmc_reports.append({"method": "sbi-slice_np_vectorized", "num_chains": num_chains, "warmup_steps": warmup_steps, "thin": thin})
+        return samples.double().cpu().numpy()
