@@ -83,6 +83,8 @@ class _NetworkEstimator:
 
     def _batch_x(self, x) -> tuple[torch.Tensor, bool]:
         """x as (M, ...) on the device, and whether it was a single observation."""
+        if self.x_shape is None:
+            raise RuntimeError(f"this {type(self).__name__} is not trained: call fit() or load it first")
         x_t = as_tensor(x, self.device)
         single = x_t.shape == torch.Size(self.x_shape)
         if single:
