@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee
+from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee, sample_stretch_batched
 from cosmosbi.estimators.npe import _NetworkEstimator, as_tensor
 
 __all__ = ["NLE", "sample_posterior_emcee"]
@@ -95,9 +95,13 @@ class NLE(_NetworkEstimator):
             n: samples per observation.
             x: one observation (d,) or M observations (M, d).
             rng: numpy Generator.
-            method: ``"emcee"`` (affine-invariant ensemble, burn-in and thinning from the
-                autocorrelation time) or ``"sbi"`` (sbi's vectorised slice sampler).
-            options: passed to :func:`~cosmosbi.estimators.mcmc.sample_emcee` (emcee) or to
+            method: ``"emcee"`` (emcee's affine-invariant ensemble, one run per observation;
+                burn-in and thinning from the autocorrelation time), ``"batched"`` (the same
+                stretch move run for all observations in lock-step, one network call per step
+                for every walker of every observation: for many observations), or ``"sbi"``
+                (sbi's vectorised slice sampler).
+            options: passed to :func:`~cosmosbi.estimators.mcmc.sample_emcee` (emcee),
+                :func:`~cosmosbi.estimators.mcmc.sample_stretch_batched` (batched) or to
                 ``sbi``'s ``MCMCPosterior`` (sbi: e.g. ``num_chains``, ``warmup_steps``, ``thin``).
 
         Returns:
@@ -107,28 +111,40 @@ class NLE(_NetworkEstimator):
         x_t, single = self._batch_x(x)
         x_np = x_t.cpu().numpy()
         self.mcmc_reports = []
+        if method == "batched":
+            samples = self._sample_batched(int(n), x_np, rng, **options)
+            return samples[0] if single else samples
         out = []
         for row in x_np:
             if method == "emcee":
                 result = sample_posterior_emcee(lambda th: self.log_prob(th, row), self.prior, int(n), rng, **options)
                 out.append(result.samples)
-                self.mcmc_reports.append(
-                    {
-                        "method": "emcee",
-                        "burn_in": result.burn_in,
-                        "thin": result.thin,
-                        "autocorr_time": result.autocorr_time.tolist(),
-                        "acceptance": result.acceptance,
-                        "n_steps": result.n_steps,
-                        "converged": result.converged,
-                    }
-                )
+                self.mcmc_reports.append(_report("emcee", result))
             elif method == "sbi":
                 out.append(self._sample_sbi(int(n), row, rng, **options))
             else:
-                raise ValueError(f"method: expected 'emcee' or 'sbi', got {method!r}")
+                raise ValueError(f"method: expected 'emcee', 'batched' or 'sbi', got {method!r}")
         samples = np.stack(out)
         return samples[0] if single else samples
+
+    def _batched_log_prob(self, theta: np.ndarray, x_np: np.ndarray) -> np.ndarray:
+        """Log posterior of theta: (M, K, D) given x_np: (M, d), row m with x_np[m]. Returns (M, K)."""
+        m_obs, k, dim = theta.shape
+        flat = theta.reshape(-1, dim)
+        return self.log_prob(flat, np.repeat(x_np, k, axis=0)).reshape(m_obs, k)
+
+    def _sample_batched(self, n: int, x_np: np.ndarray, rng: np.random.Generator, *, n_candidates: int = 500, **options) -> np.ndarray:
+        candidates = self.prior.sample(n_candidates, rng)
+        values = np.concatenate(
+            [self._batched_log_prob(np.broadcast_to(candidates, (len(chunk), *candidates.shape)).copy(), chunk) for chunk in np.array_split(x_np, max(1, len(x_np) // 64))]
+        )  # (M, C)
+        order = np.argsort(values, axis=1)[:, ::-1]
+        x0 = candidates[order[:, 0]]
+        top = candidates[order[:, : max(10, self.prior.dim + 2)]]  # (M, T, D)
+        scale = np.clip(0.1 * top.std(axis=1), 1e-6, None)
+        results = sample_stretch_batched(lambda th: self._batched_log_prob(th, x_np), x0, n, rng, scale=scale, **options)
+        self.mcmc_reports = [_report("batched-stretch", r) for r in results]
+        return np.stack([r.samples for r in results])
 
     def _sample_sbi(self, n: int, x_row: np.ndarray, rng: np.random.Generator, *, num_chains: int = 20, warmup_steps: int = 100, thin: int = 5) -> np.ndarray:
         from sbi.inference.posteriors import MCMCPosterior
@@ -156,3 +172,15 @@ class NLE(_NetworkEstimator):
             samples = posterior.sample((n,), x=x_o, show_progress_bars=False)
         self.mcmc_reports.append({"method": "sbi-slice_np_vectorized", "num_chains": num_chains, "warmup_steps": warmup_steps, "thin": thin})
         return samples.double().cpu().numpy()
+
+
+def _report(method: str, result: MCMCResult) -> dict:
+    return {
+        "method": method,
+        "burn_in": result.burn_in,
+        "thin": result.thin,
+        "autocorr_time": result.autocorr_time.tolist(),
+        "acceptance": result.acceptance,
+        "n_steps": result.n_steps,
+        "converged": result.converged,
+    }

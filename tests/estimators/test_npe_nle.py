@@ -44,6 +44,15 @@ def test_nle_emcee_matches_exact_posterior_and_reports_chain(nle, observation):
     assert report["n_steps"] >= report["burn_in"] + report["thin"] * (1000 // 32)
 
 
+def test_nle_batched_sampling_over_many_observations(nle, observation, small_data):
+    _, t_obs, exact = observation
+    x = np.vstack([t_obs[None], small_data[1][:5]])
+    samples = nle.sample(1000, x, np.random.default_rng(8), method="batched")
+    assert samples.shape == (6, 1000, 2) and nle.prior.contains(samples.reshape(-1, 2)).all()
+    assert len(nle.mcmc_reports) == 6 and all(r["burn_in"] > 0 for r in nle.mcmc_reports)
+    assert c2st(samples[0], exact, seed=0) <= FAST_BOUND
+
+
 def test_nle_sbi_slice_sampler_runs_inside_the_prior(nle, observation):
     _, t_obs, _ = observation
     a = nle.sample(20, t_obs, np.random.default_rng(4), method="sbi", num_chains=4, warmup_steps=10, thin=1)
