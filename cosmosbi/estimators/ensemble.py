@@ -141,7 +141,7 @@ def fit_ensemble(
         theta: (N, D) parameters; x: (N, ...) data or summaries.
         rng: numpy Generator; member k is seeded from it.
         n_members: K.
-        flows: architectures, cycled over the members (default: the :class:`FlowConfig` default).
+        flows: architectures, cycled over the members (default: the NPE / NLE default).
         training: optimiser settings shared by all members.
         holdout_fraction: fraction of simulations held out (from every member) to fit the weights.
         weighting: ``"stacking"`` (maximise the held-out mixture likelihood) or ``"uniform"``.
@@ -167,7 +167,7 @@ def fit_ensemble(
     order = rng.permutation(len(theta))
     n_hold = max(1, int(round(holdout_fraction * len(theta))))
     hold, train = order[:n_hold], order[n_hold:]
-    flows = list(flows) if flows else [FlowConfig()]
+    flows = list(flows) if flows else [None]  # None: the estimator class's default architecture
     members = []
     for k in range(n_members):
         member_rng = np.random.default_rng(rng.integers(2**62))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee, sample_stretch_batched
+from cosmosbi.estimators.networks import FlowConfig, TrainingConfig
 from cosmosbi.estimators.npe import _NetworkEstimator, as_tensor
 
 __all__ = ["NLE", "sample_posterior_emcee"]
@@ -56,10 +57,15 @@ class NLE(_NetworkEstimator):
     """Neural likelihood estimator q(x | theta) with emcee or sbi MCMC posterior sampling.
 
     Args: as for :class:`~cosmosbi.estimators.npe.NPE` (no embedding net: NLE models the
-    density of the summaries themselves).
+    density of the summaries themselves). The default architecture is a 5-transform MAF of
+    50 units with patience 10 (the density of several summaries given theta needs more
+    capacity than the posterior of a few parameters), trained with batches of 512 at learning
+    rate 3e-3.
     """
 
     kind = "nle"
+    default_flow = FlowConfig(model="maf", hidden_features=50, num_transforms=5)
+    default_training = TrainingConfig(stop_after_epochs=10)
 
     def __init__(self, prior, flow=None, training=None, *, device: str = "auto"):
         super().__init__(prior, flow, training, device=device)

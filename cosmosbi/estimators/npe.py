@@ -34,6 +34,8 @@ class _NetworkEstimator:
     """Shared state of NPE and NLE: prior, architecture, training settings, network, device."""
 
     kind: str = ""
+    default_flow = FlowConfig()
+    default_training = TrainingConfig()
 
     def __init__(
         self,
@@ -47,8 +49,8 @@ class _NetworkEstimator:
         if not isinstance(prior, Prior):
             raise TypeError(f"prior: expected a cosmosbi Prior, got {type(prior).__name__}")
         self.prior = prior
-        self.flow = flow or FlowConfig()
-        self.training = training or TrainingConfig()
+        self.flow = flow or self.default_flow
+        self.training = training or self.default_training
         self.embedding_net = embedding_net
         self.device = resolve_device(device)
         self.network: torch.nn.Module | None = None
@@ -164,7 +166,7 @@ class NPE(_NetworkEstimator):
 
     Args:
         prior: the prior the training parameters were drawn from.
-        flow: architecture (default :class:`FlowConfig`).
+        flow: architecture (default :class:`FlowConfig`: a 2-transform NSF of 32 units).
         training: optimiser settings (default :class:`TrainingConfig`).
         embedding_net: a torch module applied to x before the flow and trained jointly with it
             (e.g. a compressor CNN); None to use x (summaries from a frozen compressor) as is.

@@ -9,6 +9,7 @@ same way and writes posterior samples as HDF5 and as GetDist chains.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -57,7 +58,6 @@ def train_from_config(config, source: str = "config", progress: bool = False):
     """Fit the configured estimator on its dataset and save it. Returns (estimator, directory)."""
     from cosmosbi.estimators.ensemble import fit_ensemble
     from cosmosbi.estimators.io import save_estimator
-    from cosmosbi.estimators.networks import FlowConfig, TrainingConfig
     from cosmosbi.estimators.nle import NLE
     from cosmosbi.estimators.npe import NPE
     from cosmosbi.simulators.store import SimulationDataset
@@ -71,16 +71,16 @@ def train_from_config(config, source: str = "config", progress: bool = False):
     dataset = SimulationDataset(config.dataset_dir(settings.dataset))
     theta = dataset.theta
     t = summarise(dataset.read(_output_name(dataset, settings)), settings)
-    try:
-        flow = FlowConfig(**settings.flow)
-        training = TrainingConfig(**settings.training)
+    cls = NPE if settings.kind == "npe" else NLE
+    try:  # the config's fields override the estimator's defaults
+        flow = dataclasses.replace(cls.default_flow, **settings.flow)
+        training = dataclasses.replace(cls.default_training, **settings.training)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{source}: estimator: {err}") from None
     rng = np.random.default_rng(settings.seed)
     if settings.ensemble > 1:
         estimator = fit_ensemble(settings.kind, simulator.prior, theta, t, rng, n_members=settings.ensemble, flows=[flow], training=training, device=settings.device)
     else:
-        cls = NPE if settings.kind == "npe" else NLE
         estimator = cls(simulator.prior, flow, training, device=settings.device).fit(theta, t, rng, progress=progress)
     directory = save_estimator(estimator, estimator_dir(config))
     atomic_write_json(directory / "config.json", config.model_dump(mode="json"))
