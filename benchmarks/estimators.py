@@ -32,7 +32,7 @@ import torch
 
 from cosmosbi.analyses.metrics import c2st, c2st_null_std
 from cosmosbi.estimators import NLE, NPE
-from cosmosbi.estimators.networks import seeded_torch
+from cosmosbi.estimators.networks import NullTracker, seeded_torch
 from cosmosbi.estimators.reference import PowerSpectrumProblem
 from cosmosbi.simulators import exact_posterior_samples
 
@@ -48,7 +48,8 @@ def sbi_defaults(problem, theta, t, t_obs, n_samples, threads):
     try:
         with seeded_torch(np.random.default_rng(2)):
             start = time.perf_counter()
-            inference = SbiNPE(prior=problem.prior.to_torch(), show_progress_bars=False)
+            # NullTracker: no TensorBoard files in the working directory (does not change training)
+            inference = SbiNPE(prior=problem.prior.to_torch(), show_progress_bars=False, tracker=NullTracker())
             inference.append_simulations(torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(t))
             inference.train()
             seconds = time.perf_counter() - start

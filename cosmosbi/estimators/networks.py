@@ -140,6 +140,28 @@ def seeded_torch(rng: np.random.Generator) -> Iterator[None]:
         yield
 
 
+class NullTracker:
+    """An sbi experiment tracker that records nothing (sbi's default writes TensorBoard logs
+    to ``./sbi-logs``; cosmosbi keeps what it needs in :class:`TrainingSummary`)."""
+
+    log_dir = None
+
+    def log_metric(self, name, value, step=None) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_params(self, params) -> None:
+        pass
+
+    def add_figure(self, name, figure, step=None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run a block with ``n`` torch CPU threads (None: unchanged), restoring the setting afterwards."""
@@ -223,7 +245,9 @@ def train_network(
         raise ValueError(f"kind: expected 'npe' or 'nle', got {kind!r}")
     start = time.perf_counter()
     with seeded_torch(rng), torch_threads(training.num_threads):
-        trainer = trainer_class(prior=prior.to_torch(device), density_estimator=builder, device=device, show_progress_bars=progress)
+        trainer = trainer_class(
+            prior=prior.to_torch(device), density_estimator=builder, device=device, show_progress_bars=progress, tracker=NullTracker()
+        )
         trainer.append_simulations(theta.to(torch.float32), x.to(torch.float32))
         net = trainer.train(
             training_batch_size=training.batch_size,

@@ -66,9 +66,9 @@ def test_nle_sbi_slice_sampler_agrees_with_emcee(nle, observation):
     a = nle.sample(300, t_obs, np.random.default_rng(4), method="sbi")
     b = nle.sample(1000, t_obs, np.random.default_rng(4))
     assert a.shape == (300, 2) and nle.prior.contains(a).all()
-    # thinned slice-sampler draws are roughly independent: standard error of the mean difference
+    # both sets are thinned to roughly independent draws: 5 standard errors of the mean difference
     se = b.std(0) * np.sqrt(1 / 300 + 1 / 1000)
-    assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4 * se * 1.5), (a.mean(0), b.mean(0), se)
+    assert np.all(np.abs(a.mean(0) - b.mean(0)) < 5 * se), (a.mean(0), b.mean(0), se)
 
 
 def test_npe_batched_sampling_is_vectorised_and_inside_prior(npe, problem, small_data):
@@ -119,12 +119,14 @@ def test_rejection_sampler_gives_up_on_an_empty_support():
 
 
 @pytest.mark.parametrize("model", ["maf", "nsf", "mdn"])
-def test_each_architecture_trains_and_samples(model, problem, small_data):
+def test_each_architecture_trains_and_samples(model, problem, small_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     theta, t = small_data
     est = NPE(problem.prior, FlowConfig(model=model, hidden_features=16, num_transforms=2), TrainingConfig(max_epochs=2), device="cpu")
     est.fit(theta[:500], t[:500], np.random.default_rng(0))
     assert est.summary.epochs == 2 and np.isfinite(est.summary.best_validation_loss)
     assert est.sample(20, t[:3], np.random.default_rng(0)).shape == (3, 20, 2)
+    assert not any(tmp_path.iterdir())  # no TensorBoard logs (sbi's default tracker) left behind
 
 
 def test_npe_trains_an_embedding_net_jointly_and_reloads_it(problem, tmp_path):
