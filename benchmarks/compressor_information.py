@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--summary-dim", type=int, default=2, help="number of learned summaries d")
     parser.add_argument("--norm", default="batch", choices=["batch", "none"])
     parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -81,14 +82,14 @@ def main() -> None:
         run_simulations(sim, args.n_train, work / "train", seed=1, progress=False)
         dataset = SimulationDataset(work / "train")
         settings = TrainSettings(epochs=args.epochs, batch_size=128, learning_rate=args.lr, patience=args.patience, seed=0, device="auto", num_threads=args.threads)
-        compressor = make_compressor({"kind": "resnet2d", "width": args.width, "depth": args.depth, "norm": args.norm}, dataset, "field", loss=args.loss)
-        loss = make_loss(args.loss, 2, 2)
+        compressor = make_compressor({"kind": "resnet2d", "width": args.width, "depth": args.depth, "norm": args.norm}, dataset, "field", loss=args.loss, summary_dim=args.summary_dim)
+        loss = make_loss(args.loss, 2, args.summary_dim)
         result = train_compressor(compressor, loss, dataset, work / "compressor", settings, progress=True)
         trained = time.time() - started
         learned = summary_fisher(sim, compressor.cpu(), theta0, step, args.n_cov, args.n_deriv, work)
     ratio = np.linalg.det(learned) / np.linalg.det(exact)
     print(f"Gaussian field {args.n_pixels}x{args.n_pixels}, theta0 = {theta0.tolist()}, {args.n_train} training simulations, "
-          f"resnet2d width {args.width} depth {args.depth}, loss {args.loss}; torch {torch.__version__}, "
+          f"resnet2d width {args.width} depth {args.depth} norm {args.norm}, loss {args.loss}, d = {args.summary_dim}; torch {torch.__version__}, "
           f"{platform.machine()}, {torch.get_num_threads()} threads")
     print(f"training: {len(result.history)} epochs (best {result.best_epoch}), {trained:.0f} s")
     print(f"marginal sigma exact:   {np.sqrt(np.diag(np.linalg.inv(exact))).round(5).tolist()}")

@@ -4,6 +4,8 @@
     cosmosbi compress CONFIG.yaml     train the compressor, write the summaries of the datasets
     cosmosbi info PATH                what a run directory or dataset holds
     cosmosbi simulators               the registered simulators and their options
+    cosmosbi train CONFIG.yaml        fit the config's estimator (NPE / NLE) on its dataset
+    cosmosbi sample CONFIG.yaml --obs FILE   posterior samples for observations in FILE
 """
 
 from __future__ import annotations
@@ -65,7 +67,74 @@ def _build_parser() -> argparse.ArgumentParser:
     compress.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     commands.add_parser("simulators", help="list the registered simulators and their options")
+    _add_estimator_commands(commands)
     return parser
+
+
+def _add_estimator_commands(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train the config's estimator on its simulations",
+        description=(
+            "Fit the NPE or NLE (or ensemble) of CONFIG's estimator section on the simulations of "
+            "its dataset (run `cosmosbi simulate` first) and save it to RUN_DIR/estimator/."
+        ),
+    )
+    train.add_argument("config", help="YAML config with an estimator section")
+    train.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sample = commands.add_parser(
+        "sample",
+        help="sample the trained estimator's posterior for observations",
+        description=(
+            "Load RUN_DIR/estimator/, summarise the observation(s) in FILE like the training data "
+            "and write posterior samples as HDF5 (OUT.h5) and GetDist chains (OUT.txt, or OUT_<m>.txt "
+            "for a batch of observations)."
+        ),
+    )
+    sample.add_argument("config", help="YAML config with an estimator section")
+    sample.add_argument("--obs", required=True, metavar="FILE", help="observation(s): .npy, .npz or .h5 (one output or a batch)")
+    sample.add_argument("--obs-key", metavar="KEY", help="array name inside a .npz / .h5 file (h5 default: x)")
+    sample.add_argument("--out", metavar="OUT", help="output path without extension (default RUN_DIR/posterior/samples)")
+    sample.add_argument("-n", "--n-samples", type=int, metavar="N", help="samples per observation (default: the config's)")
+    sample.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
+
+
+def _load_estimator_config(args):
+    from cosmosbi.config import load_config
+
+    config = load_config(Path(args.config))
+    if args.run_dir:
+        config = config.model_copy(update={"run_dir": args.run_dir})
+    return config
+
+
+def _train(args, comm) -> int:
+    if comm.Get_rank() != 0:
+        return 0
+    from cosmosbi.estimators.pipeline import train_from_config
+
+    config = _load_estimator_config(args)
+    estimator, directory = train_from_config(config, args.config, progress=not args.quiet)
+    summaries = [m.summary for m in getattr(estimator, "members", [estimator])]
+    seconds = sum(s.seconds for s in summaries)
+    epochs = ", ".join(str(s.epochs) for s in summaries)
+    print(f"trained {config.estimator.kind.upper()} ({len(summaries)} network(s), epochs {epochs}) in {seconds:.1f} s -> {directory}")
+    return 0
+
+
+def _sample(args, comm) -> int:
+    if comm.Get_rank() != 0:
+        return 0
+    from cosmosbi.estimators.pipeline import sample_from_config
+
+    config = _load_estimator_config(args)
+    written = sample_from_config(config, args.obs, args.out, n_samples=args.n_samples, obs_key=args.obs_key, source=args.config)
+    print(
+        f"{written['n_samples']} samples for {written['n_observations']} observation(s) -> {written['hdf5']} "
+        f"and GetDist chain(s) {', '.join(str(c) for c in written['chains'][:3])}{' ...' if len(written['chains']) > 3 else ''}"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators}[args.command]
+    handler = {"simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators, "train": _train, "sample": _sample}[args.command]
     from cosmosbi.simulators.mpi import get_comm
 
     comm = get_comm()

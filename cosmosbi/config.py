@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pydantic
@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cosmosbi.simulators.base import Simulator, make_simulator
 from cosmosbi.simulators.priors import Prior, prior_from_config
 
-__all__ = ["ConfigError", "SimulateConfig", "DatasetConfig", "SimulatorConfig", "load_config", "default_config_path"]
+__all__ = ["ConfigError", "SimulateConfig", "DatasetConfig", "SimulatorConfig", "EstimatorConfig", "load_config", "default_config_path"]
 
 
 class ConfigError(ValueError):
@@ -94,6 +94,30 @@ class CompressorConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+class EstimatorConfig(_Strict):
+    """The optional ``estimator`` section, read by ``cosmosbi train`` and ``cosmosbi sample``.
+
+    ``flow`` and ``training`` take the fields of :class:`cosmosbi.estimators.FlowConfig`
+    (model, hidden_features, num_transforms, ...) and :class:`cosmosbi.estimators.TrainingConfig`
+    (batch_size, learning_rate, stop_after_epochs, ...); unset fields keep their defaults.
+    """
+
+    kind: Literal["npe", "nle"] = "npe"
+    dataset: str = Field(default="train", description="the dataset to train on")
+    output: str | None = Field(default=None, description="simulator output to use (default: the only one)")
+    summary: Literal["power_spectrum", "none", "compressor"] = Field(
+        default="power_spectrum",
+        description="log-bandpowers of a flat field, the flattened output, or the trained compressor's summaries",
+    )
+    bin_edges: list[float] | None = Field(default=None, description="wavenumber bin edges (default: unit-width bins)")
+    flow: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    ensemble: int = Field(default=1, ge=1, description="number of ensemble members")
+    seed: int = Field(default=0, ge=0)
+    n_samples: int = Field(default=1000, gt=0, description="posterior samples per observation")
+    device: str = "auto"
+
+
 class SimulateConfig(_Strict):
     run_dir: str = "cosmosbi-run"
     simulator: SimulatorConfig
@@ -101,6 +125,7 @@ class SimulateConfig(_Strict):
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
     batch_size: int = Field(default=64, gt=0)
     compressor: CompressorConfig | None = None
+    estimator: EstimatorConfig | None = None
 
     # ------------------------------------------------------------- derived objects
 

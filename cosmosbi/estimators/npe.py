@@ -1,0 +1,219 @@
+"""Neural posterior estimation: a conditional density q(theta | x) trained on simulations.
+
+Example::
+
+    npe = NPE(prior).fit(theta, t, rng)         # theta: (N, D), t: (N, d) summaries
+    samples = npe.sample(1000, t_obs, rng)      # t_obs: (d,) -> (1000, D); (M, d) -> (M, 1000, D)
+    npe.log_prob(theta, t_obs)                  # (N,)
+
+Samples outside the prior support are rejected (the flow's support is unbounded); sampling
+is vectorised over many observations at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from cosmosbi.estimators.networks import FlowConfig, TrainingConfig, TrainingSummary, resolve_device, seeded_torch, torch_threads, train_network
+from cosmosbi.simulators.priors import Prior
+
+__all__ = ["NPE", "as_tensor", "rejection_sample"]
+
+
+def as_tensor(value, device: str = "cpu") -> torch.Tensor:
+    """A float32 tensor on ``device`` from a numpy array, list or tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(value, dtype=np.float32), device=device)
+
+
+class _NetworkEstimator:
+    """Shared state of NPE and NLE: prior, architecture, training settings, network, device."""
+
+    kind: str = ""
+    default_flow = FlowConfig()
+    default_training = TrainingConfig()
+
+    def __init__(
+        self,
+        prior: Prior,
+        flow: FlowConfig | None = None,
+        training: TrainingConfig | None = None,
+        *,
+        embedding_net: torch.nn.Module | None = None,
+        device: str = "auto",
+    ):
+        if not isinstance(prior, Prior):
+            raise TypeError(f"prior: expected a cosmosbi Prior, got {type(prior).__name__}")
+        self.prior = prior
+        self.flow = flow or self.default_flow
+        self.training = training or self.default_training
+        self.embedding_net = embedding_net
+        self.device = resolve_device(device)
+        self.network: torch.nn.Module | None = None
+        self.summary: TrainingSummary | None = None
+        self.x_shape: tuple[int, ...] | None = None
+
+    def fit(self, theta, x, rng: np.random.Generator, *, progress: bool = False):
+        """Train on simulations theta: (N, D) and x: (N, ...). Returns self."""
+        theta_t, x_t = as_tensor(theta), as_tensor(x)
+        if theta_t.ndim != 2 or theta_t.shape[1] != self.prior.dim:
+            raise ValueError(f"theta must have shape (N, {self.prior.dim}), got {tuple(theta_t.shape)}")
+        if x_t.ndim < 2 or len(x_t) != len(theta_t):
+            raise ValueError(f"x must have shape (N, ...) with N = {len(theta_t)} rows like theta, got {tuple(x_t.shape)}")
+        finite = torch.isfinite(x_t.reshape(len(x_t), -1)).all(1) & torch.isfinite(theta_t).all(1)
+        if not finite.all():
+            raise ValueError(f"x or theta holds non-finite values in {int((~finite).sum())} rows (first: row {int(torch.nonzero(~finite)[0])})")
+        self.network, self.summary = train_network(
+            self.kind, self.flow, self.training, theta_t, x_t, self.prior, rng,
+            embedding_net=self.embedding_net, device=self.device, progress=progress,
+        )
+        self.x_shape = tuple(x_t.shape[1:])
+        return self
+
+    def _threads(self):
+        """Context with the configured torch thread count (training.num_threads), for network calls."""
+        return torch_threads(self.training.num_threads)
+
+    def _require_network(self) -> torch.nn.Module:
+        if self.network is None:
+            raise RuntimeError(f"this {type(self).__name__} is not trained: call fit() or load it first")
+        return self.network
+
+    def _batch_x(self, x) -> tuple[torch.Tensor, bool]:
+        """x as (M, ...) on the device, and whether it was a single observation."""
+        if self.x_shape is None:
+            raise RuntimeError(f"this {type(self).__name__} is not trained: call fit() or load it first")
+        x_t = as_tensor(x, self.device)
+        single = x_t.shape == torch.Size(self.x_shape)
+        if single:
+            x_t = x_t[None]
+        if tuple(x_t.shape[1:]) != self.x_shape:
+            raise ValueError(f"x must have shape {self.x_shape} or (M, *{self.x_shape}), got {tuple(x_t.shape)}")
+        return x_t, single
+
+    def _pairs(self, theta, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """theta: (N, D) and x: (N, ...) or one x broadcast to N rows."""
+        theta_t = as_tensor(theta, self.device)
+        if theta_t.ndim == 1:
+            theta_t = theta_t[None]
+        if theta_t.ndim != 2 or theta_t.shape[1] != self.prior.dim:
+            raise ValueError(f"theta must have shape (N, {self.prior.dim}), got {tuple(theta_t.shape)}")
+        x_t, single = self._batch_x(x)
+        if single:
+            x_t = x_t.expand(len(theta_t), *x_t.shape[1:])
+        elif len(x_t) != len(theta_t):
+            raise ValueError(f"theta has {len(theta_t)} rows but x has {len(x_t)}; give one x or one per theta")
+        return theta_t, x_t
+
+    def _in_support(self, theta_t: torch.Tensor) -> torch.Tensor:
+        low = torch.as_tensor(self.prior.low, dtype=theta_t.dtype, device=theta_t.device)
+        high = torch.as_tensor(self.prior.high, dtype=theta_t.dtype, device=theta_t.device)
+        return ((theta_t >= low) & (theta_t <= high) & torch.isfinite(theta_t)).all(-1)
+
+
+def rejection_sample(
+    draw,
+    in_support,
+    n: int,
+    n_obs: int,
+    dim: int,
+    *,
+    max_draws: int = 10_000_000,
+) -> np.ndarray:
+    """Draw n samples per observation, keeping only those in the support.
+
+    Args:
+        draw: k -> (k, M, D) tensor of proposals for all M observations.
+        in_support: (k, M, D) -> (k, M) bool tensor.
+        n: samples wanted per observation; n_obs: M; dim: D.
+        max_draws: give up (``RuntimeError``) after this many proposals per observation.
+
+    Returns:
+        (M, n, D) float64 array.
+    """
+    out = np.empty((n_obs, n, dim))
+    have = np.zeros(n_obs, dtype=np.int64)
+    drawn = 0
+    acceptance = 1.0
+    while have.min() < n:
+        missing = n - have.min()
+        k = int(min(max(missing / max(acceptance, 1e-3) * 1.1 + 16, 64), 200_000))
+        proposals = draw(k)
+        ok = in_support(proposals).cpu().numpy()
+        proposals = proposals.detach().cpu().numpy()
+        drawn += k
+        acceptance = max(float(ok.mean()), 1.0 / (drawn * n_obs))
+        rank = np.cumsum(ok, axis=0) - 1 + have[None, :]  # (k, M) slot of each accepted proposal
+        take = ok & (rank < n)
+        i, m = np.nonzero(take)
+        out[m, rank[i, m]] = proposals[i, m]
+        have = np.minimum(have + ok.sum(0), n)
+        if have.min() < n and drawn >= max_draws:
+            worst = int(np.argmin(have))
+            raise RuntimeError(
+                f"rejection sampling: observation {worst} kept {have[worst]} of {n} samples after {drawn} draws; "
+                "the estimate puts almost no mass inside the prior support"
+            )
+    return out
+
+
+class NPE(_NetworkEstimator):
+    """Neural posterior estimator q(theta | x) on sbi flows (MAF, NSF) or mixture density networks.
+
+    Args:
+        prior: the prior the training parameters were drawn from.
+        flow: architecture (default :class:`FlowConfig`: a 2-transform NSF of 32 units).
+        training: optimiser settings (default :class:`TrainingConfig`).
+        embedding_net: a torch module applied to x before the flow and trained jointly with it
+            (e.g. a compressor CNN); None to use x (summaries from a frozen compressor) as is.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    """
+
+    kind = "npe"
+
+    def _net_log_prob(self, theta_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """log q(theta | x) for rows theta_t: (N, D), x_t: (N, ...). Returns (N,)."""
+        return self._require_network().log_prob(theta_t[None], x_t)[0]
+
+    def _net_sample(self, k: int, x_t: torch.Tensor) -> torch.Tensor:
+        """k draws for each of x_t: (M, ...). Returns (k, M, D)."""
+        return self._require_network().sample(torch.Size([k]), condition=x_t)
+
+    @torch.no_grad()
+    def log_prob(self, theta, x) -> np.ndarray:
+        """log q(theta | x) for theta: (N, D) and x: (N, ...) or one x. Returns (N,).
+
+        -inf outside the prior support. The density is that of the network restricted to the
+        support, not renormalised by the mass it places inside it.
+        """
+        theta_t, x_t = self._pairs(theta, x)
+        with self._threads():
+            value = self._net_log_prob(theta_t, x_t)
+        value = torch.where(self._in_support(theta_t), value, torch.full_like(value, -math.inf))
+        return value.double().cpu().numpy()
+
+    @torch.no_grad()
+    def sample(self, n: int, x, rng: np.random.Generator, *, batch_obs: int = 1024) -> np.ndarray:
+        """Posterior samples inside the prior support.
+
+        Args:
+            n: samples per observation.
+            x: one observation (d,) or M observations (M, d) (or (M, *x_shape)).
+            rng: numpy Generator (seeds the network's sampling).
+            batch_obs: observations sampled together per network call.
+
+        Returns:
+            (n, D) for one observation, (M, n, D) for M observations.
+        """
+        x_t, single = self._batch_x(x)
+        parts = []
+        with seeded_torch(rng), self._threads():
+            for start in range(0, len(x_t), batch_obs):
+                chunk = x_t[start : start + batch_obs]
+                parts.append(rejection_sample(lambda k: self._net_sample(k, chunk), self._in_support, int(n), len(chunk), self.prior.dim))
+        out = np.concatenate(parts) if parts else np.empty((0, int(n), self.prior.dim))
+        return out[0] if single else out
