@@ -17,7 +17,7 @@ import numpy as np
 
 from cosmosbi.files import atomic_write_json
 
-__all__ = ["summarise", "train_from_config", "sample_from_config", "estimator_dir", "read_observations"]
+__all__ = ["summarise", "observation_summaries", "train_from_config", "sample_from_config", "estimator_dir", "read_observations"]
 
 log = logging.getLogger("cosmosbi.estimators")
 
