@@ -6,6 +6,7 @@
     cosmosbi simulators               the registered simulators and their options
     cosmosbi train CONFIG.yaml        fit the config's estimator (NPE / NLE) on its dataset
     cosmosbi sample CONFIG.yaml --obs FILE   posterior samples for observations in FILE
+    cosmosbi validate CONFIG.yaml     SBC, coverage, TARP, exact comparison, domain shift -> report
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from cosmosbi import __version__
+from cosmosbi.files import read_json
 
 log = logging.getLogger("cosmosbi")
 
@@ -68,6 +70,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("simulators", help="list the registered simulators and their options")
     _add_estimator_commands(commands)
+
+    validate = commands.add_parser(
+        "validate",
+        help="validate the trained estimator and write the HTML report",
+        description=(
+            "Run SBC, HPD coverage, TARP, the exact-posterior comparison (where the simulator has "
+            "one) and the domain-shift checks of CONFIG's validation section on its test dataset; "
+            "write RUN_DIR/validation/metrics.json and report.html. Run `cosmosbi train CONFIG` first."
+        ),
+    )
+    validate.add_argument("config", help="YAML config with estimator and validation sections")
+    validate.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
     return parser
 
 
@@ -144,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators, "train": _train, "sample": _sample}[args.command]
+    handler = {"simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators, "train": _train, "sample": _sample, "validate": _validate}[args.command]
     from cosmosbi.simulators.mpi import get_comm
 
     comm = get_comm()
@@ -170,10 +184,10 @@ def _simulate(args, comm) -> int:
     unknown = [n for n in names if n not in config.datasets]
     if unknown:
         raise ValueError(f"{path}: no dataset {unknown[0]!r}; the config defines {list(config.datasets)}")
-    simulator = config.build_simulator(str(path))
     rank = comm.Get_rank()
     for name in names:
         dataset = config.datasets[name]
+        simulator = config.build_simulator(str(path), name)
         summary = run_simulations(
             simulator,
             dataset.n,
@@ -227,6 +241,28 @@ def _compress(args, comm) -> int:
     for name in section.apply_to or config.datasets:
         summaries = compress_dataset(compressor, datasets[name], Path(config.run_dir) / "summaries" / name, device=settings.device)
         print(f"{name}: {len(summaries)} summaries of dimension {compressor.summary_dim} -> {summaries.path}")
+    return 0
+
+
+def _validate(args, comm) -> int:
+    if comm.Get_rank() != 0:
+        return 0
+    from cosmosbi.analyses.pipeline import validate_from_config
+    from cosmosbi.config import load_config
+
+    config = load_config(args.config)
+    if args.run_dir:
+        config = config.model_copy(update={"run_dir": args.run_dir})
+    path = validate_from_config(config, str(args.config))
+    metrics = read_json(path.parent / "metrics.json")
+    for name, row in metrics["validation"]["sbc"].items():
+        print(f"{name}: SBC {row['verdict']} ({row['reason']})")
+    for key in ("hpd_coverage", "tarp"):
+        if metrics["validation"].get(key):
+            print(f"{key}: {metrics['validation'][key]['verdict']} ({metrics['validation'][key]['reason']})")
+    for k, comparison in enumerate(metrics.get("exact_comparison", [])):
+        print(f"exact posterior, test simulation {k}: C2ST {comparison['c2st']:.3f}")
+    print(f"report: {path}")
     return 0
 
 

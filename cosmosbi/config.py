@@ -14,6 +14,7 @@ prior (default: the simulator's), and the datasets to simulate::
       train: {n: 1000, seed: 1}
       test: {n: 200, seed: 2}
       fiducial: {n: 100, seed: 3, fixed: {A: 1.0, B: 2.0}}   # every row at the same theta
+      variant: {n: 200, seed: 4, simulator: {name: gaussian_field, options: {k_pivot: 4}}}
     batch_size: 64
     compressor:                         # optional: `cosmosbi compress`
       input: field                      # which simulator output to compress
@@ -62,6 +63,9 @@ class DatasetConfig(_Strict):
     seed: int = Field(ge=0, description="root seed; simulation i uses SeedSequence([seed, i])")
     fixed: dict[str, float] | None = Field(
         default=None, description="simulate every row at these parameter values instead of prior draws"
+    )
+    simulator: SimulatorConfig | None = Field(
+        default=None, description="a variant simulator for this dataset (same parameters), e.g. another feedback model"
     )
 
 
@@ -118,6 +122,20 @@ class EstimatorConfig(_Strict):
     device: str = "auto"
 
 
+class ValidationConfig(_Strict):
+    """The optional ``validation`` section, read by ``cosmosbi validate``."""
+
+    test: str = Field(default="test", description="dataset of test simulations")
+    n_test: int | None = Field(default=None, gt=0, description="use only the first n_test test simulations")
+    n_samples: int = Field(default=1000, gt=1, description="posterior samples per test simulation")
+    corner: int = Field(default=3, ge=0, description="test simulations shown in triangle plots")
+    exact: bool = Field(default=True, description="compare with the exact posterior where the simulator has one")
+    derived: list[str] = Field(default_factory=list, description="derived quantities to calibrate, e.g. [S_8]")
+    shift: list[str] = Field(default_factory=list, description="datasets (e.g. another variant) to check domain shift on")
+    alpha: float = Field(default=0.01, gt=0, lt=1, description="significance level of the calibration tests")
+    seed: int = Field(default=0, ge=0)
+
+
 class SimulateConfig(_Strict):
     run_dir: str = "cosmosbi-run"
     simulator: SimulatorConfig
@@ -126,13 +144,19 @@ class SimulateConfig(_Strict):
     batch_size: int = Field(default=64, gt=0)
     compressor: CompressorConfig | None = None
     estimator: EstimatorConfig | None = None
+    validation: ValidationConfig | None = None
 
     # ------------------------------------------------------------- derived objects
 
-    def build_simulator(self, source: str = "config") -> Simulator:
-        """The configured simulator, with the configured prior (if any) replacing its default."""
+    def build_simulator(self, source: str = "config", dataset: str | None = None) -> Simulator:
+        """The configured simulator (or dataset ``dataset``'s own variant), with the configured
+        prior (if any) replacing its default."""
+        section = self.simulator
+        where = "simulator"
+        if dataset is not None and self.datasets[dataset].simulator is not None:
+            section, where = self.datasets[dataset].simulator, f"datasets.{dataset}.simulator"
         try:
-            simulator = make_simulator(self.simulator.name, self.simulator.options)
+            simulator = make_simulator(section.name, section.options, where=where)
             if self.prior is not None:
                 prior = prior_from_config(self.prior)
                 if prior.names != tuple(simulator.parameter_names):
@@ -141,6 +165,8 @@ class SimulateConfig(_Strict):
                         f"parameters {list(simulator.parameter_names)} (same names, same order)"
                     )
                 simulator.prior = prior
+            if dataset is not None and tuple(simulator.parameter_names) != tuple(self.build_simulator(source).parameter_names):
+                raise ValueError(f"{where}: the variant's parameters {list(simulator.parameter_names)} differ from the main simulator's")
         except ValueError as err:
             raise ConfigError(f"{source}: {err}") from None
         return simulator
@@ -194,6 +220,9 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
         raise ConfigError(f"{path}: " + _describe(err)) from None
     if isinstance(config, SimulateConfig):
         config.build_simulator(str(path))  # unknown simulator, bad options or prior fail now
+        for name, dataset in config.datasets.items():
+            if dataset.simulator is not None:
+                config.build_simulator(str(path), name)
         if config.compressor is not None:
             for key, name in [("train_on", config.compressor.train_on), *(("apply_to", n) for n in config.compressor.apply_to or [])]:
                 if name not in config.datasets:

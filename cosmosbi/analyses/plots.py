@@ -138,7 +138,8 @@ def loss_curves(histories: dict[str, list[dict]]):
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for k, (label, history) in enumerate(histories.items()):
         epochs = [h["epoch"] for h in history]
-        ax.plot(epochs, [h["train_loss"] for h in history], color=f"C{k}", ls="--", label=f"{label} (training)")
+        if all("train_loss" in h for h in history):
+            ax.plot(epochs, [h["train_loss"] for h in history], color=f"C{k}", ls="--", label=f"{label} (training)")
         ax.plot(epochs, [h["val_loss"] for h in history], color=f"C{k}", label=f"{label} (validation)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")

@@ -94,7 +94,7 @@ def compare_with_exact(samples: np.ndarray, exact: np.ndarray, names: list[str],
 
     Args:
         samples: (L, D) from the estimator; exact: (K, D) from the exact posterior.
-        c2st: classifier two-sample test ``c2st(a, b, rng) -> accuracy`` (default:
+        c2st: classifier two-sample test ``c2st(a, b, seed) -> accuracy`` (default:
             :func:`cosmosbi.analyses.metrics.c2st`); 0.5 means indistinguishable.
 
     Returns:
@@ -105,7 +105,7 @@ def compare_with_exact(samples: np.ndarray, exact: np.ndarray, names: list[str],
     samples, exact = np.asarray(samples, dtype=float), np.asarray(exact, dtype=float)
     if c2st is None:
         from cosmosbi.analyses.metrics import c2st
-    out: dict = {"c2st": float(c2st(samples, exact, rng))}
+    out: dict = {"c2st": float(c2st(samples, exact, int(rng.integers(2**31))))}
     sd = exact.std(0)
     for j, name in enumerate(names):
         out[name] = {

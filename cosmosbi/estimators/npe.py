@@ -122,43 +122,49 @@ def rejection_sample(
     n_obs: int,
     dim: int,
     *,
-    max_draws: int = 10_000_000,
+    max_draws: int = 1_000_000,
 ) -> np.ndarray:
     """Draw n samples per observation, keeping only those in the support.
 
+    Only the observations that still lack samples are proposed for, so one observation whose
+    estimate leaks out of the support does not slow down the others.
+
     Args:
-        draw: k -> (k, M, D) tensor of proposals for all M observations.
-        in_support: (k, M, D) -> (k, M) bool tensor.
+        draw: (k, idx) -> (k, len(idx), D) tensor of proposals for the observations ``idx``.
+        in_support: (k, m, D) -> (k, m) bool tensor.
         n: samples wanted per observation; n_obs: M; dim: D.
-        max_draws: give up (``RuntimeError``) after this many proposals per observation.
+        max_draws: give up (``RuntimeError``) after this many proposals for one observation.
 
     Returns:
         (M, n, D) float64 array.
     """
     out = np.empty((n_obs, n, dim))
     have = np.zeros(n_obs, dtype=np.int64)
-    drawn = 0
-    acceptance = 1.0
-    while have.min() < n:
-        missing = n - have.min()
-        k = int(min(max(missing / max(acceptance, 1e-3) * 1.1 + 16, 64), 200_000))
-        proposals = draw(k)
+    drawn = np.zeros(n_obs, dtype=np.int64)
+    acceptance = np.ones(n_obs)
+    while True:
+        idx = np.nonzero(have < n)[0]
+        if idx.size == 0:
+            return out
+        if drawn[idx].max() >= max_draws:
+            worst = idx[np.argmax(drawn[idx])]
+            raise RuntimeError(
+                f"rejection sampling: observation {worst} kept {have[worst]} of {n} samples after {drawn[worst]} draws; "
+                "the estimate puts almost no mass inside the prior support (is the observation unlike the training data?)"
+            )
+        missing = n - have[idx]
+        k = int(min(np.max(missing / np.maximum(acceptance[idx], 1e-3)) * 1.1 + 16, 200_000, max(64, 2_000_000 // len(idx))))
+        proposals = draw(k, idx)
         ok = in_support(proposals).cpu().numpy()
         proposals = proposals.detach().cpu().numpy()
-        drawn += k
-        acceptance = max(float(ok.mean()), 1.0 / (drawn * n_obs))
-        rank = np.cumsum(ok, axis=0) - 1 + have[None, :]  # (k, M) slot of each accepted proposal
+        drawn[idx] += k
+        accepted = ok.sum(0)
+        acceptance[idx] = np.maximum(accepted / k, 1.0 / drawn[idx])
+        rank = np.cumsum(ok, axis=0) - 1 + have[idx][None, :]  # (k, m) slot of each accepted proposal
         take = ok & (rank < n)
         i, m = np.nonzero(take)
-        out[m, rank[i, m]] = proposals[i, m]
-        have = np.minimum(have + ok.sum(0), n)
-        if have.min() < n and drawn >= max_draws:
-            worst = int(np.argmin(have))
-            raise RuntimeError(
-                f"rejection sampling: observation {worst} kept {have[worst]} of {n} samples after {drawn} draws; "
-                "the estimate puts almost no mass inside the prior support"
-            )
-    return out
+        out[idx[m], rank[i, m]] = proposals[i, m]
+        have[idx] = np.minimum(have[idx] + accepted, n)
 
 
 class NPE(_NetworkEstimator):
@@ -214,6 +220,6 @@ class NPE(_NetworkEstimator):
         with seeded_torch(rng), self._threads():
             for start in range(0, len(x_t), batch_obs):
                 chunk = x_t[start : start + batch_obs]
-                parts.append(rejection_sample(lambda k: self._net_sample(k, chunk), self._in_support, int(n), len(chunk), self.prior.dim))
+                parts.append(rejection_sample(lambda k, idx: self._net_sample(k, chunk[idx]), self._in_support, int(n), len(chunk), self.prior.dim))
         out = np.concatenate(parts) if parts else np.empty((0, int(n), self.prior.dim))
         return out[0] if single else out

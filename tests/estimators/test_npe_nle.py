@@ -102,8 +102,8 @@ def test_nle_log_prob_is_likelihood_plus_prior(nle, small_data):
 def test_rejection_sampler_keeps_only_supported_draws_with_the_right_law():
     gen = torch.Generator().manual_seed(0)
 
-    def draw(k):
-        return torch.randn(k, 3, 1, generator=gen)
+    def draw(k, idx):
+        return torch.randn(k, len(idx), 1, generator=gen)
 
     out = rejection_sample(draw, lambda s: (s >= 0).all(-1), 4000, 3, 1)
     assert out.shape == (3, 4000, 1) and np.all(out >= 0)
@@ -113,9 +113,23 @@ def test_rejection_sampler_keeps_only_supported_draws_with_the_right_law():
     assert stats.kstest(out[0, :, 0], stats.halfnorm.cdf).pvalue > 1e-3
 
 
+def test_rejection_sampler_stops_proposing_for_finished_observations():
+    calls = []
+
+    def draw(k, idx):
+        calls.append(len(idx))
+        out = torch.ones(k, len(idx), 1)
+        out[:, idx == 1] = -1.0  # observation 1 never lands in the support
+        return out
+
+    with pytest.raises(RuntimeError, match="observation 1 kept 0"):
+        rejection_sample(draw, lambda s: (s >= 0).all(-1), 50, 2, 1, max_draws=10_000)
+    assert calls[0] == 2 and calls[-1] == 1
+
+
 def test_rejection_sampler_gives_up_on_an_empty_support():
     with pytest.raises(RuntimeError, match="no mass"):
-        rejection_sample(lambda k: torch.zeros(k, 1, 1), lambda s: torch.zeros(s.shape[:2], dtype=torch.bool), 10, 1, 1, max_draws=1000)
+        rejection_sample(lambda k, idx: torch.zeros(k, len(idx), 1), lambda s: torch.zeros(s.shape[:2], dtype=torch.bool), 10, 1, 1, max_draws=1000)
 
 
 @pytest.mark.parametrize("model", ["maf", "nsf", "mdn"])
