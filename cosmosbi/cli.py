@@ -114,10 +114,11 @@ def _add_estimator_commands(commands) -> None:
     sample.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
 
 
-def _load_estimator_config(args):
-    from cosmosbi.config import load_config
+def _load_config(args):
+    """The validated config of ``args.config`` (the built-in default when absent), with --run-dir applied."""
+    from cosmosbi.config import default_config_path, load_config
 
-    config = load_config(Path(args.config))
+    config = load_config(Path(args.config) if args.config else default_config_path())
     if args.run_dir:
         config = config.model_copy(update={"run_dir": args.run_dir})
     return config
@@ -128,7 +129,7 @@ def _train(args, comm) -> int:
         return 0
     from cosmosbi.estimators.pipeline import train_from_config
 
-    config = _load_estimator_config(args)
+    config = _load_config(args)
     estimator, directory = train_from_config(config, args.config, progress=not args.quiet)
     summaries = [m.summary for m in getattr(estimator, "members", [estimator])]
     seconds = sum(s.seconds for s in summaries)
@@ -142,7 +143,7 @@ def _sample(args, comm) -> int:
         return 0
     from cosmosbi.estimators.pipeline import sample_from_config
 
-    config = _load_estimator_config(args)
+    config = _load_config(args)
     written = sample_from_config(config, args.obs, args.out, n_samples=args.n_samples, obs_key=args.obs_key, source=args.config)
     print(
         f"{written['n_samples']} samples for {written['n_observations']} observation(s) -> {written['hdf5']} "
@@ -173,13 +174,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _simulate(args, comm) -> int:
-    from cosmosbi.config import default_config_path, load_config
+    from cosmosbi.config import default_config_path
     from cosmosbi.simulators.runner import run_simulations
 
     path = Path(args.config) if args.config else default_config_path()
-    config = load_config(path)
-    if args.run_dir:
-        config = config.model_copy(update={"run_dir": args.run_dir})
+    config = _load_config(args)
     names = args.dataset or list(config.datasets)
     unknown = [n for n in names if n not in config.datasets]
     if unknown:
@@ -211,15 +210,12 @@ def _simulate(args, comm) -> int:
 def _compress(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi.config import load_config
     from cosmosbi.compressors.losses import make_loss
     from cosmosbi.compressors.trainer import TrainSettings, compress_dataset, make_compressor, train_compressor
     from cosmosbi.simulators.store import SimulationDataset
 
     path = Path(args.config)
-    config = load_config(path)
-    if args.run_dir:
-        config = config.model_copy(update={"run_dir": args.run_dir})
+    config = _load_config(args)
     section = config.compressor
     if section is None:
         raise ValueError(f"{path}: no compressor section; see `cosmosbi compress --help` and the README")
@@ -248,11 +244,8 @@ def _validate(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
     from cosmosbi.analyses.pipeline import validate_from_config
-    from cosmosbi.config import load_config
 
-    config = load_config(args.config)
-    if args.run_dir:
-        config = config.model_copy(update={"run_dir": args.run_dir})
+    config = _load_config(args)
     path = validate_from_config(config, str(args.config))
     metrics = read_json(path.parent / "metrics.json")
     for name, row in metrics["validation"]["sbc"].items():
