@@ -1,5 +1,7 @@
 """The ``cosmosbi`` command line.
 
+    cosmosbi run [CONFIG.yaml]        every stage of the analysis, skipping what is done (works under MPI)
+    cosmosbi status RUN_DIR           the state of each stage of a run
     cosmosbi simulate [CONFIG.yaml]   simulate the config's datasets (works under mpiexec / srun)
     cosmosbi compress CONFIG.yaml     train the compressor, write the summaries of the datasets
     cosmosbi info PATH                what a run directory or dataset holds
@@ -31,6 +33,36 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cosmosbi {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run every stage of an analysis: simulate, compress, estimate, validate, sample",
+        description=(
+            "Run the stages of CONFIG in order (simulate -> compress -> estimate -> validate -> sample), "
+            "each only when its config section is present. A stage whose settings (and inputs) are "
+            "unchanged since it finished is skipped; an interrupted one resumes; a changed setting "
+            "reruns that stage and those after it, keeping the old artifacts under "
+            "RUN_DIR/stages/previous/. Without CONFIG: the quick-start analysis of the Gaussian-field "
+            "reference problem. Under `mpiexec` or `srun` the simulations use every rank."
+        ),
+    )
+    run.add_argument("config", nargs="?", help="YAML config (default: the built-in quick-start analysis)")
+    run.add_argument("--stage", action="append", metavar="STAGE",
+                     help="run only stages of this kind (simulate, compress, estimate, validate, sample; repeatable); earlier stages must be done")
+    run.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    status = commands.add_parser(
+        "status",
+        help="show the state of each stage of a run directory",
+        description=(
+            "List the stages of the analysis recorded in RUN_DIR/run.json with their state (done, "
+            "running, interrupted, stale, pending), key, time and result. With --config, compare "
+            "against that config instead: stages whose settings changed show as stale."
+        ),
+    )
+    status.add_argument("run_dir", metavar="RUN_DIR", help="the run directory of a `cosmosbi run`")
+    status.add_argument("--config", metavar="CONFIG", help="compare against this config (what would rerun)")
 
     simulate = commands.add_parser(
         "simulate",
@@ -116,25 +148,58 @@ def _add_estimator_commands(commands) -> None:
 
 def _load_config(args):
     """The validated config of ``args.config`` (the built-in default when absent), with --run-dir applied."""
-    from cosmosbi.config import default_config_path, load_config
+    from cosmosbi.config import load_config
 
-    config = load_config(Path(args.config) if args.config else default_config_path())
+    config = load_config(_source(args))
     if args.run_dir:
         config = config.model_copy(update={"run_dir": args.run_dir})
     return config
 
 
+def _source(args) -> str:
+    """The config's path: the one given, or the built-in default of the command."""
+    from cosmosbi.config import default_config_path
+
+    if getattr(args, "config", None):
+        return str(args.config)
+    return str(default_config_path("quickstart" if args.command == "run" else "default"))
+
+
+def _run(args, comm) -> int:
+    from cosmosbi.pipeline import run_pipeline
+
+    config = _load_config(args)
+    outcomes = run_pipeline(config, _source(args), only=args.stage, comm=comm, progress=not args.quiet)
+    if comm.Get_rank() == 0:
+        ran = sum(o["action"] == "ran" for o in outcomes)
+        print(f"{ran} stage(s) run, {len(outcomes) - ran} skipped; state: cosmosbi status {config.run_dir}")
+    return 0
+
+
+def _status(args, comm) -> int:
+    if comm.Get_rank() != 0:
+        return 0
+    from cosmosbi.config import load_config
+    from cosmosbi.pipeline import format_status, run_record, stage_status
+
+    record = run_record(args.run_dir)
+    config = load_config(args.config) if args.config else None
+    if config is not None:
+        config = config.model_copy(update={"run_dir": args.run_dir})
+    print(f"run {args.run_dir} (config {record['config_source']}, created {record['created']['time']} on {record['created']['host']})")
+    print(format_status(stage_status(args.run_dir, config)))
+    last = record["invocations"][-1] if record.get("invocations") else None
+    if last:
+        print(f"last invocation {last['time']} on {last['host']} ({last['n_ranks']} rank(s)), {last['seconds']} s")
+    return 0
+
+
 def _train(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi.estimators.pipeline import train_from_config
+    from cosmosbi import stages
 
-    config = _load_config(args)
-    estimator, directory = train_from_config(config, args.config, progress=not args.quiet)
-    summaries = [m.summary for m in getattr(estimator, "members", [estimator])]
-    seconds = sum(s.seconds for s in summaries)
-    epochs = ", ".join(str(s.epochs) for s in summaries)
-    print(f"trained {config.estimator.kind.upper()} ({len(summaries)} network(s), epochs {epochs}) in {seconds:.1f} s -> {directory}")
+    print(stages.estimate(_load_config(args), _source(args), progress=not args.quiet))
     return 0
 
 
@@ -144,7 +209,7 @@ def _sample(args, comm) -> int:
     from cosmosbi.estimators.pipeline import sample_from_config
 
     config = _load_config(args)
-    written = sample_from_config(config, args.obs, args.out, n_samples=args.n_samples, obs_key=args.obs_key, source=args.config)
+    written = sample_from_config(config, args.obs, args.out, n_samples=args.n_samples, obs_key=args.obs_key, source=_source(args))
     print(
         f"{written['n_samples']} samples for {written['n_observations']} observation(s) -> {written['hdf5']} "
         f"and GetDist chain(s) {', '.join(str(c) for c in written['chains'][:3])}{' ...' if len(written['chains']) > 3 else ''}"
@@ -159,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators, "train": _train, "sample": _sample, "validate": _validate}[args.command]
+    handler = {"run": _run, "status": _status, "simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators, "train": _train, "sample": _sample, "validate": _validate}[args.command]
     from cosmosbi.simulators.mpi import get_comm
 
     comm = get_comm()
@@ -174,35 +239,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _simulate(args, comm) -> int:
-    from cosmosbi.config import default_config_path
-    from cosmosbi.simulators.runner import run_simulations
+    from cosmosbi import stages
 
-    path = Path(args.config) if args.config else default_config_path()
     config = _load_config(args)
-    names = args.dataset or list(config.datasets)
-    unknown = [n for n in names if n not in config.datasets]
-    if unknown:
-        raise ValueError(f"{path}: no dataset {unknown[0]!r}; the config defines {list(config.datasets)}")
-    rank = comm.Get_rank()
-    for name in names:
-        dataset = config.datasets[name]
-        simulator = config.build_simulator(str(path), name)
-        summary = run_simulations(
-            simulator,
-            dataset.n,
-            config.dataset_dir(name),
-            dataset.seed,
-            theta=config.dataset_theta(name, simulator.prior, str(path)),
-            batch_size=config.batch_size,
-            comm=comm,
-            progress=not args.quiet,
-        )
-        if rank == 0:
-            print(
-                f"{name}: {summary.simulated} of {summary.n} simulations stored, {summary.failed} failed, "
-                f"{summary.new_this_run} run now in {summary.seconds:.1f} s -> {summary.path} [{summary.status}]"
-            )
-    if rank == 0:
+    message = stages.simulate(config, args.dataset, _source(args), comm=comm, progress=not args.quiet)
+    if comm.Get_rank() == 0:
+        print(message.replace("; ", "\n"))
         print(f"inspect with: cosmosbi info {config.run_dir}")
     return 0
 
@@ -210,69 +252,19 @@ def _simulate(args, comm) -> int:
 def _compress(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi.compressors.losses import make_loss
-    from cosmosbi.compressors.trainer import TrainSettings, compress_dataset, make_compressor, train_compressor
-    from cosmosbi.simulators.store import SimulationDataset
+    from cosmosbi import stages
 
-    path = Path(args.config)
-    config = _load_config(args)
-    section = config.compressor
-    if section is None:
-        raise ValueError(f"{path}: no compressor section; see `cosmosbi compress --help` and the README")
-    datasets = {}
-    for name in [section.train_on, *(section.apply_to or config.datasets)]:
-        try:
-            datasets[name] = SimulationDataset(config.dataset_dir(name))
-        except ValueError as err:
-            raise ValueError(f"{err} (run `cosmosbi simulate {path}` first)") from None
-    train_set = datasets[section.train_on]
-    settings = TrainSettings(**section.train.model_dump())
-    network = _network_for(section.network, config.build_simulator(str(path)))
-    compressor = make_compressor(network, train_set, section.input, loss=section.loss, summary_dim=section.summary_dim, seed=settings.seed)
-    loss = make_loss(section.loss, compressor.parameter_dim, compressor.summary_dim, seed=settings.seed, **section.loss_options)
-    out_dir = Path(config.run_dir) / "compressor"
-    result = train_compressor(compressor, loss, train_set, out_dir, settings, progress=not args.quiet)
-    print(f"compressor: best validation loss {result.best_val_loss:.4g} at epoch {result.best_epoch} of {len(result.history)}"
-          f"{' (stopped early)' if result.stopped_early else ''} -> {out_dir}")
-    for name in section.apply_to or config.datasets:
-        summaries = compress_dataset(compressor, datasets[name], Path(config.run_dir) / "summaries" / name, device=settings.device)
-        print(f"{name}: {len(summaries)} summaries of dimension {compressor.summary_dim} -> {summaries.path}")
+    print(stages.compress(_load_config(args), _source(args), progress=not args.quiet))
     return 0
 
 
 def _validate(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi.analyses.pipeline import validate_from_config
+    from cosmosbi import stages
 
-    config = _load_config(args)
-    path = validate_from_config(config, str(args.config))
-    metrics = read_json(path.parent / "metrics.json")
-    for name, row in metrics["validation"]["sbc"].items():
-        print(f"{name}: SBC {row['verdict']} ({row['reason']})")
-    for key in ("hpd_coverage", "tarp"):
-        if metrics["validation"].get(key):
-            print(f"{key}: {metrics['validation'][key]['verdict']} ({metrics['validation'][key]['reason']})")
-    for k, comparison in enumerate(metrics.get("exact_comparison", [])):
-        print(f"exact posterior, test simulation {k}: C2ST {comparison['c2st']:.3f}")
-    print(f"report: {path}")
+    print(stages.validate(_load_config(args), _source(args)).replace("; ", "\n"))
     return 0
-
-
-def _network_for(network: dict, simulator) -> dict:
-    """Fill a HEALPix network's nside and footprint from the simulator when the config omits them."""
-    network = dict(network)
-    if network.get("kind") == "healpix_cnn" and "nside" not in network:
-        nside = getattr(simulator, "nside", None)
-        if nside is None:
-            raise ValueError("compressor.network: healpix_cnn needs nside (the simulator does not say)")
-        network["nside"] = int(nside)
-        pixels = getattr(simulator, "pixels", None)
-        if pixels is not None and "footprint" not in network:
-            from cosmosbi.compressors.healpix import footprint_ranges
-
-            network["footprint"] = footprint_ranges(pixels)
-    return network
 
 
 def _info(args, comm) -> int:

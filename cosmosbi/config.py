@@ -136,6 +136,48 @@ class ValidationConfig(_Strict):
     seed: int = Field(default=0, ge=0)
 
 
+class SlurmJobConfig(_Strict):
+    """Resources of one batch job of ``cosmosbi slurm submit`` (unset: the site's defaults)."""
+
+    time: str | None = Field(default=None, description="wall-clock limit, e.g. 04:00:00")
+    ntasks: int | None = Field(default=None, gt=0, description="MPI tasks (the simulate job runs srun over them)")
+    cpus_per_task: int | None = Field(default=None, gt=0)
+    mem: str | None = Field(default=None, description="memory per node, e.g. 16G")
+    gpus: int | None = Field(default=None, ge=0, description="GPUs (--gpus)")
+    partition: str | None = Field(default=None, description="overrides slurm.partition for this job")
+    array: int | None = Field(default=None, gt=0, description="simulate only: run as a job array of this many independent chunks instead of one MPI job")
+
+
+class SlurmConfig(_Strict):
+    """The ``slurm`` section: how ``cosmosbi slurm submit`` writes and submits the batch jobs."""
+
+    partition: str | None = None
+    account: str | None = None
+    modules: list[str] = Field(default_factory=list, description="modules to `module load` in every job")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before cosmosbi, e.g. `source venv/bin/activate`")
+    python: str = Field(default="python", description="the Python interpreter that has cosmosbi installed")
+    mpi: str = Field(default="pmi2", description="srun --mpi= plugin for the MPI simulate job")
+    sbatch_options: list[str] = Field(default_factory=list, description="extra #SBATCH options for every job, e.g. --qos=normal")
+    jobs: dict[Literal["simulate", "compress", "estimate", "validate", "sample"], SlurmJobConfig] = Field(default_factory=dict)
+
+
+class ObservationConfig(_Strict):
+    """One observation to infer the parameters of (``cosmosbi run``'s sample stage): a file
+    (``.npy``, ``.npz`` or ``.h5``, with ``key`` naming the array where needed) or a row of one
+    of the config's datasets (a mock observation with known parameters)."""
+
+    file: str | None = Field(default=None, description="path of the observed simulator output")
+    key: str | None = Field(default=None, description="array name inside a .npz / .h5 file")
+    dataset: str | None = Field(default=None, description="take the observation from this dataset ...")
+    index: int = Field(default=0, ge=0, description="... at this row")
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self):
+        if (self.file is None) == (self.dataset is None):
+            raise ValueError("give exactly one of file or dataset")
+        return self
+
+
 class SimulateConfig(_Strict):
     run_dir: str = "cosmosbi-run"
     simulator: SimulatorConfig
@@ -145,6 +187,8 @@ class SimulateConfig(_Strict):
     compressor: CompressorConfig | None = None
     estimator: EstimatorConfig | None = None
     validation: ValidationConfig | None = None
+    observations: dict[str, ObservationConfig] | None = None
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     # ------------------------------------------------------------- derived objects
 
@@ -195,9 +239,10 @@ class SimulateConfig(_Strict):
         return Path(self.run_dir) / "sims" / name
 
 
-def default_config_path() -> Path:
-    """The built-in default config (a small Gaussian-field dataset)."""
-    return Path(str(resources.files("cosmosbi") / "data" / "default.yaml"))
+def default_config_path(name: str = "default") -> Path:
+    """A built-in config: ``default`` (a small Gaussian-field dataset, `cosmosbi simulate`) or
+    ``quickstart`` (the whole Gaussian-field analysis, `cosmosbi run`)."""
+    return Path(str(resources.files("cosmosbi") / "data" / f"{name}.yaml"))
 
 
 def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> SimulateConfig:
@@ -227,6 +272,11 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
             for key, name in [("train_on", config.compressor.train_on), *(("apply_to", n) for n in config.compressor.apply_to or [])]:
                 if name not in config.datasets:
                     raise ConfigError(f"{path}: compressor.{key}: no dataset {name!r}; the config defines {list(config.datasets)}")
+        for name, obs in (config.observations or {}).items():
+            if config.estimator is None:
+                raise ConfigError(f"{path}: observations need an estimator section to sample their posteriors")
+            if obs.dataset is not None and obs.dataset not in config.datasets:
+                raise ConfigError(f"{path}: observations.{name}.dataset: no dataset {obs.dataset!r}; the config defines {list(config.datasets)}")
     return config
 
 

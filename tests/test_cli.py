@@ -116,7 +116,7 @@ def test_compress_trains_and_writes_summaries(tmp_path, capsys):
     assert main(["simulate", "-q", str(path)]) == 0
     assert main(["compress", "-q", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "test: 20 summaries of dimension 2" in out
+    assert "test (20 x 2)" in out
     summaries = SimulationDataset(tmp_path / "run" / "summaries" / "test")
     np.testing.assert_array_equal(summaries.theta, SimulationDataset(tmp_path / "run" / "sims" / "test").theta)
     assert main(["info", str(tmp_path / "run")]) == 0

@@ -109,10 +109,16 @@ def validate_from_config(config, source: str = "config", progress: bool = False)
 
     # posteriors of a few observations, with the exact posterior where one exists
     corner_figures, exact_rows = [], []
-    exact_available = hasattr(simulator, "shell_power") and raw is not None
+    exact_available = hasattr(simulator, "shell_power") and section.exact and section.corner > 0
+    if exact_available and raw is None:  # summaries of a compressor: the exact likelihood needs the fields
+        from cosmosbi.estimators.pipeline import _output_name
+        from cosmosbi.simulators.store import SimulationDataset
+
+        fields = SimulationDataset(config.dataset_dir(section.test))
+        raw = fields.read(_output_name(fields, config.estimator), rows=np.arange(min(section.corner, len(theta))))
     for i in range(min(section.corner, len(theta))):
         sets = {"estimator": result.samples[i]}
-        if exact_available and section.exact:
+        if exact_available:
             from cosmosbi.simulators.gaussian_field import exact_posterior_samples
 
             exact = exact_posterior_samples(simulator, raw[i], section.n_samples, rng).samples
