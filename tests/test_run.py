@@ -174,7 +174,7 @@ def _run_until(command, cwd, ready, timeout=120):
 def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
     run = tmp_path / "run"
     config = small_config(run, datasets={"train": {"n": 6000, "seed": 1}, "test": {"n": 40, "seed": 2}}, batch_size=200)
-    config["simulator"]["options"]["n_pixels"] = 32
+    config["simulator"]["options"]["n_pixels"] = 16
     config["compressor"] = {"input": "field", "network": {"kind": "resnet2d", "width": 4, "depth": 1, "norm": "none"},
                             "loss": "mse", "train": {"epochs": 4, "batch_size": 256, "patience": 10, "num_threads": 1}}
     path = write(tmp_path / "c.yaml", config)
