@@ -145,6 +145,9 @@ def test_observations_from_a_file_and_a_dataset(tmp_path, capsys):
     # a different observation file reruns only the sample stage
     np.save(tmp_path / "obs.npy", 2 * field)
     assert [s for s, a in actions(run_pipeline(config_of(config), progress=False, echo=lambda s: None)).items() if a == "ran"] == ["sample"]
+    bad = {**config, "validation": {"exact_on": "fiducial"}}
+    with pytest.raises(ValueError, match="validation.exact_on: no dataset 'fiducial'"):
+        load_config(write(tmp_path / "bad.yaml", bad))
     bad = {**config, "observations": {"x": {"file": "a.npy", "dataset": "test"}}}
     path = write(tmp_path / "bad.yaml", bad)
     with pytest.raises(ValueError, match="observations.x: .*exactly one of file or dataset"):
