@@ -158,7 +158,8 @@ def tnfw_mass_fraction(r, r_s, tau, constants=None):
     u = g2 - 1.0
     s = torch.sqrt(torch.clamp(u.abs(), min=1e-12))
     f = torch.where(u < 0, torch.log((1.0 + s) / g), torch.atan(s)) / s  # atanh(s) = ln((1 + s) / g) for g < 1
-    tail = torch.sqrt(t2 + g2) * (math.pi + a * torch.asinh(tau / g))
+    root = torch.sqrt(t2 + g2)
+    tail = root * (math.pi + a * torch.log((tau + root) / g))  # asinh(tau / g) = ln((tau + root) / g)
     return ((t2 - 1.0 + 2.0 * g2) * f + log_term - tail) * inv_d
 
 

@@ -528,13 +528,20 @@ class StrongLensSimulator:
         n_busy = int((counts > 0).sum())
         order, counts = order[:n_busy], counts[:n_busy]
         k_max = int(counts[0])
-        which = torch.argsort((~direct[order]).to(torch.int8), dim=1, stable=True)[:, :k_max]  # (M', K)
+        # slot of each direct subhalo in its tile's list: the running count of direct subhalos
+        chosen = direct[order]
+        slot = torch.where(chosen, chosen.cumsum(dim=1) - 1, k_max)  # k_max: not listed
+        which = torch.zeros((n_busy, k_max + 1), dtype=torch.long, device=self.device)
+        which.scatter_(1, slot, torch.arange(n_sub, device=self.device).expand(n_busy, -1))
+        which = which[:, :k_max]  # (M', K) subhalo index of each list entry
         valid = torch.arange(k_max, device=self.device)[None, :] < counts[:, None]
         lin = t_row[order][:, None] * n_sub + which
         e2 = torch.where(valid, sub["theta_e2"][:, :, 0].reshape(-1)[lin], torch.zeros((), dtype=self.torch_dtype))
         sx, sy = sub["x"][:, :, 0].reshape(-1)[lin], sub["y"][:, :, 0].reshape(-1)[lin]
         r_s, tau = sub["r_s"][:, :, 0].reshape(-1)[lin], sub["tau"][:, :, 0].reshape(-1)[lin]
         consts = tnfw_constants(tau)
+        # the parameters of the exact profile, one row per list entry, for gathering at the near pairs
+        params = torch.stack([r_s, tau, e2, *consts], dim=2).view(-1, 3 + len(consts))
         wx = self.tile_x[0, 0, t_tile[order]][:, None] - sx  # (M', K) tile centre minus subhalo
         wy = self.tile_y[0, 0, t_tile[order]][:, None] - sy
         if far is not None:
@@ -543,6 +550,7 @@ class StrongLensSimulator:
             c3 = c_far[:, :, 1].reshape(-1)[lin]
             r_far2 = torch.where(valid, r_far[order].gather(1, which), torch.zeros((), dtype=self.torch_dtype)) ** 2
         ox, oy = self.ray_offset_x, self.ray_offset_y  # (rays per tile,)
+        shift = n_r.bit_length() - 1 if n_r & (n_r - 1) == 0 else None
         out = torch.empty((n_busy, n_r), device=self.device, dtype=self.complex_dtype)
         lo = 0
         while lo < n_busy:
@@ -560,17 +568,16 @@ class StrongLensSimulator:
                 inv = 1.0 / torch.clamp(r2, min=1e-30)
                 # far field theta_e2 (1 - c / r^2 - c3 / r^3) / r^2 (times the offset), exact profile within r_far
                 scale = e2[sl, :k, None] * inv * (1.0 - inv * (c[sl, :k, None] + c3[sl, :k, None] * torch.rsqrt(r2)))
-                near = (r2 < r_far2[sl, :k, None]).view(-1).nonzero().view(-1)
+                near = (r2 < r_far2[sl, :k, None]).view(-1).nonzero().view(-1)  # flat indices in the block
                 if near.numel():
-                    # pair index within the block (over (m, k)) of each near (pair, ray) triple
-                    idx = near.div(n_r, rounding_mode="floor")
-                    pair = idx.div(k, rounding_mode="floor") * k_max + idx.remainder(k) + lo * k_max
+                    # their pairs' flat indices in the (M', K) lists, through a table of the block's pairs
+                    in_block = near >> shift if shift is not None else near.div(n_r, rounding_mode="floor")
+                    table = ((torch.arange(lo, hi, device=self.device) * k_max)[:, None] + torch.arange(k, device=self.device)).view(-1)
+                    pair = table.index_select(0, in_block)
                     r2n = r2.view(-1).index_select(0, near)
-                    rs_n = r_s.view(-1).index_select(0, pair)
-                    frac = tnfw_mass_fraction(
-                        torch.sqrt(r2n), rs_n, tau.view(-1).index_select(0, pair), tuple(v.reshape(-1).index_select(0, pair) for v in consts)
-                    )
-                    value = e2.view(-1).index_select(0, pair) * frac / torch.maximum(r2n, (1e-4 * rs_n) ** 2)
+                    q = params.index_select(0, pair)
+                    frac = tnfw_mass_fraction(torch.sqrt(r2n), q[:, 0], q[:, 1], tuple(q[:, 3:].unbind(1)))
+                    value = q[:, 2] * frac / torch.maximum(r2n, (1e-4 * q[:, 0]) ** 2)
                     scale.view(-1).index_copy_(0, near, value)
             out[sl] = torch.complex((scale * dx).sum(dim=1), (scale * dy).sum(dim=1))
             lo = hi
@@ -609,24 +616,38 @@ class StrongLensSimulator:
         direct = ~expand & (e2 > 0)
         # 1 / conj(W) = W / |W|^2; pairs that are not expanded get weight 0
         inv_d2 = torch.where(expand, 1.0 / (dist * dist), torch.zeros_like(dist))
-        inv_wc = torch.complex(wx * inv_d2, wy * inv_d2)
-        inv_w = inv_wc.conj()
-        weight = (e2 * expand).to(self.torch_dtype)
+        inv_wc = torch.complex(wx * inv_d2, wy * inv_d2)  # (M, S)
+        weight = torch.where(expand, e2, torch.zeros_like(e2))
         m = len(t_row)
-        powers = torch.empty((m, K + 1, n_sub), dtype=inv_wc.dtype, device=self.device)  # conj(W)^-(k+1)
-        powers[:, 0] = inv_wc
-        for k in range(1, K + 1):
-            torch.mul(powers[:, k - 1], inv_wc, out=powers[:, k])
-        sign_a = torch.tensor([(-1) ** k for k in range(K + 1)], device=self.device).to(inv_wc.dtype)
-        coeff_a = torch.bmm(powers, weight.to(inv_wc.dtype)[:, :, None])[:, :, 0] * sign_a  # (M, K+1)
-        us = torch.empty((m, L + 1, n_sub), dtype=inv_wc.dtype, device=self.device)  # W^-(j+1)
-        us[:, 0] = inv_w
-        for j in range(1, L + 1):
-            torch.mul(us[:, j - 1], inv_w, out=us[:, j])
-        vs = powers[:, 1 : L + 2] * (e2 * c * expand).to(inv_wc.dtype)[:, None, :]  # conj(W)^-(k+2) c theta_e2
-        sign = torch.tensor([[(-1) ** (j + k + 1) * (k + 1) for k in range(L + 1)] for j in range(L + 1)], device=self.device).to(inv_wc.dtype)
-        coeff_c = torch.bmm(us, vs.transpose(1, 2)) * sign  # (M, L+1, L+1), with the minus sign of the correction
-        return direct, torch.cat([coeff_a, coeff_c.reshape(m, -1)], dim=1)
+        coeff = torch.empty((m, K + 1 + (L + 1) ** 2), dtype=inv_wc.dtype, device=self.device)
+        # A_k = (-1)^k sum_s theta_e2 conj(W)^-(k+1), accumulated power by power; the powers
+        # k = 1 .. L+1 also make the correction's right factors c theta_e2 conj(W)^-(k+2), k = 0 .. L
+        n_c = L + 1
+        right = torch.empty((m, 2 * n_c, n_sub), dtype=self.torch_dtype, device=self.device)  # real, imaginary parts
+        left = torch.empty((m, 2 * n_c, n_sub), dtype=self.torch_dtype, device=self.device)
+        term = inv_wc * weight
+        for k in range(K + 1):
+            coeff[:, k] = term.sum(dim=1) if k % 2 == 0 else -term.sum(dim=1)
+            if 1 <= k <= n_c:
+                torch.mul(term.real, c, out=right[:, k - 1])
+                torch.mul(term.imag, c, out=right[:, n_c + k - 1])
+            if k < K:
+                term = term * inv_wc
+        # C_jk = (-1)^(j+k+1) (k+1) sum_s c theta_e2 W^-(j+1) conj(W)^-(k+2) (the correction, with its minus
+        # sign), as one real batched product of the parts of W^-(j+1) (left) and the right factors
+        inv_w = inv_wc.conj()
+        power = inv_w
+        for j in range(n_c):
+            left[:, j].copy_(power.real)
+            left[:, n_c + j].copy_(power.imag)
+            if j < L:
+                power = power * inv_w
+        prod = torch.bmm(left, right.transpose(1, 2))  # (M, 2(L+1), 2(L+1))
+        re = prod[:, :n_c, :n_c] - prod[:, n_c:, n_c:]
+        im = prod[:, :n_c, n_c:] + prod[:, n_c:, :n_c]
+        sign = torch.tensor([[(-1) ** (j + k + 1) * (k + 1) for k in range(n_c)] for j in range(n_c)], device=self.device, dtype=self.torch_dtype)
+        coeff[:, K + 1 :] = torch.complex(re * sign, im * sign).reshape(m, -1)
+        return direct, coeff
 
     def _deflection_bound(self, sub, profile) -> torch.Tensor:
         """Upper bound (B, P) on |alpha_sub| at every ray, from per-tile distances."""
