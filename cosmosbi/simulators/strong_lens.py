@@ -19,20 +19,22 @@ comes from its Generator ``rngs[i]``; the ray tracing is batched in torch (CUDA 
 Speed. Three controlled approximations, each of which can be switched off:
 
 - ``dtype="float32"`` for the ray tracing;
-- rays only where subhalos matter (``ray_tolerance``): a ray is traced through the subhalos
-  only where the source brightness could change by more than ``ray_tolerance`` times the
-  background noise sigma of a pixel. The bound uses |alpha_sub| <= sum_s theta_E,s^2
-  min(1 / d, max_r F_s(r) / r) on tiles of 4 x 4 pixels and the largest Sersic gradient
-  within that deflection of the macro-model source position; elsewhere the macro-model
-  brightness is kept (its error is below the bound);
+- rays only where subhalos matter (``ray_tolerance``): the rays are grouped in tiles of 4 x 4
+  pixels, and a tile is traced through the subhalos only if the source brightness at one of
+  its rays could change by more than ``ray_tolerance`` times the background noise sigma of a
+  pixel. The bound uses |alpha_sub| <= sum_s theta_E,s^2 min(1 / d, max_r F_s(r) / r) per tile
+  and the largest Sersic gradient within that deflection of the macro-model source position;
+  elsewhere the macro-model brightness is kept (its error is below the bound);
 - a far field for subhalos (``far_field_tolerance``): beyond the radius where the
   truncated-NFW deflection differs by less than tol = ``far_field_tolerance`` sigma / G
   (arcsec; G the largest source-brightness slope the tile's rays can see, rounded to one of
-  six levels) from theta_E^2 (1 - c / r^2) / r (a point mass with its leading finite-size
-  correction, c = lim r^2 (1 - F(r))), the far field is used, summed per tile of 4 x 4 pixels
-  as a local (Taylor) expansion in complex coordinates whose truncation error is also below
-  tol; subhalos closer to a tile are summed ray by ray, with the far field beyond the
-  far-field radius and the exact profile within it.
+  six levels) from theta_E^2 (1 - c2 / r^2 - c3 / r^3) / r (a point mass with the first two
+  terms of the large-radius expansion of the truncated NFW, in closed form), the far field is
+  used, summed per tile as a local (Taylor) expansion in complex coordinates whose truncation
+  error is also below tol. The subhalos closer to a tile are summed over its rays as dense
+  (tile, subhalo, ray) blocks, with the far field beyond the far-field radius and the exact
+  profile within it. A tile's rays sit at the same offsets from its centre for every tile, so
+  the expansions are evaluated at all of them by one matrix product.
 
 ``benchmarks/strong_lens.py`` measures the effect of all three against the exact
 computation (float64, every ray, exact truncated NFW everywhere).
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -144,6 +147,40 @@ EXPANSION_ORDER = 10  # K: order of the point-mass local expansion
 CORRECTION_ORDER = 3  # L: order of the far-field correction expansion
 PAIR_BLOCK = 1 << 18  # (tile, subhalo, ray) triples per block of the direct sum
 TOLERANCE_LEVELS = 6  # far-field tolerance levels tol_min 4^k, chosen per tile from the source gradient there
+
+
+def _binomial(a: float, j: int) -> float:
+    """Generalised binomial coefficient binom(a, j)."""
+    out = 1.0
+    for i in range(j):
+        out *= (a - i) / (i + 1)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _correction_signs(order: int):
+    """The factors of the correction coefficients C_jk (j, k <= order): (-1)^(j+k+1) (k+1) of the
+    c2 term, -theta_e2 c2 w^-1 conj(w)^-2, and -binom(-3/2, j) binom(-5/2, k) of the c3 term,
+    -theta_e2 c3 w^(-3/2) conj(w)^(-5/2)."""
+    n = order + 1
+    sign2 = np.array([[(-1) ** (j + k + 1) * (k + 1) for k in range(n)] for j in range(n)], dtype=float)
+    sign3 = np.array([[-_binomial(-1.5, j) * _binomial(-2.5, k) for k in range(n)] for j in range(n)])
+    return sign2, sign3
+
+
+def _c3_remainder(q, order: int):
+    """Bound on sum |binom(-3/2, j) binom(-5/2, k)| q^(j+k) over (j, k) outside [0, order]^2 (q < 0.6).
+
+    With S_a = sum_j |binom(-a, j)| q^j = (1 - q)^-a and the tail T_a beyond ``order``, bounded by
+    its first term over 1 - q (a + order + 1) / (order + 2) (the ratio of consecutive terms
+    decreases towards q), the sum is at most T_3/2 S_5/2 + S_3/2 T_5/2.
+    """
+    n = order + 1
+
+    def tail(a):
+        return abs(_binomial(-a, n)) * q**n / (1 - q * (a + n) / (n + 1))
+
+    return tail(1.5) * (1 - q) ** -2.5 + (1 - q) ** -1.5 * tail(2.5)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -609,9 +646,9 @@ class StrongLensSimulator:
         dist = torch.sqrt(wx * wx + wy * wy)
         q = h / dist
         e2, c, c3 = flat["theta_e2"], c_far[:, :, 0][t_row], c_far[:, :, 1][t_row]
-        # truncation errors of the two series, and the c3 / r^3 term of the far field, which the expansion leaves out
+        # bounds on the truncation errors of the three series
         err = e2 / dist * q ** (K + 1) / (1 - q) + e2 * c / dist**3 * (L + 2) * q ** (L + 1) / (1 - q) ** 3
-        err = err + e2 * c3.abs() / torch.clamp(dist - h, min=1e-12) ** 4
+        err = err + e2 * c3.abs() / dist**4 * _c3_remainder(q, L)
         expand = (q < 0.6) & (dist - h >= r_far) & (err < 0.5 * tol[:, None]) & (e2 > 0)
         direct = ~expand & (e2 > 0)
         # 1 / conj(W) = W / |W|^2; pairs that are not expanded get weight 0
@@ -621,20 +658,25 @@ class StrongLensSimulator:
         m = len(t_row)
         coeff = torch.empty((m, K + 1 + (L + 1) ** 2), dtype=inv_wc.dtype, device=self.device)
         # A_k = (-1)^k sum_s theta_e2 conj(W)^-(k+1), accumulated power by power; the powers
-        # k = 1 .. L+1 also make the correction's right factors c theta_e2 conj(W)^-(k+2), k = 0 .. L
+        # k = 1 .. L+1 also make the corrections' right factors theta_e2 conj(W)^-(k+2) times c2 and c3 / |W|
         n_c = L + 1
-        right = torch.empty((m, 2 * n_c, n_sub), dtype=self.torch_dtype, device=self.device)  # real, imaginary parts
+        right = torch.empty((m, 4 * n_c, n_sub), dtype=self.torch_dtype, device=self.device)  # real, imaginary parts
         left = torch.empty((m, 2 * n_c, n_sub), dtype=self.torch_dtype, device=self.device)
+        c3_abs = c3 * inv_d2 * dist  # c3 / |W| (0 where not expanded)
         term = inv_wc * weight
         for k in range(K + 1):
             coeff[:, k] = term.sum(dim=1) if k % 2 == 0 else -term.sum(dim=1)
             if 1 <= k <= n_c:
-                torch.mul(term.real, c, out=right[:, k - 1])
-                torch.mul(term.imag, c, out=right[:, n_c + k - 1])
+                re, im = term.real, term.imag
+                torch.mul(re, c, out=right[:, k - 1])
+                torch.mul(im, c, out=right[:, n_c + k - 1])
+                torch.mul(re, c3_abs, out=right[:, 2 * n_c + k - 1])
+                torch.mul(im, c3_abs, out=right[:, 3 * n_c + k - 1])
             if k < K:
                 term = term * inv_wc
-        # C_jk = (-1)^(j+k+1) (k+1) sum_s c theta_e2 W^-(j+1) conj(W)^-(k+2) (the correction, with its minus
-        # sign), as one real batched product of the parts of W^-(j+1) (left) and the right factors
+        # C_jk = sum_s W^-(j+1) (left) times the right factors, with the binomial coefficients of the
+        # two corrections: (-1)^(j+k+1) (k+1) for c2 and -binom(-3/2, j) binom(-5/2, k) for c3 (both
+        # with their minus sign), as one real batched product of real and imaginary parts
         inv_w = inv_wc.conj()
         power = inv_w
         for j in range(n_c):
@@ -642,11 +684,14 @@ class StrongLensSimulator:
             left[:, n_c + j].copy_(power.imag)
             if j < L:
                 power = power * inv_w
-        prod = torch.bmm(left, right.transpose(1, 2))  # (M, 2(L+1), 2(L+1))
-        re = prod[:, :n_c, :n_c] - prod[:, n_c:, n_c:]
-        im = prod[:, :n_c, n_c:] + prod[:, n_c:, :n_c]
-        sign = torch.tensor([[(-1) ** (j + k + 1) * (k + 1) for k in range(n_c)] for j in range(n_c)], device=self.device, dtype=self.torch_dtype)
-        coeff[:, K + 1 :] = torch.complex(re * sign, im * sign).reshape(m, -1)
+        prod = torch.bmm(left, right.transpose(1, 2))  # (M, 2(L+1), 4(L+1))
+        sign2, sign3 = (torch.as_tensor(v, device=self.device, dtype=self.torch_dtype) for v in _correction_signs(L))
+        total = 0
+        for block, sign in ((prod[:, :, : 2 * n_c], sign2), (prod[:, :, 2 * n_c :], sign3)):
+            re = block[:, :n_c, :n_c] - block[:, n_c:, n_c:]
+            im = block[:, :n_c, n_c:] + block[:, n_c:, :n_c]
+            total = total + torch.complex(re * sign, im * sign)
+        coeff[:, K + 1 :] = total.reshape(m, -1)
         return direct, coeff
 
     def _deflection_bound(self, sub, profile) -> torch.Tensor:

@@ -299,6 +299,46 @@ def test_grids_that_are_not_whole_tiles():
     assert float(exact30.max()) > 10 * sim.instrument.background_sigma  # the arcs are in the frame
 
 
+def test_tile_expansions_reproduce_the_far_field():
+    """The local expansions of a tile equal the far field theta_e2 (1 - c2 / r^2 - c3 / r^3) / r
+    at the tile's rays to within their truncation bounds, and far more closely than the c3 term."""
+    from cosmosbi.simulators.strong_lens import CORRECTION_ORDER, EXPANSION_ORDER, _c3_remainder
+
+    sim = StrongLensSimulator(device="cpu", dtype="float64")
+    tile = 100
+    tx, ty = float(sim.tile_x[0, 0, tile]), float(sim.tile_y[0, 0, tile])
+    h = sim.tile_halfdiag
+    rng = np.random.default_rng(5)
+    n = 6
+    dist = h / rng.uniform(0.2, 0.45, n)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    sub = {
+        "x": t64(tx + dist * np.cos(angle))[None, :, None],
+        "y": t64(ty + dist * np.sin(angle))[None, :, None],
+        "theta_e2": t64(rng.uniform(1e-4, 1e-2, n))[None, :, None],
+        "r_s": t64(rng.uniform(0.1, 0.3, n))[None, :, None],  # large halos: c2 and c3 terms of several percent
+        "tau": t64(rng.uniform(0.5, 2.0, n))[None, :, None],
+    }
+    c_far = sim._far_field_coefficient(sub)
+    t_row, t_tile = torch.tensor([0]), torch.tensor([tile])
+    direct, coeff = sim._local_expansions(sub, c_far, torch.zeros((1, n), **F64), t64([1.0]), t_row, t_tile)
+    assert not direct.any()
+    alpha = (coeff @ sim.expansion_basis)[0]
+    z = torch.complex(tx + sim.ray_offset_x, ty + sim.ray_offset_y)[:, None]
+    w = z - torch.complex(sub["x"][0, :, 0], sub["y"][0, :, 0])
+    r = w.abs()
+    e2, c2, c3 = sub["theta_e2"][0, :, 0], c_far[0, :, 0], c_far[0, :, 1]
+    far = (e2 * (1 - c2 / r**2 - c3 / r**3) / w.conj()).sum(dim=1)
+    without_c3 = (e2 * (1 - c2 / r**2) / w.conj()).sum(dim=1)
+    d, q = t64(dist), t64(h / dist)
+    K, L = EXPANSION_ORDER, CORRECTION_ORDER
+    bound = e2 / d * q ** (K + 1) / (1 - q) + e2 * c2 / d**3 * (L + 2) * q ** (L + 1) / (1 - q) ** 3
+    bound = float((bound + e2 * c3.abs() / d**4 * _c3_remainder(q, L)).sum())
+    error = float((alpha - far).abs().max())
+    assert error <= bound
+    assert error < 0.05 * float((far - without_c3).abs().max())  # the c3 term is expanded, not left out
+
+
 def test_epl_lens_light_hst_and_half_mode_mass_options():
     sim = make_simulator(
         "strong_lens",
