@@ -168,19 +168,34 @@ def _correction_signs(order: int):
     return sign2, sign3
 
 
-def _c3_remainder(q, order: int):
+def _int_power(x, n: int):
+    """x^n for a whole n >= 1 by repeated squaring (multiplications only)."""
+    out, base = None, x
+    while n:
+        if n & 1:
+            out = base if out is None else out * base
+        n >>= 1
+        if n:
+            base = base * base
+    return out
+
+
+def _c3_remainder(q, order: int, q_n=None, u=None):
     """Bound on sum |binom(-3/2, j) binom(-5/2, k)| q^(j+k) over (j, k) outside [0, order]^2 (q < 0.6).
 
     With S_a = sum_j |binom(-a, j)| q^j = (1 - q)^-a and the tail T_a beyond ``order``, bounded by
     its first term over 1 - q (a + order + 1) / (order + 2) (the ratio of consecutive terms
-    decreases towards q), the sum is at most T_3/2 S_5/2 + S_3/2 T_5/2.
+    decreases towards q), the sum is at most T_3/2 S_5/2 + S_3/2 T_5/2. ``q_n`` = q^(order+1) and
+    ``u`` = 1 / (1 - q), if at hand.
     """
     n = order + 1
+    q_n = _int_power(q, n) if q_n is None else q_n
+    u = 1.0 / (1.0 - q) if u is None else u
 
     def tail(a):
-        return abs(_binomial(-a, n)) * q**n / (1 - q * (a + n) / (n + 1))
+        return abs(_binomial(-a, n)) / (1 - q * (a + n) / (n + 1))
 
-    return tail(1.5) * (1 - q) ** -2.5 + (1 - q) ** -1.5 * tail(2.5)
+    return q_n * torch.sqrt(u) * u * (tail(1.5) * u + tail(2.5))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -576,9 +591,10 @@ class StrongLensSimulator:
         e2 = torch.where(valid, sub["theta_e2"][:, :, 0].reshape(-1)[lin], torch.zeros((), dtype=self.torch_dtype))
         sx, sy = sub["x"][:, :, 0].reshape(-1)[lin], sub["y"][:, :, 0].reshape(-1)[lin]
         r_s, tau = sub["r_s"][:, :, 0].reshape(-1)[lin], sub["tau"][:, :, 0].reshape(-1)[lin]
-        consts = tnfw_constants(tau)
-        # the parameters of the exact profile, one row per list entry, for gathering at the near pairs
-        params = torch.stack([r_s, tau, e2, *consts], dim=2).view(-1, 3 + len(consts))
+        # the parameters of the exact profile, one row per subhalo, for gathering at the near pairs
+        flat_tau = sub["tau"][:, :, 0].reshape(-1)
+        params = torch.stack([sub["r_s"][:, :, 0].reshape(-1), flat_tau, sub["theta_e2"][:, :, 0].reshape(-1), *tnfw_constants(flat_tau)], dim=1)
+        lin_flat = torch.where(valid, lin, 0).view(-1)  # invalid entries are never near (r_far = 0)
         wx = self.tile_x[0, 0, t_tile[order]][:, None] - sx  # (M', K) tile centre minus subhalo
         wy = self.tile_y[0, 0, t_tile[order]][:, None] - sy
         if far is not None:
@@ -599,7 +615,7 @@ class StrongLensSimulator:
             r2 = torch.addcmul(dx * dx, dy, dy)
             if far is None:
                 pair = (sl, slice(0, k), None)
-                frac = tnfw_mass_fraction(torch.sqrt(r2), r_s[pair], tau[pair], tuple(v[pair] for v in consts))
+                frac = tnfw_mass_fraction(torch.sqrt(r2), r_s[pair], tau[pair])
                 scale = e2[pair] * frac / torch.maximum(r2, (1e-4 * r_s[pair]) ** 2)
             else:
                 inv = 1.0 / torch.clamp(r2, min=1e-30)
@@ -610,7 +626,7 @@ class StrongLensSimulator:
                     # their pairs' flat indices in the (M', K) lists, through a table of the block's pairs
                     in_block = near >> shift if shift is not None else near.div(n_r, rounding_mode="floor")
                     table = ((torch.arange(lo, hi, device=self.device) * k_max)[:, None] + torch.arange(k, device=self.device)).view(-1)
-                    pair = table.index_select(0, in_block)
+                    pair = lin_flat.index_select(0, table.index_select(0, in_block))  # subhalo of each near triple
                     r2n = r2.view(-1).index_select(0, near)
                     q = params.index_select(0, pair)
                     frac = tnfw_mass_fraction(torch.sqrt(r2n), q[:, 0], q[:, 1], tuple(q[:, 3:].unbind(1)))
@@ -647,12 +663,16 @@ class StrongLensSimulator:
         q = h / dist
         e2, c, c3 = flat["theta_e2"], c_far[:, :, 0][t_row], c_far[:, :, 1][t_row]
         # bounds on the truncation errors of the three series
-        err = e2 / dist * q ** (K + 1) / (1 - q) + e2 * c / dist**3 * (L + 2) * q ** (L + 1) / (1 - q) ** 3
-        err = err + e2 * c3.abs() / dist**4 * _c3_remainder(q, L)
+        u = 1.0 / (1.0 - q)
+        q_l = _int_power(q, L + 1)
+        inv_d = 1.0 / dist
+        inv_d2 = inv_d * inv_d
+        err = _int_power(q, K + 1) * u + c * inv_d2 * (L + 2) * q_l * u * u * u + c3.abs() * inv_d2 * inv_d * _c3_remainder(q, L, q_l, u)
+        err = err * e2 * inv_d
         expand = (q < 0.6) & (dist - h >= r_far) & (err < 0.5 * tol[:, None]) & (e2 > 0)
         direct = ~expand & (e2 > 0)
         # 1 / conj(W) = W / |W|^2; pairs that are not expanded get weight 0
-        inv_d2 = torch.where(expand, 1.0 / (dist * dist), torch.zeros_like(dist))
+        inv_d2 = torch.where(expand, inv_d2, torch.zeros_like(dist))
         inv_wc = torch.complex(wx * inv_d2, wy * inv_d2)  # (M, S)
         weight = torch.where(expand, e2, torch.zeros_like(e2))
         m = len(t_row)
