@@ -457,7 +457,8 @@ class StrongLensSimulator:
         """Expected (noiseless, sky-subtracted) electrons per pixel. Returns (N, n, n) on the device.
 
         ``exact=True`` ignores ``ray_tolerance`` and ``far_field_tolerance`` (every ray, exact
-        truncated NFW everywhere). ``batch_pairs`` bounds the subhalo x ray pairs per chunk.
+        truncated NFW everywhere). ``batch_pairs`` bounds the (tile, subhalo, ray) triples summed
+        at once (on CPU also PAIR_BLOCK, which keeps the blocks in the cache).
         """
         n_rows = len(populations)
         inst = self.instrument
@@ -604,11 +605,12 @@ class StrongLensSimulator:
             r_far2 = torch.where(valid, r_far[order].gather(1, which), torch.zeros((), dtype=self.torch_dtype)) ** 2
         ox, oy = self.ray_offset_x, self.ray_offset_y  # (rays per tile,)
         shift = n_r.bit_length() - 1 if n_r & (n_r - 1) == 0 else None
+        block = batch_pairs if self.device.type == "cuda" else min(batch_pairs, PAIR_BLOCK)
         out = torch.empty((n_busy, n_r), device=self.device, dtype=self.complex_dtype)
         lo = 0
         while lo < n_busy:
             k = int(counts[lo])
-            hi = min(n_busy, lo + max(1, min(batch_pairs, PAIR_BLOCK) // (k * n_r)))
+            hi = min(n_busy, lo + max(1, block // (k * n_r)))
             sl = slice(lo, hi)
             dx = wx[sl, :k, None] + ox  # (m, k, r)
             dy = wy[sl, :k, None] + oy
