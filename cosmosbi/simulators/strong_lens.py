@@ -549,14 +549,18 @@ class StrongLensSimulator:
             alpha = coeff @ self.expansion_basis  # (M, rays per tile)
             far = (r_far_tile, c_far)
         alpha = alpha + self._direct_deflection(t_row, t_tile, sub, direct, batch_pairs, far)
-        ray_index = self.ray_of_tile[t_tile]  # (M, rays per tile), n_rays for padding rays
-        row_index = t_row[:, None].expand_as(ray_index)
+        # flat indices of the tiles' rays in (B, P + 1) arrays whose last column takes the padding rays
+        index = (t_row[:, None] * (n_rays + 1) + self.ray_of_tile.index_select(0, t_tile)).view(-1)
         sink = torch.zeros((n_rows, 1), **kw)
-        gbx = torch.cat([bx.expand(n_rows, -1), sink], dim=1)[row_index, ray_index] - alpha.real
-        gby = torch.cat([by.expand(n_rows, -1), sink], dim=1)[row_index, ray_index] - alpha.imag
+
+        def at_rays(values):
+            return torch.cat([values.expand(n_rows, -1), sink], dim=1).view(-1).index_select(0, index).view(alpha.shape)
+
+        gbx, gby = at_rays(bx) - alpha.real, at_rays(by) - alpha.imag
         src_rows = {k: v[t_row] for k, v in src.items()}  # (M, 1)
         radius_new = sersic_radius(gbx, gby, qs[t_row], phis[t_row], p["src_x"][t_row], p["src_y"][t_row])
-        out = torch.cat([brightness, sink], dim=1).index_put_((row_index, ray_index), sersic_brightness(radius_new, **src_rows))
+        out = torch.cat([brightness, sink], dim=1)
+        out.view(-1).index_copy_(0, index, sersic_brightness(radius_new, **src_rows).view(-1))
         return out[:, :n_rays]
 
     def _direct_deflection(self, t_row, t_tile, sub, direct, batch_pairs, far=None):
@@ -565,9 +569,9 @@ class StrongLensSimulator:
         The direct subhalos of each tile are gathered into a padded list and summed over the
         tile's rays as dense (tiles, subhalos, rays) blocks, the tiles sorted by the length of
         their list so that the padding stays small. ``far``: None (exact truncated NFW for
-        every pair) or (r_far (M, S), c_far (B, S, 1)): then a pair farther than the tile's
-        far-field radius uses the far field theta_e2 (1 - c / r^2) / r, and only the nearer
-        pairs the exact profile.
+        every pair) or (r_far (M, S), c_far (B, S, 2)): then a pair farther than the tile's
+        far-field radius uses the far field theta_e2 (1 - c2 / r^2 - c3 / r^3) / r, and only the
+        nearer pairs the exact profile.
         """
         n_tiles_used, n_sub = direct.shape
         n_r = self.tile_rays
@@ -588,21 +592,23 @@ class StrongLensSimulator:
         which.scatter_(1, slot, torch.arange(n_sub, device=self.device).expand(n_busy, -1))
         which = which[:, :k_max]  # (M', K) subhalo index of each list entry
         valid = torch.arange(k_max, device=self.device)[None, :] < counts[:, None]
-        lin = t_row[order][:, None] * n_sub + which
-        e2 = torch.where(valid, sub["theta_e2"][:, :, 0].reshape(-1)[lin], torch.zeros((), dtype=self.torch_dtype))
-        sx, sy = sub["x"][:, :, 0].reshape(-1)[lin], sub["y"][:, :, 0].reshape(-1)[lin]
-        r_s, tau = sub["r_s"][:, :, 0].reshape(-1)[lin], sub["tau"][:, :, 0].reshape(-1)[lin]
-        # the parameters of the exact profile, one row per subhalo, for gathering at the near pairs
-        flat_tau = sub["tau"][:, :, 0].reshape(-1)
-        params = torch.stack([sub["r_s"][:, :, 0].reshape(-1), flat_tau, sub["theta_e2"][:, :, 0].reshape(-1), *tnfw_constants(flat_tau)], dim=1)
-        lin_flat = torch.where(valid, lin, 0).view(-1)  # invalid entries are never near (r_far = 0)
-        wx = self.tile_x[0, 0, t_tile[order]][:, None] - sx  # (M', K) tile centre minus subhalo
-        wy = self.tile_y[0, 0, t_tile[order]][:, None] - sy
+        lin = (t_row[order][:, None] * n_sub + which).view(-1)
+        lin = torch.where(valid.view(-1), lin, 0)  # list padding points at subhalo 0 with theta_e2 = 0 below
+        # one row per subhalo: x, y, theta_e2, r_s, tau, the constants of the exact profile, and c2, c3;
+        # gathered once per list entry, and again at the near (tile, subhalo, ray) triples
+        flat = {k: v[:, :, 0].reshape(-1) for k, v in sub.items()}
+        columns = [flat["x"], flat["y"], flat["theta_e2"], flat["r_s"], flat["tau"], *tnfw_constants(flat["tau"])]
         if far is not None:
-            r_far, c_far = far
-            c = c_far[:, :, 0].reshape(-1)[lin]
-            c3 = c_far[:, :, 1].reshape(-1)[lin]
-            r_far2 = torch.where(valid, r_far[order].gather(1, which), torch.zeros((), dtype=self.torch_dtype)) ** 2
+            columns += [far[1][:, :, 0].reshape(-1), far[1][:, :, 1].reshape(-1)]
+        table = torch.stack(columns, dim=1)  # (B S, columns)
+        entry = table.index_select(0, lin).view(n_busy, k_max, -1)
+        e2 = torch.where(valid, entry[:, :, 2], torch.zeros((), dtype=self.torch_dtype))
+        r_s, tau = entry[:, :, 3], entry[:, :, 4]
+        wx = self.tile_x[0, 0, t_tile[order]][:, None] - entry[:, :, 0]  # (M', K) tile centre minus subhalo
+        wy = self.tile_y[0, 0, t_tile[order]][:, None] - entry[:, :, 1]
+        if far is not None:
+            c, c3 = entry[:, :, 9], entry[:, :, 10]
+            r_far2 = torch.where(valid, far[0][order].gather(1, which), torch.zeros((), dtype=self.torch_dtype)) ** 2
         ox, oy = self.ray_offset_x, self.ray_offset_y  # (rays per tile,)
         shift = n_r.bit_length() - 1 if n_r & (n_r - 1) == 0 else None
         block = batch_pairs if self.device.type == "cuda" else min(batch_pairs, PAIR_BLOCK)
@@ -627,12 +633,11 @@ class StrongLensSimulator:
                 if near.numel():
                     # their pairs' flat indices in the (M', K) lists, through a table of the block's pairs
                     in_block = near >> shift if shift is not None else near.div(n_r, rounding_mode="floor")
-                    table = ((torch.arange(lo, hi, device=self.device) * k_max)[:, None] + torch.arange(k, device=self.device)).view(-1)
-                    pair = lin_flat.index_select(0, table.index_select(0, in_block))  # subhalo of each near triple
+                    entries = ((torch.arange(lo, hi, device=self.device) * k_max)[:, None] + torch.arange(k, device=self.device)).view(-1)
+                    q = table.index_select(0, lin.index_select(0, entries.index_select(0, in_block)))  # (N, columns)
                     r2n = r2.view(-1).index_select(0, near)
-                    q = params.index_select(0, pair)
-                    frac = tnfw_mass_fraction(torch.sqrt(r2n), q[:, 0], q[:, 1], tuple(q[:, 3:].unbind(1)))
-                    value = q[:, 2] * frac / torch.maximum(r2n, (1e-4 * q[:, 0]) ** 2)
+                    frac = tnfw_mass_fraction(torch.sqrt(r2n), q[:, 3], q[:, 4], tuple(q[:, 5:9].unbind(1)))
+                    value = q[:, 2] * frac / torch.maximum(r2n, (1e-4 * q[:, 3]) ** 2)
                     scale.view(-1).index_copy_(0, near, value)
             out[sl] = torch.complex((scale * dx).sum(dim=1), (scale * dy).sum(dim=1))
             lo = hi
