@@ -8,8 +8,9 @@ per subhalo) and the ray coordinates like ``(B, P)`` or ``(1, P)``.
   / Keeton 2001) and the elliptical power law (EPL, Tessore & Metcalf 2015), both from
   ``caustics.func``, plus external shear. Convention (as lenstronomy's): the convergence of
   the SIE is kappa = theta_E / (2 sqrt(q x'^2 + y'^2 / q)) with x' along the major axis.
-- Subhalos: truncated NFW (Baltz, Marshall & Oguri 2009) with the projected mass from
-  ``caustics.func.mass_enclosed_2d_tnfw``, normalised to the total mass.
+- Subhalos: truncated NFW (Baltz, Marshall & Oguri 2009): the projected enclosed mass (their
+  eq. A.11, as in ``caustics.func.mass_enclosed_2d_tnfw``, in an equivalent cheaper form)
+  normalised to the total mass, and the closed-form coefficients of its large-radius expansion.
 - Light: elliptical Sersic with R = sqrt(q x'^2 + y'^2 / q), normalised to a total flux.
 - Instrument: Gaussian PSF kernels integrated over pixels and zero-padded FFT convolution.
 """
