@@ -8,7 +8,9 @@ P(k) = A (k / (n/4))^-B, the default prior), then estimates the Fisher matrix of
 the fiducial point theta0 = (1, 2): F_t = dmu^T C^-1 dmu, with the covariance C from
 ``--n-cov`` simulations at theta0 (Hartlap-corrected) and the derivatives dmu / dtheta_j
 from ``--n-deriv`` seed-matched simulations at theta0 +- delta_j (the same seeds on both
-sides, so the noise cancels). Prints det(F_t) / det(F_exact) (target >= 0.9), its bootstrap
+sides, so most of the noise cancels); the defaults, 5 x 10^4 and 10^4, make the standard
+error of the ratio about 0.01 on 16 x 16 fields (0.045 with 2000 and 1000). Prints
+det(F_t) / det(F_exact) (target >= 0.9), its bootstrap
 standard error, the same ratio with the noise bias of the quadratic form dmu^T C^-1 dmu
 removed, and the marginal errors sqrt(F^-1)_jj. The analytic Fisher matrix comes from
 ``GaussianField2D.fisher_matrix`` (same grid size).
@@ -140,8 +142,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--loss", default="vmim", choices=["vmim", "mse", "gaussian_nll"])
     parser.add_argument("--ensemble", type=int, default=1, help="train this many networks (seeds 0, 1, ...) and concatenate their summaries")
-    parser.add_argument("--n-cov", type=int, default=2000)
-    parser.add_argument("--n-deriv", type=int, default=1000)
+    parser.add_argument("--n-cov", type=int, default=50000, help="fiducial simulations for the covariance")
+    parser.add_argument("--n-deriv", type=int, default=10000, help="seed-matched pairs per parameter for the derivatives")
     parser.add_argument("--check-estimator", action="store_true", help="estimate the Fisher matrix of the exact score instead of training")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads while training")
     parser.add_argument("--work-dir", type=Path, help="keep the simulations and the compressor here (default: a temporary directory)")
