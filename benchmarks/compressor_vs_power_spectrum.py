@@ -158,10 +158,11 @@ def main() -> None:
         t_cnn = compress_design(compressor.cpu(), design, work, "cnn")
         t_ps = {name: flat_power_spectrum(ds.read("delta"), edges)[1] for name, ds in design.items()}
         both = {name: np.concatenate([t_cnn[name], t_ps[name]], axis=1) for name in design}
-        est = {name: simulation_fisher(t, step) for name, t in (("cnn", t_cnn), ("ps", t_ps), ("cnn+ps", both))}
+        summaries = {"cnn": t_cnn, "ps": t_ps, "cnn+ps": both}
+        est = {name: simulation_fisher(t, step) for name, t in summaries.items()}
 
     for name, e in est.items():
-        print(f"{name:7s} ({next(iter(t_cnn.values())).shape[1] if name == 'cnn' else ''}): marginal sigma (Omega_m, sigma_8) = "
+        print(f"{name:7s} (d = {summaries[name]['fiducial'].shape[1]:2d}): marginal sigma (Omega_m, sigma_8) = "
               f"{np.sqrt(np.diag(np.linalg.inv(e['F']))).round(5).tolist()}, det F = {np.linalg.det(e['F']):.4g}")
     det_ps = np.linalg.det(est["ps"]["F"])
     ratio = np.linalg.det(est["cnn"]["F"]) / det_ps
