@@ -2,7 +2,8 @@
 
 Reads the config's ``validation`` section, the estimator of ``RUN_DIR/estimator`` and the
 test dataset (its summaries as the estimator was trained on them), then writes
-``RUN_DIR/validation/metrics.json`` and ``report.html`` with:
+``RUN_DIR/validation/metrics.json``, ``report.html`` and each of the report's figures as a
+PNG file under ``RUN_DIR/validation/figures/`` (named after its section), with:
 
 - posteriors of a few test observations against their true values (GetDist triangle plots),
   with the exact posterior beside them where the simulator has one (the Gaussian-field
