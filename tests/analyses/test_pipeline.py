@@ -39,3 +39,9 @@ def test_validate_writes_report_and_flags_the_variant(tmp_path, capsys):
     assert abs(metrics["cross_variant"]["variants"]["variant"]["A"]["bias_sigma"]) > 1
     assert metrics["exact_comparison"][0]["c2st"] < 0.75
     assert np.isfinite(metrics["validation"]["tarp"]["atc"])
+    # every figure of the report is also a PNG file named after its section
+    figures = sorted(p.name for p in (tmp_path / "run" / "validation" / "figures").glob("*.png"))
+    assert html.count("data:image/png;base64,") == len(figures)
+    for stem in ["posteriors-of-test-simulations", "simulation-based-calibration-1", "simulation-based-calibration-2",
+                 "coverage-and-tarp", "mmd-training-vs-variant", "out-of-distribution-scores", "training"]:
+        assert any(name.endswith(f"-{stem}.png") for name in figures), stem
