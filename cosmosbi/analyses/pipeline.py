@@ -2,12 +2,15 @@
 
 Reads the config's ``validation`` section, the estimator of ``RUN_DIR/estimator`` and the
 test dataset (its summaries as the estimator was trained on them), then writes
-``RUN_DIR/validation/metrics.json`` and ``report.html`` with:
+``RUN_DIR/validation/metrics.json``, ``report.html`` and each of the report's figures as a
+PNG file under ``RUN_DIR/validation/figures/`` (named after its section), with:
 
 - posteriors of a few test observations against their true values (GetDist triangle plots),
   with the exact posterior beside them where the simulator has one (the Gaussian-field
   reference problem): C2ST accuracy, shifts of the means and ratios of the widths;
 - SBC rank histograms and ECDF differences, HPD coverage and TARP curves, with verdicts;
+- posterior widths: the median (and 16-84% range) over the test simulations of each
+  parameter's posterior standard deviation, against the prior's;
 - domain shift for each dataset listed in ``shift``: MMD test against the training
   summaries, per-observation OOD scores, and the cross-variant table (bias in posterior
   sigma, coverage, SBC) with a robustness verdict per parameter;
@@ -24,7 +27,7 @@ import numpy as np
 
 from cosmosbi.files import read_json
 
-__all__ = ["DERIVED", "validate_from_config"]
+__all__ = ["DERIVED", "posterior_widths", "validate_from_config"]
 
 DERIVED = {
     "S_8": (("Omega_m", "sigma_8"), lambda om, s8: s8 * np.sqrt(om / 0.3)),
@@ -60,6 +63,26 @@ def _summaries(config, dataset_name: str, source: str):
     dataset = SimulationDataset(config.dataset_dir(dataset_name))
     raw = dataset.read(_output_name(dataset, settings))
     return dataset.theta, summarise(raw, settings), raw
+
+
+def posterior_widths(samples: np.ndarray, prior, names: list[str], n_prior: int = 100_000) -> dict:
+    """Posterior standard deviations of test simulations against the prior's.
+
+    samples: (M, L, D) posterior samples of M test simulations; the prior's standard deviation
+    is estimated from ``n_prior`` draws (fixed seed). Returns {parameter: {prior_std,
+    posterior_std_median, posterior_std_16, posterior_std_84, ratio_median}}.
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 3 or samples.shape[2] != len(names):
+        raise ValueError(f"samples must have shape (M, L, {len(names)}), got {samples.shape}")
+    prior_std = prior.sample(n_prior, np.random.default_rng(0)).std(axis=0)
+    posterior_std = samples.std(axis=1)  # (M, D)
+    out = {}
+    for j, name in enumerate(names):
+        q16, q50, q84 = np.quantile(posterior_std[:, j], [0.16, 0.5, 0.84])
+        out[name] = {"prior_std": float(prior_std[j]), "posterior_std_median": float(q50), "posterior_std_16": float(q16),
+                     "posterior_std_84": float(q84), "ratio_median": float(q50 / prior_std[j])}
+    return out
 
 
 def validate_from_config(config, source: str = "config", progress: bool = False) -> Path:
@@ -106,6 +129,14 @@ def validate_from_config(config, source: str = "config", progress: bool = False)
     rows.append(["TARP (joint)", result.tarp.verdict, result.tarp.reason])
     report.add_table("Verdicts", ["quantity", "verdict", "statistic"], rows,
                      note=f"{section.n_samples} posterior samples for each of {len(theta)} test simulations; significance level {section.alpha}.")
+
+    # how much the data constrain each parameter: posterior widths against the prior's
+    widths = posterior_widths(result.samples, simulator.prior, names)
+    metrics["posterior_width"] = widths
+    report.add_table("Posterior widths", ["parameter", "prior std", "posterior std (median)", "posterior std (16-84%)", "median ratio to prior"],
+                     [[n, w["prior_std"], w["posterior_std_median"], f"{w['posterior_std_16']:.4g} - {w['posterior_std_84']:.4g}", w["ratio_median"]]
+                      for n, w in widths.items()],
+                     note="Standard deviation of each test simulation's posterior samples; a ratio near 1 means the data say little about the parameter.")
 
     # posteriors of a few observations (of the test set, or of `exact_on`), with the exact posterior where one exists
     shown = section.exact_on or section.test

@@ -4,6 +4,11 @@
     report.add("Calibration", "<p>...</p>", figures=[fig1, fig2])
     report.add_table("Verdicts", ["parameter", "SBC", "coverage"], rows)
     report.write("runs/quickstart/validation", metrics)
+
+``write`` also saves every figure as a PNG file under ``OUT_DIR/figures/``, named after its
+section: ``NN-SECTION.png``, or ``NN-SECTION-K.png`` for the K-th of several figures of one
+section (NN the section's position in the report), for use outside the report (a README,
+a paper).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,13 +38,18 @@ nav a { margin-right: 1em; }
 """
 
 
-def _figure_png(fig) -> str:
+def _figure_png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def _slug(text: str) -> str:
+    """File-name form of a heading: lower case, runs of other characters as one hyphen."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "figure"
 
 
 def _cell(value: Any) -> str:
@@ -56,9 +67,14 @@ class Report:
 
     title: str
     sections: list[tuple[str, str]] = field(default_factory=list)
+    figures: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, PNG bytes)
 
     def add(self, heading: str, body_html: str = "", figures: Sequence = ()) -> None:
-        images = "".join(f'<img src="data:image/png;base64,{_figure_png(fig)}" alt="{html.escape(heading)}">' for fig in figures)
+        pngs = [_figure_png(fig) for fig in figures]
+        stem = f"{len(self.sections) + 1:02d}-{_slug(heading)}"
+        for k, png in enumerate(pngs):
+            self.figures.append((f"{stem}-{k + 1}.png" if len(pngs) > 1 else f"{stem}.png", png))
+        images = "".join(f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(heading)}">' for png in pngs)
         self.sections.append((heading, body_html + images))
 
     def add_table(self, heading: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "") -> None:
@@ -73,8 +89,19 @@ class Report:
                 f"<style>{_STYLE}</style></head><body><h1>{html.escape(self.title)}</h1><nav>{nav}</nav>{body}</body></html>")
 
     def write(self, out_dir: str | Path, metrics: dict) -> Path:
-        """Write ``report.html`` and ``metrics.json`` atomically into ``out_dir``; returns the report path."""
+        """Write ``report.html``, ``metrics.json`` and the figures (``figures/*.png``) atomically
+        into ``out_dir``; PNG files of an earlier report there that this one lacks are removed.
+        Returns the report path."""
         out_dir = Path(out_dir)
+        figure_dir = out_dir / "figures"
+        figure_dir.mkdir(parents=True, exist_ok=True)
+        names = {name for name, _ in self.figures}
+        for old in figure_dir.glob("*.png"):
+            if old.name not in names:
+                old.unlink()
+        for name, png in self.figures:
+            with atomic_path(figure_dir / name) as tmp:
+                tmp.write_bytes(png)
         atomic_write_json(out_dir / "metrics.json", metrics)
         path = out_dir / "report.html"
         with atomic_path(path) as tmp:

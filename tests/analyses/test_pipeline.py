@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import yaml
 
 from cosmosbi.cli import main
@@ -30,12 +31,40 @@ def test_validate_writes_report_and_flags_the_variant(tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "validation" / "metrics.json").read_text())
     html = (tmp_path / "run" / "validation" / "report.html").read_text()
     for section in ["Verdicts", "Posteriors of test simulations", "Comparison with the exact posterior", "Simulation-based calibration",
-                    "Coverage and TARP", "Domain shift", "Cross-variant check", "Robustness", "Training"]:
+                    "Coverage and TARP", "Domain shift", "Cross-variant check", "Robustness", "Training", "Posterior widths"]:
         assert f">{section}</h2>" in html, section
     assert metrics["validation"]["n_test"] == 150
+    for name in ["A", "B"]:  # 256 pixels constrain both parameters well inside their priors
+        assert metrics["posterior_width"][name]["ratio_median"] < 0.5
     # the pivot change rescales the amplitude A: the variant is detected and A is not robust
     assert metrics["shift"]["variant"]["mmd"]["pvalue"] < 0.01
     assert metrics["cross_variant"]["robustness"]["A"]["verdict"] == "shifted"
     assert abs(metrics["cross_variant"]["variants"]["variant"]["A"]["bias_sigma"]) > 1
     assert metrics["exact_comparison"][0]["c2st"] < 0.75
     assert np.isfinite(metrics["validation"]["tarp"]["atc"])
+    # every figure of the report is also a PNG file named after its section
+    figures = sorted(p.name for p in (tmp_path / "run" / "validation" / "figures").glob("*.png"))
+    assert html.count("data:image/png;base64,") == len(figures)
+    for stem in ["posteriors-of-test-simulations", "simulation-based-calibration-1", "simulation-based-calibration-2",
+                 "coverage-and-tarp", "mmd-training-vs-variant", "out-of-distribution-scores", "training"]:
+        assert any(name.endswith(f"-{stem}.png") for name in figures), stem
+
+
+def test_posterior_widths_compares_posterior_and_prior_standard_deviations():
+    from cosmosbi.analyses.pipeline import posterior_widths
+    from cosmosbi.simulators.priors import Prior, Uniform
+
+    rng = np.random.default_rng(3)
+    prior = Prior({"a": Uniform(0.0, 1.0), "b": Uniform(-2.0, 2.0)})
+    # 60 posteriors of 2000 samples; a: std 0.1 everywhere, b: as wide as its prior
+    samples = np.stack([rng.normal(0.5, 0.1, (60, 2000)), rng.uniform(-2.0, 2.0, (60, 2000))], axis=-1)
+    widths = posterior_widths(samples, prior, ["a", "b"])
+    # prior std from 1e5 draws: relative error ~0.2%; a posterior's std from 2000 samples: ~1.6%
+    assert widths["a"]["prior_std"] == pytest.approx(1 / np.sqrt(12), rel=0.01)
+    assert widths["b"]["prior_std"] == pytest.approx(4 / np.sqrt(12), rel=0.01)
+    assert widths["a"]["posterior_std_median"] == pytest.approx(0.1, rel=0.03)
+    assert widths["a"]["ratio_median"] == pytest.approx(0.1 * np.sqrt(12), rel=0.03)
+    assert widths["b"]["ratio_median"] == pytest.approx(1.0, rel=0.03)
+    assert widths["a"]["posterior_std_16"] <= widths["a"]["posterior_std_median"] <= widths["a"]["posterior_std_84"]
+    with pytest.raises(ValueError, match=r"shape \(M, L, 2\)"):
+        posterior_widths(samples[..., :1], prior, ["a", "b"])

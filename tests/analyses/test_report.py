@@ -33,3 +33,33 @@ def test_report_has_every_section_and_embedded_figures(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["sbc"]["a"]["verdict"] in {"calibrated", "overconfident", "conservative"}
     assert 0 <= saved["mmd"]["pvalue"] <= 1
+
+
+def test_report_saves_each_figure_as_a_png_named_after_its_section(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def figure(value):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [0, value])
+        return fig
+
+    report = Report("Figures")
+    report.add_table("Verdicts", ["parameter", "verdict"], [["a", "calibrated"]])
+    report.add("Simulation-based calibration", figures=[figure(1), figure(2)])
+    report.add("MMD: training vs simba", figures=[figure(3)])
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "09-stale.png").write_bytes(b"old")
+    report.write(tmp_path, {})
+    saved = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert saved == ["02-simulation-based-calibration-1.png", "02-simulation-based-calibration-2.png", "03-mmd-training-vs-simba.png"]
+    for name in saved:
+        assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the files hold the same images as the report
+    import base64
+
+    text = (tmp_path / "report.html").read_text()
+    for name in saved:
+        assert base64.b64encode((tmp_path / "figures" / name).read_bytes()).decode() in text
