@@ -304,6 +304,7 @@ class FlowSampler:
         self.embedding = flow._embedding_net
         self.dim = int(flow._distribution._shape[0])
         self.log_z = float(flow._distribution._log_z)
+        self.dtype = next(network.parameters()).dtype
         with torch.no_grad():
             self.steps = [self._step(transform) for transform in reversed(self._flatten(flow._transform))]
 
@@ -483,8 +484,8 @@ class FlowSampler:
         if k < 0:
             raise ValueError(f"k: expected a non-negative number of draws, got {k}")
         m = len(x)
-        samples = torch.empty(k, m, self.dim, dtype=torch.float32, device=x.device)
-        log_prob = torch.empty(k, m, dtype=torch.float32, device=x.device)
+        samples = torch.empty(k, m, self.dim, dtype=self.dtype, device=x.device)
+        log_prob = torch.empty(k, m, dtype=self.dtype, device=x.device)
         if k == 0 or m == 0:
             return samples, log_prob
         embedded = self.embedding(x)
@@ -492,7 +493,7 @@ class FlowSampler:
         per_chunk = max(1, self.rows_per_chunk // m)
         for start in range(0, k, per_chunk):
             size = min(per_chunk, k - start)
-            noise = torch.randn(self.dim, size, m, device=x.device)
+            noise = torch.randn(self.dim, size, m, dtype=self.dtype, device=x.device)
             theta, logdet = self._inverse(noise, embedded, terms)
             samples[start : start + size] = theta.permute(1, 2, 0)
             log_prob[start : start + size] = -0.5 * (noise * noise).sum(0) - self.log_z - logdet
