@@ -3,6 +3,8 @@
 :class:`FlowConfig` names an architecture, :class:`TrainingConfig` the optimiser settings;
 :func:`build_network` makes the network from them and :func:`train_network` fits it with sbi's
 trainer (NPE or NLE loss, Adam, gradient clipping, early stopping on a held-out fraction).
+:class:`FlowSampler` samples a trained flow for many observations at once, with the
+log-density of each draw.
 
 The defaults are tuned for summaries of a few to a few tens of dimensions and 10^3 - 10^5
 simulations: a 2-transform neural spline flow (NSF, 8 bins) of 32 hidden units, batches of

@@ -5,9 +5,13 @@ Example::
     npe = NPE(prior).fit(theta, t, rng)         # theta: (N, D), t: (N, d) summaries
     samples = npe.sample(1000, t_obs, rng)      # t_obs: (d,) -> (1000, D); (M, d) -> (M, 1000, D)
     npe.log_prob(theta, t_obs)                  # (N,)
+    samples, log_q = npe.sample_and_log_prob(1000, t_obs_many, rng)   # (M, 1000, D), (M, 1000)
 
 Samples outside the prior support are rejected (the flow's support is unbounded); sampling
-is vectorised over many observations at once.
+is vectorised over many observations at once. Flows built by sbi on nflows are sampled with
+:class:`~cosmosbi.estimators.networks.FlowSampler`, which evaluates the observation-dependent
+part of the network once per observation and returns each draw's log-density from the same
+pass; other networks (mixture density networks) use their own ``sample`` and ``log_prob``.
 """
 
 from __future__ import annotations
