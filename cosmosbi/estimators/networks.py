@@ -280,12 +280,14 @@ class FlowSampler:
     conditioner on each (draw, observation) row. Here the embedding is evaluated once per
     observation, and in spline coupling layers whose conditioner is nflows' ``ResidualNet``
     the terms that depend on x alone (the x-columns of the first layer and the context gates
-    of the residual blocks) are evaluated once per observation and broadcast over the draws.
+    of the residual blocks) are evaluated once per observation and broadcast over the draws;
+    likewise the context terms of masked affine autoregressive layers (MAF), whose inverse
+    takes one MADE pass per parameter.
     Draws are transformed feature-major ((D, k, M) tensors, each feature's values contiguous)
     in cache-sized chunks, and the rational-quadratic spline is evaluated on all values at
     once (values outside the tail bound pass through, as in nflows). z-scoring
-    (``PointwiseAffineTransform``) and ``LULinear`` layers are applied with their precomputed
-    inverse; any other transform is applied through its own ``inverse`` with the embedded x
+    (``PointwiseAffineTransform``), ``LULinear`` layers and permutations are applied with their
+    precomputed inverse; any other transform is applied through its own ``inverse`` with the embedded x
     repeated, so every nflows flow is sampled exactly. The log-density comes from the same
     pass: log q(theta | x) = log N(z) - log|det d theta / d z|.
 
@@ -338,13 +340,19 @@ class FlowSampler:
     def _step(self, transform) -> tuple[str, object]:
         """(kind, parameters) of the inverse of one transform."""
         from nflows.nn.nets.resnet import ResidualNet
+        from nflows.transforms.autoregressive import MaskedAffineAutoregressiveTransform
         from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
+        from nflows.transforms.permutations import Permutation
         from nflows.transforms.lu import LULinear
         from nflows.transforms.standard import PointwiseAffineTransform
 
         if type(transform) is PointwiseAffineTransform:
             scale = transform._scale.expand(self.dim)
             return "affine", (transform._shift.expand(self.dim)[:, None, None], scale[:, None, None], float(-torch.log(scale).sum()))
+        if isinstance(transform, Permutation) and transform._dim == 1:
+            return "permutation", torch.argsort(transform._permutation)
+        if type(transform) is MaskedAffineAutoregressiveTransform and self._plain_made(transform.autoregressive_net):
+            return "made", self._made_parameters(transform)
         if type(transform) is LULinear:
             lower, upper = transform._create_lower_upper()
             identity = torch.eye(self.dim, dtype=lower.dtype, device=lower.device)
@@ -362,6 +370,50 @@ class FlowSampler:
         ):
             return "spline", self._spline_parameters(transform, net)
         return "generic", transform
+
+    @staticmethod
+    def _plain_made(made) -> bool:
+        """Whether a MADE (as built by nflows' autoregressive transforms) has no batch norm and no active dropout."""
+        from nflows.transforms.made import MADE, MaskedFeedforwardBlock, MaskedResidualBlock
+
+        if type(made) is not MADE:
+            return False
+        for block in made.blocks:
+            if type(block) is MaskedFeedforwardBlock:
+                if block.batch_norm is not None:
+                    return False
+            elif type(block) is not MaskedResidualBlock or block.use_batch_norm:
+                return False
+            if made.training and block.dropout.p > 0:
+                return False
+        return True
+
+    @staticmethod
+    def _made_parameters(transform) -> dict:
+        from nflows.transforms.made import MaskedResidualBlock
+
+        made = transform.autoregressive_net
+        has_context = getattr(made, "context_layer", None) is not None
+
+        def masked(layer):
+            return layer.weight * layer.mask, layer.bias
+
+        blocks = []
+        for block in made.blocks:
+            if type(block) is MaskedResidualBlock:
+                blocks.append(("residual", masked(block.linear_layers[0]), masked(block.linear_layers[1]),
+                               block.context_layer if has_context else None, block.activation))
+            else:
+                blocks.append(("feedforward", masked(block.linear), None, None, block.activation))
+        return {
+            "initial": masked(made.initial_layer),
+            "context_layer": made.context_layer if has_context else None,
+            "activation": made.activation,
+            "residual": made.use_residual_blocks,
+            "blocks": blocks,
+            "final": masked(made.final_layer),
+            "transform": transform,
+        }
 
     @staticmethod
     def _spline_parameters(transform, net) -> dict:
@@ -414,6 +466,13 @@ class FlowSampler:
         """Terms of each step that depend on the observation only: (H, 1, M) tensors."""
         terms = []
         for kind, parameters in self.steps:
+            if kind == "made":
+                if parameters["context_layer"] is None:
+                    terms.append(None)
+                else:
+                    blocks = [block[3](embedded) if block[3] is not None else None for block in parameters["blocks"]]
+                    terms.append((parameters["activation"](parameters["context_layer"](embedded)), blocks))
+                continue
             if kind != "spline":
                 terms.append(None)
                 continue
@@ -452,6 +511,38 @@ class FlowSampler:
         out[p["changed"]] = values.view(c, k, m)
         return out, logabsdet.sum(0).view(k, m)
 
+    @staticmethod
+    def _made_inverse(z: torch.Tensor, p: dict, context_terms) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of a masked affine autoregressive layer on z: (D, k, M), one MADE pass per feature.
+
+        The MADE is evaluated as ``nflows.transforms.made.MADE.forward`` with the context terms
+        precomputed per observation.
+        """
+        import torch.nn.functional as F
+
+        d, k, m = z.shape
+        inputs = z.permute(1, 2, 0).reshape(k * m, d)
+        outputs = torch.zeros(k, m, d, dtype=z.dtype, device=z.device)
+        logabsdet = None
+        for _ in range(d):
+            hidden = F.linear(outputs, *p["initial"])
+            if context_terms is not None:
+                hidden = hidden + context_terms[0]
+            if not p["residual"]:
+                hidden = p["activation"](hidden)
+            for j, (kind, first, second, _, activation) in enumerate(p["blocks"]):
+                if kind == "feedforward":
+                    hidden = activation(F.linear(hidden, *first))
+                else:
+                    t = F.linear(activation(hidden), *first)
+                    if context_terms is not None and context_terms[1][j] is not None:
+                        t = t + context_terms[1][j]
+                    hidden = hidden + F.linear(activation(t), *second)
+            params = F.linear(hidden, *p["final"]).reshape(k * m, -1)
+            flat, logabsdet = p["transform"]._elementwise_inverse(inputs, params)
+            outputs = flat.view(k, m, d)
+        return outputs.permute(2, 0, 1).contiguous(), logabsdet.view(k, m)
+
     def _inverse(self, z: torch.Tensor, embedded: torch.Tensor, terms: list) -> tuple[torch.Tensor, torch.Tensor]:
         """theta = f^-1(z) for z: (D, k, M) and log|det d theta / d z| (k, M)."""
         d, k, m = z.shape
@@ -468,6 +559,11 @@ class FlowSampler:
                 total += logdet
             elif kind == "spline":
                 z, logdet = self._spline_inverse(z, parameters, context_terms)
+                total += logdet
+            elif kind == "permutation":
+                z = z[parameters]
+            elif kind == "made":
+                z, logdet = self._made_inverse(z, parameters, context_terms)
                 total += logdet
             else:
                 if repeated is None:

@@ -30,7 +30,9 @@ def _random_network(model, dim, context, seed, embedding_net=None, z_score="inde
         ("nsf", 2, "independent", ["linear", "spline", "linear", "spline", "affine"]),
         ("nsf", 3, "none", ["linear", "spline", "linear", "spline"]),
         ("nsf", 5, "structured", ["linear", "spline", "linear", "spline", "affine"]),
-        ("maf", 3, "independent", None),  # autoregressive layers: applied through nflows' own inverse
+        ("maf", 3, "independent", ["permutation", "made", "permutation", "made", "affine"]),
+        ("maf", 6, "none", ["permutation", "made", "permutation", "made"]),
+        ("maf_rqs", 3, "independent", None),  # autoregressive splines: applied through nflows' own inverse
     ],
 )
 def test_sampler_inverse_and_log_prob_match_nflows(model, dim, z_score, kinds):
@@ -57,6 +59,30 @@ def test_sampler_inverse_and_log_prob_match_nflows(model, dim, z_score, kinds):
     assert samples.shape == (k, m, dim) and log_prob.shape == (k, m) and samples.dtype == torch.float64
     with torch.no_grad():
         reference = net.log_prob(samples, x)  # forward pass of nflows
+    np.testing.assert_allclose(log_prob.numpy(), reference.numpy(), rtol=1e-8, atol=1e-8)
+
+
+def test_sampler_handles_residual_made_blocks():
+    from nflows.distributions.normal import StandardNormal
+    from nflows.flows.base import Flow
+    from nflows.transforms import CompositeTransform, MaskedAffineAutoregressiveTransform, ReversePermutation
+    from sbi.neural_nets.estimators import NFlowsFlow
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(2):
+        layers += [MaskedAffineAutoregressiveTransform(4, 12, context_features=3, use_residual_blocks=True), ReversePermutation(4)]
+    flow = NFlowsFlow(Flow(CompositeTransform(layers), StandardNormal([4])), input_shape=torch.Size([4]), condition_shape=torch.Size([3]))
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    flow = flow.eval().double()
+    sampler = FlowSampler(flow)
+    assert [kind for kind, _ in sampler.steps] == ["permutation", "made", "permutation", "made"]
+    x = torch.randn(5, 3, dtype=torch.float64)
+    samples, log_prob = sampler.sample_and_log_prob(200, x)
+    with torch.no_grad():
+        reference = flow.log_prob(samples, x)
     np.testing.assert_allclose(log_prob.numpy(), reference.numpy(), rtol=1e-8, atol=1e-8)
 
 
