@@ -520,12 +520,8 @@ class FlowSampler:
         """
         import torch.nn.functional as F
 
-        d, k, m = z.shape
-        inputs = z.permute(1, 2, 0).reshape(k * m, d)
-        outputs = torch.zeros(k, m, d, dtype=z.dtype, device=z.device)
-        logabsdet = None
-        for _ in range(d):
-            hidden = F.linear(outputs, *p["initial"])
+        def made(hidden: torch.Tensor) -> torch.Tensor:
+            """The MADE from the output of its initial (masked) layer on: (..., H) -> (..., 2 D)."""
             if context_terms is not None:
                 hidden = hidden + context_terms[0]
             if not p["residual"]:
@@ -538,10 +534,18 @@ class FlowSampler:
                     if context_terms is not None and context_terms[1][j] is not None:
                         t = t + context_terms[1][j]
                     hidden = hidden + F.linear(activation(t), *second)
-            params = F.linear(hidden, *p["final"]).reshape(k * m, -1)
+            return F.linear(hidden, *p["final"])
+
+        d, k, m = z.shape
+        inputs = z.permute(1, 2, 0).reshape(k * m, d)
+        # first pass: the outputs are still zero, so the initial layer gives its bias and the
+        # network depends on the observation only (evaluated once per observation)
+        params = made(p["initial"][1][None, None, :]).expand(k, m, -1).reshape(k * m, -1)
+        flat, logabsdet = p["transform"]._elementwise_inverse(inputs, params)
+        for _ in range(d - 1):
+            params = made(F.linear(flat.view(k, m, d), *p["initial"])).reshape(k * m, -1)
             flat, logabsdet = p["transform"]._elementwise_inverse(inputs, params)
-            outputs = flat.view(k, m, d)
-        return outputs.permute(2, 0, 1).contiguous(), logabsdet.view(k, m)
+        return flat.view(k, m, d).permute(2, 0, 1).contiguous(), logabsdet.view(k, m)
 
     def _inverse(self, z: torch.Tensor, embedded: torch.Tensor, terms: list) -> tuple[torch.Tensor, torch.Tensor]:
         """theta = f^-1(z) for z: (D, k, M) and log|det d theta / d z| (k, M)."""

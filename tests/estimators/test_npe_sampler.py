@@ -32,6 +32,7 @@ def _random_network(model, dim, context, seed, embedding_net=None, z_score="inde
         ("nsf", 5, "structured", ["linear", "spline", "linear", "spline", "affine"]),
         ("maf", 3, "independent", ["permutation", "made", "permutation", "made", "affine"]),
         ("maf", 6, "none", ["permutation", "made", "permutation", "made"]),
+        ("maf", 1, "independent", ["permutation", "made", "permutation", "made", "affine"]),
         ("maf_rqs", 3, "independent", None),  # autoregressive splines: applied through nflows' own inverse
     ],
 )
