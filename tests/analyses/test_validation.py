@@ -44,3 +44,37 @@ def test_wrong_sample_shape_is_reported():
 
     with pytest.raises(ValueError, match="posterior.sample returned"):
         validate_posterior(Broken(), np.zeros((5, 2)), np.zeros((5, 2)), ["a", "b"], np.random.default_rng(0), n_samples=10)
+
+
+def test_one_pass_log_densities_give_the_same_result_as_two_passes():
+    class OnePass(ConjugatePosterior):
+        calls = 0
+
+        def log_prob(self, theta, x):
+            OnePass.calls += len(theta)
+            return super().log_prob(theta, x)
+
+        def sample_and_log_prob(self, n, x, rng):
+            samples = self.sample(n, x, rng)
+            z = (samples - (np.asarray(x) / (1 + S2))[:, None, :]) / self.sd
+            return samples, np.sum(-0.5 * z**2 - np.log(self.sd) - 0.5 * np.log(2 * np.pi), axis=2)
+
+    rng = np.random.default_rng(1)
+    theta = rng.standard_normal((300, 2))
+    x = theta + np.sqrt(S2) * rng.standard_normal(theta.shape)
+    one = validate_posterior(OnePass(0.8), theta, x, ["a", "b"], np.random.default_rng(2), n_samples=100)
+    assert OnePass.calls == 300  # the log-density is evaluated at the truths only
+    two = validate_posterior(ConjugatePosterior(0.8), theta, x, ["a", "b"], np.random.default_rng(2), n_samples=100)
+    np.testing.assert_array_equal(one.samples, two.samples)
+    np.testing.assert_allclose(one.coverage.credibility, two.coverage.credibility)
+    assert one.coverage.verdict == two.coverage.verdict == "overconfident"
+    assert set(one.seconds) == {"sampling", "sbc", "hpd_coverage", "tarp", "analyses"}
+
+
+def test_mismatched_log_densities_are_reported():
+    class Broken(ConjugatePosterior):
+        def sample_and_log_prob(self, n, x, rng):
+            return self.sample(n, x, rng), np.zeros((len(x), n + 1))
+
+    with pytest.raises(ValueError, match="log-densities"):
+        validate_posterior(Broken(), np.zeros((5, 2)), np.zeros((5, 2)), ["a", "b"], np.random.default_rng(0), n_samples=10)
