@@ -78,6 +78,29 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--dataset", action="append", metavar="NAME", help="simulate only this dataset (repeatable)")
     simulate.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
     simulate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    simulate.add_argument("--chunk", metavar="K/N", help="simulate only chunk K of N (0 <= K < N) and leave it unmerged, "
+                          "as one task of a job array; a later run without --chunk merges")
+
+    slurm = commands.add_parser(
+        "slurm",
+        help="run an analysis as a chain of SLURM batch jobs",
+        description="Write the batch scripts of CONFIG's analysis and submit them to SLURM.",
+    )
+    slurm_commands = slurm.add_subparsers(dest="slurm_command", metavar="ACTION", required=True)
+    submit = slurm_commands.add_parser(
+        "submit",
+        help="write the batch scripts of an analysis and submit them as a chain",
+        description=(
+            "Write one batch script per stage kind of CONFIG (simulate as an MPI job or a job array, "
+            "then compress, estimate, validate, sample) to RUN_DIR/slurm/ and submit them, each "
+            "with --dependency=afterok on the previous one. Each job runs `cosmosbi run CONFIG "
+            "--stage KIND`, so resubmitting skips finished work. Resources, partition, account, "
+            "modules and setup lines come from the config's slurm section."
+        ),
+    )
+    submit.add_argument("config", help="YAML config of the analysis")
+    submit.add_argument("--dry-run", action="store_true", help="print the scripts; write and submit nothing")
+    submit.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
 
     info = commands.add_parser(
         "info",
@@ -176,6 +199,25 @@ def _run(args, comm) -> int:
     return 0
 
 
+def _slurm(args, comm) -> int:
+    if comm.Get_rank() != 0:
+        return 0
+    from cosmosbi.slurm import batch_jobs, submit_jobs
+
+    config = _load_config(args)
+    jobs = batch_jobs(config, args.config, run_dir=args.run_dir)
+    if args.dry_run:
+        for k, job in enumerate(jobs):
+            dependency = f" (sbatch --dependency=afterok:<job id of {jobs[k - 1].name}>)" if k else ""
+            print(f"# ---- {job.file_name}{dependency}\n{job.script}")
+        return 0
+    ids = submit_jobs(jobs, Path(config.run_dir) / "slurm")
+    for job, job_id in zip(jobs, ids):
+        print(f"{job.name}: job {job_id}")
+    print(f"scripts and job ids in {Path(config.run_dir) / 'slurm'}; follow with: squeue -j {','.join(ids)}; cosmosbi status {config.run_dir}")
+    return 0
+
+
 def _status(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
@@ -224,13 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"run": _run, "status": _status, "simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators, "train": _train, "sample": _sample, "validate": _validate}[args.command]
+    handler = {"run": _run, "status": _status, "slurm": _slurm, "simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators, "train": _train, "sample": _sample, "validate": _validate}[args.command]
     from cosmosbi.simulators.mpi import get_comm
 
     comm = get_comm()
     try:
         return handler(args, comm)
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, RuntimeError) as err:
         if comm.Get_rank() == 0:
             print(f"cosmosbi {args.command}: error: {err}", file=sys.stderr)
         if comm.Get_size() > 1:
@@ -242,11 +284,23 @@ def _simulate(args, comm) -> int:
     from cosmosbi import stages
 
     config = _load_config(args)
-    message = stages.simulate(config, args.dataset, _source(args), comm=comm, progress=not args.quiet)
+    message = stages.simulate(config, args.dataset, _source(args), comm=comm, progress=not args.quiet, chunk=_chunk(args.chunk))
     if comm.Get_rank() == 0:
         print(message.replace("; ", "\n"))
         print(f"inspect with: cosmosbi info {config.run_dir}")
     return 0
+
+
+def _chunk(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--chunk: expected K/N with integers 0 <= K < N, got {text!r}") from None
+    if not 0 <= k < n:
+        raise ValueError(f"--chunk: expected K/N with 0 <= K < N, got {text!r}")
+    return k, n
 
 
 def _compress(args, comm) -> int:

@@ -130,6 +130,7 @@ class ValidationConfig(_Strict):
     n_samples: int = Field(default=1000, gt=1, description="posterior samples per test simulation")
     corner: int = Field(default=3, ge=0, description="test simulations shown in triangle plots")
     exact: bool = Field(default=True, description="compare with the exact posterior where the simulator has one")
+    exact_on: str | None = Field(default=None, description="dataset whose first `corner` simulations are shown and compared with the exact posterior (default: the test dataset)")
     derived: list[str] = Field(default_factory=list, description="derived quantities to calibrate, e.g. [S_8]")
     shift: list[str] = Field(default_factory=list, description="datasets (e.g. another variant) to check domain shift on")
     alpha: float = Field(default=0.01, gt=0, lt=1, description="significance level of the calibration tests")
@@ -272,6 +273,10 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
             for key, name in [("train_on", config.compressor.train_on), *(("apply_to", n) for n in config.compressor.apply_to or [])]:
                 if name not in config.datasets:
                     raise ConfigError(f"{path}: compressor.{key}: no dataset {name!r}; the config defines {list(config.datasets)}")
+        v = config.validation
+        for key, name in ([("validation.test", v.test), ("validation.exact_on", v.exact_on), *(("validation.shift", n) for n in v.shift)] if v else []):
+            if name is not None and name not in config.datasets:
+                raise ConfigError(f"{path}: {key}: no dataset {name!r}; the config defines {list(config.datasets)}")
         for name, obs in (config.observations or {}).items():
             if config.estimator is None:
                 raise ConfigError(f"{path}: observations need an estimator section to sample their posteriors")

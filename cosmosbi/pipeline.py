@@ -106,7 +106,7 @@ def plan_stages(config) -> list[Stage]:
         targets = list(section.apply_to or config.datasets)
         if uses_summaries:
             v = config.validation
-            targets += [config.estimator.dataset, *([v.test, *v.shift] if v is not None else [])]
+            targets += [config.estimator.dataset, *([v.test, *v.shift, *([v.exact_on] if v.exact_on else [])] if v is not None else [])]
         for name in dict.fromkeys(targets):
             add(f"summarise:{name}", "compress", {}, [f"summaries/{name}"], ["compress", f"simulate:{name}"])
     if config.estimator is not None:
@@ -116,8 +116,9 @@ def plan_stages(config) -> list[Stage]:
         if config.validation is not None:
             v = config.validation
             shifted = [section.dataset, *v.shift] if v.shift else []
+            shown = [v.exact_on] if v.exact_on else []
             add("validate", "validate", {"validation": dump["validation"]}, ["validation"],
-                ["estimate", *data_stages([v.test, *shifted])])
+                ["estimate", *data_stages([v.test, *shifted, *shown]), *(f"simulate:{n}" for n in [v.test, *shown] if uses_summaries)])
         if config.observations:
             observations = {}
             for name, obs in dump["observations"].items():

@@ -13,11 +13,12 @@ import numpy as np
 __all__ = ["simulate", "compress", "summarise", "estimate", "validate", "sample", "observation_rows"]
 
 
-def simulate(config, names: list[str] | None, source: str, *, comm=None, progress: bool = True) -> str:
-    """Simulate datasets ``names`` (default: all) of the config; under MPI every rank calls it."""
+def simulate(config, names: list[str] | None, source: str, *, comm=None, progress: bool = True, chunk: tuple[int, int] | None = None) -> str:
+    """Simulate datasets ``names`` (default: all) of the config; under MPI every rank calls it.
+    ``chunk=(k, K)`` simulates only block k of K of each dataset (see ``run_simulations``)."""
     from cosmosbi.simulators.pipeline import simulate_from_config
 
-    summaries = simulate_from_config(config, names, source, comm=comm, progress=progress)
+    summaries = simulate_from_config(config, names, source, comm=comm, progress=progress, chunk=chunk)
     return "; ".join(
         f"{name}: {s.simulated} of {s.n} simulations stored, {s.failed} failed, {s.new_this_run} run now -> {s.path} [{s.status}]"
         for name, s in summaries.items()

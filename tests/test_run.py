@@ -145,6 +145,9 @@ def test_observations_from_a_file_and_a_dataset(tmp_path, capsys):
     # a different observation file reruns only the sample stage
     np.save(tmp_path / "obs.npy", 2 * field)
     assert [s for s, a in actions(run_pipeline(config_of(config), progress=False, echo=lambda s: None)).items() if a == "ran"] == ["sample"]
+    bad = {**config, "validation": {"exact_on": "fiducial"}}
+    with pytest.raises(ValueError, match="validation.exact_on: no dataset 'fiducial'"):
+        load_config(write(tmp_path / "bad.yaml", bad))
     bad = {**config, "observations": {"x": {"file": "a.npy", "dataset": "test"}}}
     path = write(tmp_path / "bad.yaml", bad)
     with pytest.raises(ValueError, match="observations.x: .*exactly one of file or dataset"):
@@ -174,7 +177,7 @@ def _run_until(command, cwd, ready, timeout=120):
 def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
     run = tmp_path / "run"
     config = small_config(run, datasets={"train": {"n": 6000, "seed": 1}, "test": {"n": 40, "seed": 2}}, batch_size=200)
-    config["simulator"]["options"]["n_pixels"] = 32
+    config["simulator"]["options"]["n_pixels"] = 16
     config["compressor"] = {"input": "field", "network": {"kind": "resnet2d", "width": 4, "depth": 1, "norm": "none"},
                             "loss": "mse", "train": {"epochs": 4, "batch_size": 256, "patience": 10, "num_threads": 1}}
     path = write(tmp_path / "c.yaml", config)

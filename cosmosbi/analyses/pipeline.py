@@ -138,29 +138,37 @@ def validate_from_config(config, source: str = "config", progress: bool = False)
                       for n, w in widths.items()],
                      note="Standard deviation of each test simulation's posterior samples; a ratio near 1 means the data say little about the parameter.")
 
-    # posteriors of a few observations, with the exact posterior where one exists
+    # posteriors of a few observations (of the test set, or of `exact_on`), with the exact posterior where one exists
+    shown = section.exact_on or section.test
+    shown_theta, shown_samples, shown_raw = theta, result.samples, raw
+    if section.exact_on is not None:
+        shown_theta, shown_t, shown_raw = _summaries(config, shown, source)
+        k = min(section.corner, len(shown_theta))
+        shown_theta, shown_raw = shown_theta[:k], None if shown_raw is None else shown_raw[:k]
+        shown_samples = Posterior().sample(section.n_samples, shown_t[:k], rng)
+    count = min(section.corner, len(shown_theta))
     corner_figures, exact_rows = [], []
-    exact_available = hasattr(simulator, "shell_power") and section.exact and section.corner > 0
-    if exact_available and raw is None:  # summaries of a compressor: the exact likelihood needs the fields
+    exact_available = hasattr(simulator, "shell_power") and section.exact and count > 0
+    if exact_available and shown_raw is None:  # summaries of a compressor: the exact likelihood needs the fields
         from cosmosbi.estimators.pipeline import _output_name
         from cosmosbi.simulators.store import SimulationDataset
 
-        fields = SimulationDataset(config.dataset_dir(section.test))
-        raw = fields.read(_output_name(fields, config.estimator), rows=np.arange(min(section.corner, len(theta))))
-    for i in range(min(section.corner, len(theta))):
-        sets = {"estimator": result.samples[i]}
+        fields = SimulationDataset(config.dataset_dir(shown))
+        shown_raw = fields.read(_output_name(fields, config.estimator), rows=np.arange(count))
+    for i in range(count):
+        sets = {"estimator": shown_samples[i]}
         if exact_available:
             from cosmosbi.simulators.gaussian_field import exact_posterior_samples
 
-            exact = exact_posterior_samples(simulator, raw[i], section.n_samples, rng).samples
+            exact = exact_posterior_samples(simulator, shown_raw[i], section.n_samples, rng).samples
             sets["exact"] = exact
-            comparison = compare_with_exact(result.samples[i], exact, names, rng)
-            metrics.setdefault("exact_comparison", []).append(comparison)
-            exact_rows.append([i, comparison["c2st"], *(f"{comparison[n]['mean_shift_sigma']:+.2f} / {comparison[n]['width_ratio']:.2f}" for n in names)])
-        corner_figures.append(plots.corner(sets, names, truth=theta[i], title=f"test simulation {i}"))
-    report.add("Posteriors of test simulations", "<p>Dashed lines: the true parameters.</p>", corner_figures)
+            comparison = compare_with_exact(shown_samples[i], exact, names, rng)
+            metrics.setdefault("exact_comparison", []).append({"dataset": shown, "row": i, **comparison})
+            exact_rows.append([f"{shown} {i}", comparison["c2st"], *(f"{comparison[n]['mean_shift_sigma']:+.2f} / {comparison[n]['width_ratio']:.2f}" for n in names)])
+        corner_figures.append(plots.corner(sets, names, truth=shown_theta[i], title=f"{shown} simulation {i}"))
+    report.add(f"Posteriors of {shown} simulations", "<p>Dashed lines: the true parameters.</p>", corner_figures)
     if exact_rows:
-        report.add_table("Comparison with the exact posterior", ["test simulation", "C2ST", *(f"{n}: mean shift (sigma) / width ratio" for n in names)], exact_rows,
+        report.add_table("Comparison with the exact posterior", ["simulation", "C2ST", *(f"{n}: mean shift (sigma) / width ratio" for n in names)], exact_rows,
                          note="C2ST 0.5: indistinguishable from the exact posterior.")
 
     report.add("Simulation-based calibration", figures=[plots.rank_histograms(result.sbc), plots.ecdf_differences(result.sbc)])

@@ -72,6 +72,12 @@ class ResNet2D(nn.Module):
     that downsampling aliases), then a small MLP head maps to ``out_features``. Convolutions use circular
     padding (periodic fields); set ``periodic=False`` for images with edges.
 
+    With ``linear_stem=True`` the stem is a plain convolution (no normalisation, no activation)
+    of size ``stem_kernel``: the mean square of each of its channels is then an exactly quadratic
+    statistic of the input, sum_k |h_c(k)|^2 |x(k)|^2, a bandpower with a learned window
+    |h_c(k)|^2 (for Gaussian fields the sufficient statistics are of this form); the activation
+    is applied after the pooling, before the first stage.
+
     Args:
         in_channels: input channels C (1 for a single map).
         out_features: summary dimension d.
@@ -80,17 +86,28 @@ class ResNet2D(nn.Module):
         blocks: residual blocks per stage.
         periodic: circular (True) or zero (False) padding.
         norm: "batch" (batch normalisation) or "none".
+        stem_kernel: odd kernel size of the stem convolution.
+        linear_stem: pool the moments of the stem convolution before any normalisation or
+            activation (see above).
     """
 
-    def __init__(self, in_channels: int = 1, out_features: int = 2, width: int = 16, depth: int = 3, blocks: int = 1, periodic: bool = True, norm: str = "batch"):
+    def __init__(self, in_channels: int = 1, out_features: int = 2, width: int = 16, depth: int = 3, blocks: int = 1, periodic: bool = True, norm: str = "batch",
+                 stem_kernel: int = 3, linear_stem: bool = False):
         super().__init__()
-        _check_positive(in_channels=in_channels, out_features=out_features, width=width, depth=depth, blocks=blocks)
+        _check_positive(in_channels=in_channels, out_features=out_features, width=width, depth=depth, blocks=blocks, stem_kernel=stem_kernel)
+        if stem_kernel % 2 == 0:
+            raise ValueError(f"network option stem_kernel must be odd, got {stem_kernel}")
+        if not isinstance(linear_stem, bool):
+            raise ValueError(f"network option linear_stem must be true or false, got {linear_stem!r}")
         self.config = {"kind": "resnet2d", "in_channels": in_channels, "out_features": out_features, "width": width, "depth": depth,
-                       "blocks": blocks, "periodic": periodic, "norm": norm}
+                       "blocks": blocks, "periodic": periodic, "norm": norm, "stem_kernel": stem_kernel, "linear_stem": linear_stem}
         self.out_features = out_features
         self.normalise = _Normalise(in_channels)
         pad = "circular" if periodic else "zeros"
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, padding_mode=pad, bias=norm == "none"), _norm(norm, width), nn.GELU())
+        conv = nn.Conv2d(in_channels, width, stem_kernel, padding=stem_kernel // 2, padding_mode=pad, bias=norm == "none" and not linear_stem)
+        self.linear_stem = linear_stem
+        self.stem = conv if linear_stem else nn.Sequential(conv, _norm(norm, width), nn.GELU())
+        self.stem_act = nn.Sequential(_norm(norm, width), nn.GELU()) if linear_stem else nn.Identity()
         self.stages = nn.ModuleList()
         channels, pooled = width, width
         for stage in range(depth):
@@ -108,6 +125,7 @@ class ResNet2D(nn.Module):
             x = x.unsqueeze(1)
         h = self.stem(self.normalise(x))
         moments = [h.mean(dim=(2, 3)), h.pow(2).mean(dim=(2, 3))]
+        h = self.stem_act(h)
         for stage in self.stages:
             h = stage(h)
             moments += [h.mean(dim=(2, 3)), h.pow(2).mean(dim=(2, 3))]

@@ -59,6 +59,7 @@ def summarise_from_config(config, names: list[str] | None = None, source: str = 
     Returns {name: summaries dataset}.
     """
     from cosmosbi.compressors.trainer import compress_dataset, load_compressor
+    from cosmosbi.estimators.networks import torch_threads
 
     section = _section(config, source)
     if compressor is None:
@@ -67,7 +68,8 @@ def summarise_from_config(config, names: list[str] | None = None, source: str = 
         compressor, _ = load_compressor(compressor_dir(config))
     if names is None:
         names = section.apply_to or list(config.datasets)
-    return {name: compress_dataset(compressor, _dataset(config, name, source), summaries_dir(config, name), device=section.train.device) for name in names}
+    with torch_threads(section.train.num_threads):  # the training's thread setting applies here too
+        return {name: compress_dataset(compressor, _dataset(config, name, source), summaries_dir(config, name), device=section.train.device) for name in names}
 
 
 def compress_from_config(config, source: str = "config", progress: bool = True):

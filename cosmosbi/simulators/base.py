@@ -226,6 +226,8 @@ def make_simulator(name: str, options: Mapping[str, Any] | None = None, where: s
         key = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{where}.options.{key}: {first['msg']} (got {first.get('input')!r})") from None
     simulator = factory(**{k: getattr(validated, k) for k in options})
+    if ":" in name and not hasattr(simulator, "simulate"):
+        raise ValueError(f"{where}.name: {name}() returned {type(simulator).__name__}, not a simulator (wrap a function with as_simulator)")
     simulator.description = {"name": name, "options": options}
     return simulator
 
@@ -242,9 +244,34 @@ def _type_hints(factory) -> dict[str, Any]:
 
 def _get(name: str, where: str = "simulator"):
     _load_builtins()
+    if ":" in name and name not in _REGISTRY:
+        return _import_factory(name, where)
     if name not in _REGISTRY:
         raise ValueError(f"{where}.name: unknown simulator {name!r}; registered simulators are {sorted(_REGISTRY)}")
     return _REGISTRY[name]
+
+
+def _import_factory(name: str, where: str):
+    """The factory ``module:function`` of a user's simulator (the working directory is importable)."""
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attribute = name.partition(":")
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name.split(".")[0] or os.getcwd() in sys.path:
+                raise
+            sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"{where}.name: cannot import module {module_name!r} of simulator {name!r} ({err})") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ValueError(f"{where}.name: module {module_name!r} has no function {attribute!r} that returns a simulator")
+    return factory
 
 
 def _load_builtins() -> None:

@@ -8,8 +8,9 @@ per subhalo) and the ray coordinates like ``(B, P)`` or ``(1, P)``.
   / Keeton 2001) and the elliptical power law (EPL, Tessore & Metcalf 2015), both from
   ``caustics.func``, plus external shear. Convention (as lenstronomy's): the convergence of
   the SIE is kappa = theta_E / (2 sqrt(q x'^2 + y'^2 / q)) with x' along the major axis.
-- Subhalos: truncated NFW (Baltz, Marshall & Oguri 2009) with the projected mass from
-  ``caustics.func.mass_enclosed_2d_tnfw``, normalised to the total mass.
+- Subhalos: truncated NFW (Baltz, Marshall & Oguri 2009): the projected enclosed mass (their
+  eq. A.11, as in ``caustics.func.mass_enclosed_2d_tnfw``, in an equivalent cheaper form)
+  normalised to the total mass, and the closed-form coefficients of its large-radius expansion.
 - Light: elliptical Sersic with R = sqrt(q x'^2 + y'^2 / q), normalised to a total flux.
 - Instrument: Gaussian PSF kernels integrated over pixels and zero-padded FFT convolution.
 """
@@ -34,9 +35,11 @@ __all__ = [
     "sie_deflection",
     "epl_deflection",
     "shear_deflection",
+    "tnfw_constants",
     "tnfw_mass_fraction",
     "tnfw_norm",
     "tnfw_deflection",
+    "tnfw_far_field_coefficients",
     "sersic_b",
     "sersic_amplitude",
     "sersic_brightness",
@@ -130,17 +133,51 @@ def tnfw_norm(tau):
     return cf.M0_totmass_tnfw(torch.ones_like(tau), tau)
 
 
-def tnfw_mass_fraction(r, r_s, tau, norm=None):
+def tnfw_constants(tau):
+    """The r-independent parts of :func:`tnfw_mass_fraction`: (tau^2, (tau^2 - 1) / tau,
+    pi tau + (tau^2 - 1) ln tau, 1 / D), D = (tau^2 - 1) ln tau + pi tau - (tau^2 + 1)."""
+    t2 = tau * tau
+    log_term = math.pi * tau + (t2 - 1.0) * torch.log(tau)
+    return t2, (t2 - 1.0) / tau, log_term, 1.0 / (log_term - (t2 + 1.0))
+
+
+def tnfw_mass_fraction(r, r_s, tau, constants=None):
     """Projected mass within radius r over the total mass of a truncated NFW halo.
 
-    r, r_s in the same units; tau = r_t / r_s; ``norm``: :func:`tnfw_norm` (tau), if at hand.
-    Equals 1 - O((r_t / r)^2) far outside r_t.
+    r, r_s in the same units; tau = r_t / r_s; ``constants``: :func:`tnfw_constants` (tau), if
+    at hand. Baltz et al. (2009), eq. A.11 over eq. A.4, with g = r / r_s:
+
+        F(r) = [(tau^2 - 1 + 2 g^2) f(g) + pi tau + (tau^2 - 1) ln tau
+                - sqrt(tau^2 + g^2) (pi + (tau^2 - 1) / tau asinh(tau / g))] / D,
+
+    f(g) = atanh(s) / s for g < 1, atan(s) / s for g > 1, s = sqrt(|g^2 - 1|) (1 at g = 1).
+    Equals 1 - O((r_s / r)^2) far outside max(r_s, r_t). Radii below 1e-4 r_s count as 1e-4 r_s.
     """
-    r = torch.clamp(r, min=1e-4 * r_s)
-    return cf.mass_enclosed_2d_tnfw(r, r_s, tau, tnfw_norm(tau) if norm is None else norm)
+    t2, a, log_term, inv_d = tnfw_constants(tau) if constants is None else constants
+    g = torch.clamp(r / r_s, min=1e-4)
+    g2 = g * g
+    u = g2 - 1.0
+    s = torch.sqrt(torch.clamp(u.abs(), min=1e-12))
+    f = torch.where(u < 0, torch.log((1.0 + s) / g), torch.atan(s)) / s  # atanh(s) = ln((1 + s) / g) for g < 1
+    root = torch.sqrt(t2 + g2)
+    tail = root * (math.pi + a * torch.log((tau + root) / g))  # asinh(tau / g) = ln((tau + root) / g)
+    return ((t2 - 1.0 + 2.0 * g2) * f + log_term - tail) * inv_d
 
 
-def tnfw_deflection(dx, dy, theta_e2, r_s, tau, norm=None):
+def tnfw_far_field_coefficients(r_s, tau):
+    """(c2, c3) of the large-radius expansion 1 - F(r) = c2 / r^2 + c3 / r^3 + O(r^-4) of a truncated NFW halo.
+
+    From the enclosed mass of Baltz et al. (2009): c2 = (tau^2 + 1)^2 / (3 D) r_s^2,
+    c3 = -pi (tau^2 + 1)^2 / (8 D) r_s^3, D = (tau^2 - 1) ln tau + pi tau - (tau^2 + 1); the
+    series converges for r > r_s max(1, tau). Units: those of r_s^2 and r_s^3.
+    """
+    t2 = tau * tau
+    d = (t2 - 1.0) * torch.log(tau) + math.pi * tau - (t2 + 1.0)
+    a = (t2 + 1.0) ** 2 / d
+    return a / 3.0 * r_s * r_s, -math.pi / 8.0 * a * r_s**3
+
+
+def tnfw_deflection(dx, dy, theta_e2, r_s, tau, constants=None):
     """Truncated-NFW deflection at offsets (dx, dy) from the subhalo centre.
 
     theta_e2 is the squared Einstein radius of a point mass of the subhalo's total mass
@@ -148,7 +185,7 @@ def tnfw_deflection(dx, dy, theta_e2, r_s, tau, norm=None):
     """
     r2 = dx * dx + dy * dy
     r = torch.sqrt(r2)
-    scale = theta_e2 * tnfw_mass_fraction(r, r_s, tau, norm) / torch.clamp(r2, min=(1e-4 * r_s) ** 2)
+    scale = theta_e2 * tnfw_mass_fraction(r, r_s, tau, constants) / torch.clamp(r2, min=(1e-4 * r_s) ** 2)
     return scale * dx, scale * dy
 
 

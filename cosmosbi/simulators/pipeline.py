@@ -7,10 +7,11 @@ from cosmosbi.simulators.runner import RunSummary, run_simulations
 __all__ = ["simulate_from_config"]
 
 
-def simulate_from_config(config, names: list[str] | None = None, source: str = "config", *, comm=None, progress: bool = True) -> dict[str, RunSummary]:
+def simulate_from_config(config, names: list[str] | None = None, source: str = "config", *, comm=None, progress: bool = True, chunk: tuple[int, int] | None = None) -> dict[str, RunSummary]:
     """Simulate the config's datasets (all, or ``names``) into ``RUN_DIR/sims/NAME``.
 
-    Resumes whatever an earlier run left; under MPI every rank must call it. Returns
+    Resumes whatever an earlier run left; under MPI every rank must call it. ``chunk=(k, K)``
+    simulates only block k of K of each dataset and leaves it unmerged (a job-array task). Returns
     {name: :class:`RunSummary`} (the same on every rank).
     """
     names = list(config.datasets) if names is None else list(names)
@@ -30,5 +31,6 @@ def simulate_from_config(config, names: list[str] | None = None, source: str = "
             batch_size=config.batch_size,
             comm=comm,
             progress=progress,
+            chunk=chunk,
         )
     return summaries

@@ -65,6 +65,7 @@ def run_simulations(
     comm=None,
     progress: bool = True,
     description: Mapping[str, Any] | None = None,
+    chunk: tuple[int, int] | None = None,
 ) -> RunSummary:
     """Simulate ``n`` datasets rows into ``out_dir``, resuming whatever an earlier run left.
 
@@ -82,6 +83,10 @@ def run_simulations(
         progress: show a progress bar on rank 0.
         description: JSON-able description of the simulator for the manifest; default: the
             ``description`` attribute that :func:`make_simulator` sets, else the simulator's name.
+        chunk: ``(k, K)``: simulate only chunk k of K of the indices 0..n-1 (contiguous blocks),
+            without MPI and without merging, for K independent processes such as the tasks of
+            a SLURM job array. A later call without ``chunk`` merges everything (simulating
+            whatever a failed chunk left) and writes the final manifest.
 
     Returns:
         :class:`RunSummary` (the same on every rank).
@@ -102,6 +107,12 @@ def run_simulations(
         if len(theta) != n:
             raise ValueError(f"theta has {len(theta)} rows but n={n}")
 
+    if chunk is not None:
+        k, n_chunks = chunk
+        if not (isinstance(k, (int, np.integer)) and isinstance(n_chunks, (int, np.integer)) and 0 <= k < n_chunks):
+            raise ValueError(f"chunk must be (k, K) with 0 <= k < K, got {chunk!r}")
+        if comm is not None and comm.Get_size() > 1:
+            raise ValueError("chunk: run one process per chunk (a job array), not an MPI job")
     comm = get_comm(comm)
     rank, size = comm.Get_rank(), comm.Get_size()
     out_dir = Path(out_dir)
@@ -126,10 +137,14 @@ def run_simulations(
         raise (DatasetError if plan["kind"] == "DatasetError" else ValueError)(plan["error"])
 
     missing = np.asarray(plan["missing"], dtype=np.int64)
-    mine = np.array_split(missing, size)[rank]
+    if chunk is not None:  # a fixed block of indices, whatever other chunks have done meanwhile
+        mine = np.intersect1d(np.array_split(np.arange(n), chunk[1])[chunk[0]], missing)
+        rank = int(chunk[0])
+    else:
+        mine = np.array_split(missing, size)[rank]
     parts_dir = out_dir / "parts"
     bar = _progress_bar(len(mine), out_dir, rank, size, progress)
-    n_new = 0
+    n_new = n_failed = 0
     for start in range(0, len(mine), batch_size):
         index = mine[start : start + batch_size]
         rows_theta = theta[index] if theta is not None else _draw_theta(prior, seed, index)
@@ -146,10 +161,15 @@ def run_simulations(
             prior.names,
         )
         n_new += len(index)
+        n_failed += len(failures)
         if bar is not None:
             bar.update(len(index))
     if bar is not None:
         bar.close()
+    if chunk is not None:
+        block = len(np.array_split(np.arange(n), chunk[1])[chunk[0]])
+        return RunSummary(path=out_dir, n=block, simulated=block - len(mine) + n_new - n_failed, failed=n_failed, new_this_run=n_new,
+                          status=f"chunk {chunk[0]} of {chunk[1]}, not merged yet", seconds=time.time() - started)
 
     comm.barrier()
     _merge_parts(out_dir, rank, size, seed, prior.names)

@@ -12,6 +12,8 @@ NETWORKS = {
     "resnet2d": (lambda: ResNet2D(in_channels=2, out_features=3, width=4, depth=2), (5, 2, 16, 16)),
     "resnet2d-single-map": (lambda: ResNet2D(out_features=2, width=4, depth=2, periodic=False), (5, 16, 16)),
     "resnet2d-no-norm": (lambda: ResNet2D(out_features=2, width=4, depth=2, norm="none"), (5, 16, 16)),
+    "resnet2d-linear-stem": (lambda: ResNet2D(out_features=2, width=4, depth=2, norm="none", stem_kernel=5, linear_stem=True), (5, 16, 16)),
+    "resnet2d-linear-stem-batch-norm": (lambda: ResNet2D(in_channels=2, out_features=3, width=4, depth=2, stem_kernel=7, linear_stem=True), (5, 2, 12, 12)),
     "mlp": (lambda: MLP(in_features=12, out_features=3), (5, 12)),
     "healpix-full-sky": (lambda: HealpixCNN(8, None, in_channels=2, out_features=3, width=4, depth=2), (5, 2, 768)),
     "healpix-cap": (lambda: HealpixCNN(8, CAP, in_channels=1, out_features=2, width=4, depth=3), (5, len(CAP))),
@@ -97,3 +99,51 @@ def test_build_network_errors():
         build_network({"kind": "resnet2d", "colour": 3})
     with pytest.raises(ValueError, match="width must be a positive integer"):
         ResNet2D(width=0)
+
+
+def test_linear_stem_moments_are_bandpowers_of_the_kernel_window():
+    """The pooled mean square of a linear stem channel is sum_k |H(k)|^2 |X(k)|^2 / n^4 (Parseval),
+    H the DFT of the kernel wrapped on the periodic n x n grid."""
+    n, kernel = 12, 5
+    torch.manual_seed(1)
+    net = ResNet2D(out_features=2, width=3, depth=1, norm="none", stem_kernel=kernel, linear_stem=True).double()
+    x = torch.randn(4, n, n, dtype=torch.float64)
+    seen = []
+    net.head.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    net(x)
+    pooled = seen[0][:, 3:6]  # head input: stem means, stem mean squares, then the stages'
+    x = net.normalise(x.unsqueeze(1))[:, 0]
+    X = torch.fft.fft2(x)
+    for c in range(3):
+        w = net.stem.weight[c, 0].detach()
+        grid = torch.zeros(n, n, dtype=torch.float64)
+        # Conv2d is a cross-correlation: output(i) = sum_u w(u) x(i + u - kernel // 2)
+        for a in range(kernel):
+            for b in range(kernel):
+                grid[(kernel // 2 - a) % n, (kernel // 2 - b) % n] = w[a, b]
+        window = torch.fft.fft2(grid).abs().pow(2)
+        expected = (window * X.abs().pow(2)).sum(dim=(1, 2)) / n**4
+        torch.testing.assert_close(pooled[:, c], expected, rtol=1e-10, atol=1e-12)
+    # a stem with its activation is not quadratic: doubling the input does not quadruple its moments
+    net_act = ResNet2D(out_features=2, width=3, depth=1, norm="none", stem_kernel=kernel).double()
+    m1, m2 = (net_act.stem(net_act.normalise(v.unsqueeze(1))).pow(2).mean(dim=(2, 3)) for v in (x, 2 * x))
+    assert not torch.allclose(m2, 4 * m1, rtol=1e-3)
+
+
+def test_resnet2d_defaults_and_old_configs_are_unchanged():
+    net = ResNet2D(out_features=2, width=4, depth=2)
+    assert net.config["stem_kernel"] == 3 and net.config["linear_stem"] is False
+    assert [k for k in net.state_dict() if k.startswith("stem")] == ["stem.0.weight", "stem.1.weight", "stem.1.bias", "stem.1.running_mean",
+                                                                      "stem.1.running_var", "stem.1.num_batches_tracked"]
+    old = {k: v for k, v in net.config.items() if k not in ("stem_kernel", "linear_stem")}  # a config saved before these options existed
+    clone = build_network(old)
+    clone.load_state_dict(net.state_dict())
+
+
+def test_resnet2d_stem_option_errors():
+    with pytest.raises(ValueError, match="stem_kernel must be odd, got 4"):
+        ResNet2D(stem_kernel=4)
+    with pytest.raises(ValueError, match="stem_kernel must be a positive integer, got 0"):
+        ResNet2D(stem_kernel=0)
+    with pytest.raises(ValueError, match="linear_stem must be true or false, got 'yes'"):
+        ResNet2D(linear_stem="yes")

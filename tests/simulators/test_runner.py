@@ -47,6 +47,24 @@ def test_dataset_does_not_depend_on_batch_size(tmp_path):
     np.testing.assert_array_equal(da.read("field"), db.read("field"))
 
 
+def test_chunks_of_a_job_array_merge_into_the_serial_dataset(tmp_path):
+    serial = SimulationDataset(run_simulations(field_sim(), 31, tmp_path / "serial", seed=5, batch_size=4, progress=False).path)
+    chunked = tmp_path / "chunked"
+    for k in (2, 0):  # chunks finish in any order; chunk 1 never ran (a failed array task)
+        summary = run_simulations(field_sim(), 31, chunked, seed=5, batch_size=4, progress=False, chunk=(k, 3))
+        assert (summary.n, summary.new_this_run) == (len(np.array_split(np.arange(31), 3)[k]), summary.n)
+        assert "not merged" in summary.status
+    with pytest.raises(DatasetError):
+        SimulationDataset(chunked)  # not merged yet: refused
+    merged = run_simulations(field_sim(), 31, chunked, seed=5, batch_size=4, progress=False)
+    assert (merged.status, merged.new_this_run) == ("complete", 10)  # chunk 1 (indices 11-20), simulated by the merge
+    dataset = SimulationDataset(chunked)
+    np.testing.assert_array_equal(dataset.theta, serial.theta)
+    np.testing.assert_array_equal(dataset.read("field"), serial.read("field"))
+    with pytest.raises(ValueError, match="chunk must be"):
+        run_simulations(field_sim(), 31, tmp_path / "bad", seed=5, progress=False, chunk=(3, 3))
+
+
 def test_fixed_theta_and_extension(tmp_path):
     theta = np.tile([0.2, 0.5], (10, 1))
     run_simulations(as_simulator(gaussian_draws, prior=PRIOR), 10, tmp_path / "fid", seed=0, theta=theta, progress=False)

@@ -16,6 +16,7 @@ from cosmosbi.simulators.lens_profiles import (
     epl_deflection,
     gaussian_psf_kernel,
     sie_deflection,
+    tnfw_far_field_coefficients,
     tnfw_mass_fraction,
 )
 from cosmosbi.simulators.strong_lens import StrongLensSimulator, resolve_device
@@ -140,10 +141,27 @@ def cylinder_mass(R, tau):
 @pytest.mark.parametrize("tau", [0.3, 1.0, 4.0, 15.0])
 def test_tnfw_enclosed_mass_matches_the_projected_density_integral(tau):
     total = integrate.quad(lambda r: tnfw_density(r, tau) * 4 * np.pi * r**2, 0, np.inf, limit=200)[0]
-    radii = np.array([0.05, 0.3, 1.0, 2.5, 10.0, 60.0])
+    radii = np.array([0.05, 0.3, 0.999, 1.0, 1.001, 2.5, 10.0, 60.0])
     expected = np.array([cylinder_mass(R, tau) for R in radii]) / total
     got = tnfw_mass_fraction(t64(radii), t64(1.0), t64(tau)).numpy()
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.3, 1.0, 4.0])
+def test_tnfw_far_field_coefficients_match_the_projected_mass_outside(tau):
+    """1 - F(R) = c2 / R^2 + c3 / R^3 + O(R^-4): with the right (c2, c3) the remainder of
+    R^2 (1 - F) - c2 - c3 / R falls by 4 when R doubles (by 1 with a wrong c2, by 2 with a wrong c3)."""
+    total = integrate.quad(lambda r: tnfw_density(r, tau) * 4 * np.pi * r**2, 0, np.inf, limit=400, epsrel=1e-12)[0]
+
+    def outside(R):  # mass outside the cylinder of radius R over the total
+        f = lambda r: tnfw_density(r, tau) * 4 * np.pi * r**2 * np.sqrt(1 - R**2 / r**2)
+        return integrate.quad(f, R, np.inf, limit=400, epsabs=0, epsrel=1e-12)[0] / total
+
+    c2, c3 = (float(v) for v in tnfw_far_field_coefficients(t64(1.0), t64(tau)))
+    radii = np.array([20.0, 40.0, 80.0]) * max(1.0, tau)
+    rest = np.array([outside(R) * R**2 - c2 - c3 / R for R in radii])
+    np.testing.assert_allclose(rest[1:] / rest[:-1], 0.25, atol=0.03)
+    assert np.all(np.abs(rest) < 0.1 * np.abs(c3) / radii)
 
 
 def test_subhalo_counts_follow_the_poisson_expectation():
@@ -264,6 +282,61 @@ def test_fast_path_matches_the_exact_computation():
     # the subhalos do change the image (the comparison is not trivial)
     nosub = exact.render(nuisance, [p.__class__(*(getattr(p, f)[:0] for f in ("x", "y", "mass", "theta_e2", "r_s", "tau")), 0.0) for p in pops])
     assert float((nosub - ref).abs().max()) > 0.1 * sim.instrument.background_sigma
+
+
+def test_grids_that_are_not_whole_tiles():
+    """30 pixels (7.5 tiles of 4) and 3 x 3 rays per pixel: the exact image is the middle of the
+    exact 32-pixel image (the same pixel centres, no PSF), and the fast path stays within 1 % sigma."""
+    opts = dict(psf_kernel=[[1.0]], supersampling=3, device="cpu")
+    sim = StrongLensSimulator(n_pixels=30, **opts)
+    rngs = [np.random.default_rng(40 + i) for i in range(2)]
+    nuisance, pops = sim.draw_parameters(np.array([[0.1, -1.9]] * 2), rngs, n_subhalos=30)
+    exact30 = StrongLensSimulator(n_pixels=30, dtype="float64", **opts).render(nuisance, pops, exact=True)
+    exact32 = StrongLensSimulator(n_pixels=32, dtype="float64", **opts).render(nuisance, pops, exact=True)
+    np.testing.assert_allclose(exact30.numpy(), exact32[:, 1:-1, 1:-1].numpy(), rtol=1e-9, atol=1e-9)
+    fast = sim.render(nuisance, pops).double()
+    assert float((fast - exact30).abs().max()) < 0.01 * sim.instrument.background_sigma
+    assert float(exact30.max()) > 10 * sim.instrument.background_sigma  # the arcs are in the frame
+
+
+def test_tile_expansions_reproduce_the_far_field():
+    """The local expansions of a tile equal the far field theta_e2 (1 - c2 / r^2 - c3 / r^3) / r
+    at the tile's rays to within their truncation bounds, and far more closely than the c3 term."""
+    from cosmosbi.simulators.strong_lens import CORRECTION_ORDER, EXPANSION_ORDER, _c3_remainder
+
+    sim = StrongLensSimulator(device="cpu", dtype="float64")
+    tile = 100
+    tx, ty = float(sim.tile_x[0, 0, tile]), float(sim.tile_y[0, 0, tile])
+    h = sim.tile_halfdiag
+    rng = np.random.default_rng(5)
+    n = 6
+    dist = h / rng.uniform(0.2, 0.45, n)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    sub = {
+        "x": t64(tx + dist * np.cos(angle))[None, :, None],
+        "y": t64(ty + dist * np.sin(angle))[None, :, None],
+        "theta_e2": t64(rng.uniform(1e-4, 1e-2, n))[None, :, None],
+        "r_s": t64(rng.uniform(0.1, 0.3, n))[None, :, None],  # large halos: c2 and c3 terms of several percent
+        "tau": t64(rng.uniform(0.5, 2.0, n))[None, :, None],
+    }
+    c_far = sim._far_field_coefficient(sub)
+    t_row, t_tile = torch.tensor([0]), torch.tensor([tile])
+    direct, coeff = sim._local_expansions(sub, c_far, torch.zeros((1, n), **F64), t64([1.0]), t_row, t_tile)
+    assert not direct.any()
+    alpha = (coeff @ sim.expansion_basis)[0]
+    z = torch.complex(tx + sim.ray_offset_x, ty + sim.ray_offset_y)[:, None]
+    w = z - torch.complex(sub["x"][0, :, 0], sub["y"][0, :, 0])
+    r = w.abs()
+    e2, c2, c3 = sub["theta_e2"][0, :, 0], c_far[0, :, 0], c_far[0, :, 1]
+    far = (e2 * (1 - c2 / r**2 - c3 / r**3) / w.conj()).sum(dim=1)
+    without_c3 = (e2 * (1 - c2 / r**2) / w.conj()).sum(dim=1)
+    d, q = t64(dist), t64(h / dist)
+    K, L = EXPANSION_ORDER, CORRECTION_ORDER
+    bound = e2 / d * q ** (K + 1) / (1 - q) + e2 * c2 / d**3 * (L + 2) * q ** (L + 1) / (1 - q) ** 3
+    bound = float((bound + e2 * c3.abs() / d**4 * _c3_remainder(q, L)).sum())
+    error = float((alpha - far).abs().max())
+    assert error <= bound
+    assert error < 0.05 * float((far - without_c3).abs().max())  # the c3 term is expanded, not left out
 
 
 def test_epl_lens_light_hst_and_half_mode_mass_options():
