@@ -13,8 +13,8 @@ Gaussian likelihood of bandpowers, the standard two-point analysis:
   squares to the bandpowers of the training simulations (:class:`PolynomialMean`). Pseudo-C_ell
   of a lognormal field on a masked sky with noise has no exact closed-form mean, and an emulator
   of the simulated mean is what analyses of simulated maps commonly use; its accuracy is
-  reported (mean chi^2 per bandpower of held-out simulations, which is ~1 when the emulator and
-  the covariance describe them).
+  reported: the mean chi^2 per bandpower of held-out simulations, which is (n - 1) / (n - B - 2)
+  (n fiducial simulations, B bandpowers) when the emulator and the covariance describe them.
 - covariance: from simulations at one fixed parameter point (the ``fiducial`` dataset), with the
   Hartlap or Sellentin-Heavens correction (:class:`~cosmosbi.estimators.baselines.GaussianBandpowerLikelihood`),
   sampled with emcee.
@@ -297,6 +297,8 @@ def baseline_from_config(config, source: str = "config", progress: bool = False)
         "fiducial": {"dataset": section.fiducial, "n": len(fiducial), "theta": theta_fid[0].tolist(),
                      "correction": section.correction, "hartlap_factor": likelihood.hartlap_factor},
         "mean": {"dataset": section.mean_dataset, "n": len(data_mean), "degree": section.mean_degree, "n_terms": len(mean.terms),
+                 # with the uncorrected inverse of a covariance from n simulations, E[chi^2] / B = (n - 1) / (n - B - 2)
+                 "chi2_per_bandpower_expected": float(1 / likelihood.hartlap_factor),
                  "chi2_per_bandpower_test_mean": float(chi2_test.mean()),
                  "chi2_per_bandpower_test_median": float(np.median(chi2_test)),
                  "chi2_per_bandpower_fiducial_mean_vector": float(chi2_fid)},
