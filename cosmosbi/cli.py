@@ -36,9 +36,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="run every stage of an analysis: simulate, compress, estimate, validate, sample",
+        help="run every stage of an analysis: simulate, compress, estimate, validate, baseline, sample",
         description=(
-            "Run the stages of CONFIG in order (simulate -> compress -> estimate -> validate -> sample), "
+            "Run the stages of CONFIG in order (simulate -> compress -> estimate -> validate -> baseline -> sample), "
             "each only when its config section is present. A stage whose settings (and inputs) are "
             "unchanged since it finished is skipped; an interrupted one resumes; a changed setting "
             "reruns that stage and those after it, keeping the old artifacts under "
@@ -48,7 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", nargs="?", help="YAML config (default: the built-in quick-start analysis)")
     run.add_argument("--stage", action="append", metavar="STAGE",
-                     help="run only stages of this kind (simulate, compress, estimate, validate, sample; repeatable); earlier stages must be done")
+                     help="run only stages of this kind (simulate, compress, estimate, validate, baseline, sample; repeatable); earlier stages must be done")
     run.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cosmosbi.simulators.base import Simulator, make_simulator
 from cosmosbi.simulators.priors import Prior, prior_from_config
 
-__all__ = ["ConfigError", "SimulateConfig", "DatasetConfig", "SimulatorConfig", "EstimatorConfig", "load_config", "default_config_path"]
+__all__ = ["ConfigError", "SimulateConfig", "DatasetConfig", "SimulatorConfig", "EstimatorConfig", "BaselineConfig", "load_config", "default_config_path"]
 
 
 class ConfigError(ValueError):
@@ -159,7 +159,7 @@ class SlurmConfig(_Strict):
     python: str = Field(default="python", description="the Python interpreter that has cosmosbi installed")
     mpi: str = Field(default="pmi2", description="srun --mpi= plugin for the MPI simulate job")
     sbatch_options: list[str] = Field(default_factory=list, description="extra #SBATCH options for every job, e.g. --qos=normal")
-    jobs: dict[Literal["simulate", "compress", "estimate", "validate", "sample"], SlurmJobConfig] = Field(default_factory=dict)
+    jobs: dict[Literal["simulate", "compress", "estimate", "validate", "baseline", "sample"], SlurmJobConfig] = Field(default_factory=dict)
 
 
 class ObservationConfig(_Strict):
@@ -179,6 +179,28 @@ class ObservationConfig(_Strict):
         return self
 
 
+class BaselineConfig(_Strict):
+    """The optional ``baseline`` section (``cosmosbi run``'s baseline stage): the power-spectrum
+    Gaussian-likelihood posterior of test observations against the full-field estimator's
+    (see :mod:`cosmosbi.analyses.baseline`)."""
+
+    summary: Literal["healpix_bandpowers", "power_spectrum"] = Field(
+        description="tomographic pseudo-C_ell on the footprint, or the power spectrum of a flat field")
+    input: str | None = Field(default=None, description="simulator output to take bandpowers of (default: the only map output)")
+    bin_edges: list[float] | None = Field(default=None, description="multipole (or wavenumber) bin edges")
+    transform: Literal["log_auto", "none"] = Field(default="log_auto", description="log of the auto-spectrum bandpowers, or none")
+    fiducial: str = Field(description="dataset simulated at one fixed theta, for the covariance")
+    correction: Literal["hartlap", "sellentin-heavens", "none"] = "hartlap"
+    mean_dataset: str = Field(default="train", description="dataset the polynomial mean mu(theta) is fitted to")
+    mean_degree: int = Field(default=2, ge=1, description="total degree of the polynomial mean")
+    test: str = Field(default="test", description="dataset of the test observations")
+    n_test: int = Field(default=50, gt=1, description="compare on the first n_test test simulations")
+    n_samples: int = Field(default=2000, gt=1, description="posterior samples per observation and method")
+    pair: list[str] | None = Field(default=None, min_length=2, max_length=2, description="parameters of the area ratio (default: the first two)")
+    figure_dpi: int = Field(default=80, gt=0)
+    seed: int = Field(default=0, ge=0)
+
+
 class SimulateConfig(_Strict):
     run_dir: str = "cosmosbi-run"
     simulator: SimulatorConfig
@@ -189,6 +211,7 @@ class SimulateConfig(_Strict):
     estimator: EstimatorConfig | None = None
     validation: ValidationConfig | None = None
     observations: dict[str, ObservationConfig] | None = None
+    baseline: BaselineConfig | None = None
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     # ------------------------------------------------------------- derived objects
@@ -277,12 +300,32 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
         for key, name in ([("validation.test", v.test), ("validation.exact_on", v.exact_on), *(("validation.shift", n) for n in v.shift)] if v else []):
             if name is not None and name not in config.datasets:
                 raise ConfigError(f"{path}: {key}: no dataset {name!r}; the config defines {list(config.datasets)}")
+        if config.baseline is not None:
+            _check_baseline(config, path)
         for name, obs in (config.observations or {}).items():
             if config.estimator is None:
                 raise ConfigError(f"{path}: observations need an estimator section to sample their posteriors")
             if obs.dataset is not None and obs.dataset not in config.datasets:
                 raise ConfigError(f"{path}: observations.{name}.dataset: no dataset {obs.dataset!r}; the config defines {list(config.datasets)}")
     return config
+
+
+def _check_baseline(config: SimulateConfig, path) -> None:
+    section = config.baseline
+    if config.estimator is None:
+        raise ConfigError(f"{path}: baseline needs an estimator section (the full-field posterior it is compared with)")
+    for key in ("fiducial", "mean_dataset", "test"):
+        name = getattr(section, key)
+        if name not in config.datasets:
+            raise ConfigError(f"{path}: baseline.{key}: no dataset {name!r}; the config defines {list(config.datasets)}")
+    if config.datasets[section.fiducial].fixed is None:
+        raise ConfigError(f"{path}: baseline.fiducial: dataset {section.fiducial!r} must set `fixed` (simulations at one theta give the covariance)")
+    names = list(config.build_simulator(str(path)).parameter_names)
+    for name in section.pair or []:
+        if name not in names:
+            raise ConfigError(f"{path}: baseline.pair: unknown parameter {name!r}; parameters are {names}")
+    if section.pair is not None and section.pair[0] == section.pair[1]:
+        raise ConfigError(f"{path}: baseline.pair: two different parameters needed, got {section.pair}")
 
 
 def _describe(err: pydantic.ValidationError) -> str:

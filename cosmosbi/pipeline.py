@@ -10,6 +10,7 @@ stage              writes (under RUN_DIR)                  depends on
 ``summarise:NAME`` ``summaries/NAME``                      the compressor + dataset NAME
 ``estimate``       ``estimator``                           estimator + its training data
 ``validate``       ``validation`` (metrics + HTML report)  validation + estimator + test data
+``baseline``       ``baseline`` (metrics + triangle plot)  baseline + estimator + its datasets
 ``sample``         ``posterior``                           observations + estimator
 =================  ======================================  ==================================
 
@@ -44,7 +45,7 @@ __all__ = ["STAGE_KINDS", "Stage", "plan_stages", "run_pipeline", "stage_status"
 
 log = logging.getLogger("cosmosbi.pipeline")
 
-STAGE_KINDS = ("simulate", "compress", "estimate", "validate", "sample")
+STAGE_KINDS = ("simulate", "compress", "estimate", "validate", "baseline", "sample")
 RUN_RECORD = "run.json"
 # settings that change where or how fast a stage runs, not what it computes
 _NOT_HASHED = {"device", "num_workers", "num_threads", "mixed_precision", "in_memory_bytes"}
@@ -107,6 +108,7 @@ def plan_stages(config) -> list[Stage]:
         if uses_summaries:
             v = config.validation
             targets += [config.estimator.dataset, *([v.test, *v.shift, *([v.exact_on] if v.exact_on else [])] if v is not None else [])]
+            targets += [config.baseline.test] if config.baseline is not None else []
         for name in dict.fromkeys(targets):
             add(f"summarise:{name}", "compress", {}, [f"summaries/{name}"], ["compress", f"simulate:{name}"])
     if config.estimator is not None:
@@ -119,6 +121,10 @@ def plan_stages(config) -> list[Stage]:
             shown = [v.exact_on] if v.exact_on else []
             add("validate", "validate", {"validation": dump["validation"]}, ["validation"],
                 ["estimate", *data_stages([v.test, *shifted, *shown]), *(f"simulate:{n}" for n in [v.test, *shown] if uses_summaries)])
+        if config.baseline is not None:
+            b = config.baseline
+            add("baseline", "baseline", {"baseline": dump["baseline"]}, ["baseline"],
+                ["estimate", *data_stages([b.test]), *(f"simulate:{n}" for n in (b.fiducial, b.mean_dataset, b.test))])
         if config.observations:
             observations = {}
             for name, obs in dump["observations"].items():
@@ -280,7 +286,8 @@ def _run_stage(stage: Stage, config, source: str, comm, progress: bool) -> str:
         return stages.summarise(config, stage.name.split(":", 1)[1], source)
     if stage.kind == "compress":
         return stages.compress(config, source, progress=progress, summaries=False)
-    return {"estimate": stages.estimate, "validate": stages.validate, "sample": stages.sample}[stage.kind](config, source, progress=progress)
+    return {"estimate": stages.estimate, "validate": stages.validate, "baseline": stages.baseline,
+            "sample": stages.sample}[stage.kind](config, source, progress=progress)
 
 
 def run_pipeline(config, source: str = "config", *, only: list[str] | None = None, comm=None, progress: bool = True,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["simulate", "compress", "summarise", "estimate", "validate", "sample", "observation_rows"]
+__all__ = ["simulate", "compress", "summarise", "estimate", "validate", "baseline", "sample", "observation_rows"]
 
 
 def simulate(config, names: list[str] | None, source: str, *, comm=None, progress: bool = True, chunk: tuple[int, int] | None = None) -> str:
@@ -78,6 +78,22 @@ def validate(config, source: str, *, progress: bool = True) -> str:
     c2st = [c["c2st"] for c in metrics.get("exact_comparison", [])]
     if c2st:
         parts.append(f"C2ST vs exact {', '.join(f'{c:.3f}' for c in c2st)}")
+    return "; ".join(parts) + f" -> {path}"
+
+
+def baseline(config, source: str, *, progress: bool = True) -> str:
+    """Power-spectrum Gaussian-likelihood posteriors of test observations against the full-field
+    estimator's; writes ``RUN_DIR/baseline/metrics.json`` and ``triangle.png``."""
+    from cosmosbi.analyses.baseline import baseline_from_config
+    from cosmosbi.files import read_json
+
+    path = baseline_from_config(config, source, progress=progress)
+    m = read_json(path)
+    s = m["summary"]
+    parts = [f"area ratio ({', '.join(s['pair'])}) power spectrum / full field: mean {s['area_ratio_mean']:.3g}"
+             f" +- {s['area_ratio_error'] or 0:.2g}, median {s['area_ratio_median']:.3g} over {s['n_observations']} test simulations"]
+    if "S_8_std_ratio_mean" in s:
+        parts.append(f"S_8 std ratio mean {s['S_8_std_ratio_mean']:.3g}")
     return "; ".join(parts) + f" -> {path}"
 
 

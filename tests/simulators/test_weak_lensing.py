@@ -360,7 +360,8 @@ def test_example_config_builds():
     sim = config.build_simulator()
     prior = prior_from_config(yaml.safe_load(path.read_text())["prior"])
     assert sim.prior == prior
-    assert sim.output_spec["kappa"].shape == (4, sim.pixels.size) and sim.shear
+    assert sim.output_spec["kappa"].shape == (4, sim.pixels.size)
+    assert list(sim.parameter_names) == ["Omega_m", "sigma_8", "A_IA", "log10_Mc"]
 
 
 @pytest.mark.slow
