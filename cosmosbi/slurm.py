@@ -6,7 +6,7 @@ succeeded (``--dependency=afterok``):
 - ``simulate``: one MPI job, ``srun`` over ``slurm.jobs.simulate.ntasks`` tasks; or, with
   ``slurm.jobs.simulate.array: K``, a job array of K independent chunks followed by a
   one-task job that merges them (and simulates whatever a failed chunk left);
-- ``compress`` (the GPU job when ``gpus`` is set), ``estimate``, ``validate``, ``sample``:
+- ``compress`` (the GPU job when ``gpus`` is set), ``estimate``, ``validate``, ``baseline``, ``sample``:
   one task each.
 
 Every job runs ``cosmosbi run CONFIG --stage KIND``, so a chain resubmitted after a failure or a
