@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from cosmosbi import __version__
-from cosmosbi.files import read_json
 
 log = logging.getLogger("cosmosbi")
 

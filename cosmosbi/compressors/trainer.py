@@ -21,7 +21,6 @@ q(theta | t)). Weights load with ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import time

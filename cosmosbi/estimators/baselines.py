@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee
+from cosmosbi.estimators.mcmc import MCMCResult
 from cosmosbi.simulators.priors import Prior
 
 __all__ = ["GaussianBandpowerLikelihood", "exact_field_posterior"]

@@ -63,7 +63,6 @@ from cosmosbi.simulators.lens_profiles import (
     sersic_radius,
     shear_deflection,
     sie_deflection,
-    tnfw_deflection,
     tnfw_far_field_coefficients,
     tnfw_mass_fraction,
     tnfw_constants,
