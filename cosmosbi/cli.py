@@ -48,8 +48,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML config (default: the built-in quick-start analysis)")
     run.add_argument("--stage", action="append", metavar="STAGE",
                      help="run only stages of this kind (simulate, compress, estimate, validate, baseline, sample; repeatable); earlier stages must be done")
-    run.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_run_dir(run)
+    _add_quiet(run)
 
     status = commands.add_parser(
         "status",
@@ -75,8 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("config", nargs="?", help="YAML config (default: the built-in Gaussian-field example)")
     simulate.add_argument("--dataset", action="append", metavar="NAME", help="simulate only this dataset (repeatable)")
-    simulate.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
-    simulate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_run_dir(simulate)
+    _add_quiet(simulate)
     simulate.add_argument("--chunk", metavar="K/N", help="simulate only chunk K of N (0 <= K < N) and leave it unmerged, "
                           "as one task of a job array; a later run without --chunk merges")
 
@@ -99,7 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("config", help="YAML config of the analysis")
     submit.add_argument("--dry-run", action="store_true", help="print the scripts; write and submit nothing")
-    submit.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
+    _add_run_dir(submit)
 
     info = commands.add_parser(
         "info",
@@ -119,8 +119,8 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     compress.add_argument("config", help="YAML config with a compressor section")
-    compress.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
-    compress.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_run_dir(compress)
+    _add_quiet(compress)
 
     commands.add_parser("simulators", help="list the registered simulators and their options")
     _add_estimator_commands(commands)
@@ -135,8 +135,16 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     validate.add_argument("config", help="YAML config with estimator and validation sections")
-    validate.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
+    _add_run_dir(validate)
     return parser
+
+
+def _add_run_dir(parser) -> None:
+    parser.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
+
+
+def _add_quiet(parser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def _add_estimator_commands(commands) -> None:
@@ -149,8 +157,8 @@ def _add_estimator_commands(commands) -> None:
         ),
     )
     train.add_argument("config", help="YAML config with an estimator section")
-    train.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_run_dir(train)
+    _add_quiet(train)
     sample = commands.add_parser(
         "sample",
         help="sample the trained estimator's posterior for observations",
@@ -165,7 +173,7 @@ def _add_estimator_commands(commands) -> None:
     sample.add_argument("--obs-key", metavar="KEY", help="array name inside a .npz / .h5 file (h5 default: x)")
     sample.add_argument("--out", metavar="OUT", help="output path without extension (default RUN_DIR/posterior/samples)")
     sample.add_argument("-n", "--n-samples", type=int, metavar="N", help="samples per observation (default: the config's)")
-    sample.add_argument("--run-dir", metavar="DIR", help="override the config's run_dir")
+    _add_run_dir(sample)
 
 
 def _load_config(args):

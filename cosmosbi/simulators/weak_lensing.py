@@ -141,7 +141,7 @@ def _cholesky_spectra(spectra: np.ndarray, pairs, n_bins: int) -> np.ndarray:
                 out[ell:] = np.linalg.cholesky(cov[ell:])
                 return out
             except np.linalg.LinAlgError:
-                pass
+                pass  # some multipole is not positive definite: factor them one at a time below
         try:
             out[ell] = np.linalg.cholesky(cov[ell])
         except np.linalg.LinAlgError:
