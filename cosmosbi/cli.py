@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from cosmosbi import __version__
@@ -30,7 +31,7 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="Run `cosmosbi COMMAND --help` for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"cosmosbi {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages; show the traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
@@ -42,7 +43,10 @@ def _build_parser() -> argparse.ArgumentParser:
             "unchanged since it finished is skipped; an interrupted one resumes; a changed setting "
             "reruns that stage and those after it, keeping the old artifacts under "
             "RUN_DIR/stages/previous/. Without CONFIG: the quick-start analysis of the Gaussian-field "
-            "reference problem. Under `mpiexec` or `srun` the simulations use every rank."
+            "reference problem. Under `mpiexec` or `srun` the simulations use every rank. "
+            "A config whose simulator is named `module:function` runs that code: the stages import the "
+            "module and call the function, so run only configs you trust, as you would a Python script "
+            "(`cosmosbi status --config` and `cosmosbi slurm submit --dry-run` only read a config)."
         ),
     )
     run.add_argument("config", nargs="?", help="YAML config (default: the built-in quick-start analysis)")
@@ -279,12 +283,30 @@ def main(argv: list[str] | None = None) -> int:
     comm = get_comm()
     try:
         return handler(args, comm)
-    except (ValueError, OSError, KeyError, RuntimeError) as err:
-        if comm.Get_rank() == 0:
-            print(f"cosmosbi {args.command}: error: {err}", file=sys.stderr)
+    except (Exception, KeyboardInterrupt) as err:
+        if comm.Get_rank() == 0 or comm.Get_size() > 1:
+            rank = f" (rank {comm.Get_rank()})" if comm.Get_size() > 1 else ""
+            print(f"cosmosbi {args.command}{rank}: error: {error_message(err)}", file=sys.stderr)
+            if args.verbose:
+                traceback.print_exc()
         if comm.Get_size() > 1:
             comm.Abort(2)
-        return 2
+        return 130 if isinstance(err, KeyboardInterrupt) else 2
+
+
+def error_message(err: BaseException) -> str:
+    """One line for an error: the message of the errors cosmosbi raises (ValueError and its
+    ConfigError, OSError, KeyError, RuntimeError), the class and first line of any other."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    text = str(err)
+    if isinstance(err, KeyError) and err.args and isinstance(err.args[0], str):
+        text = err.args[0] if " " in err.args[0] else f"missing key {err.args[0]!r}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(err, (ValueError, OSError, KeyError, RuntimeError)) and lines:
+        return " ".join(lines) if len(lines) <= 3 else lines[0] + " ..."
+    first = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return f"{first}{' ...' if len(lines) > 1 else ''} (rerun with `cosmosbi -v` for the traceback)"
 
 
 def _simulate(args, comm) -> int:

@@ -25,21 +25,37 @@ prior (default: the simulator's), and the datasets to simulate::
       train: {epochs: 30, batch_size: 128, learning_rate: 0.001}
 
 Every error (malformed YAML, unknown key, missing field, wrong type, unknown simulator, bad
-prior) is a :class:`ConfigError` naming the file and the key.
+prior) is a :class:`ConfigError` naming the file and the key. Nested option sections
+(``compressor.network``, ``compressor.loss_options``, ``estimator.flow``, ``estimator.training``)
+are checked against the options of what they configure; integers are refused as booleans
+(``n: true``) and must fit in 64 bits; dataset and observation names must be plain file names.
+
+A simulator named ``module:function`` is the user's code: reading and validating a config
+(``load_config``, ``cosmosbi status --config``, ``cosmosbi slurm submit --dry-run``) checks the
+form of the name only and neither imports the module nor calls the function; its options are
+checked when a stage builds the simulator (``SimulateConfig.build_simulator``), which runs it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import operator
+import re
+import types
+import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from cosmosbi.simulators.base import Simulator, make_simulator
+from cosmosbi.files import safe_name
+from cosmosbi.simulators.base import Simulator, make_simulator, simulator_names
 from cosmosbi.simulators.priors import Prior, prior_from_config
 
 __all__ = ["ConfigError", "SimulateConfig", "DatasetConfig", "SimulatorConfig", "EstimatorConfig", "BaselineConfig", "load_config", "default_config_path"]
@@ -49,19 +65,105 @@ class ConfigError(ValueError):
     """An invalid config; the message names the file and the offending key."""
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _not_bool(value):
+    if isinstance(value, bool):  # a ValueError, which pydantic reports with the key (a TypeError would escape)
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")  # noqa: TRY004
+    return value
+
+
+# Integers as numpy stores them (int64), never booleans; seeds are stored with the simulations.
+Int = Annotated[int, BeforeValidator(_not_bool), Field(le=INT64_MAX)]
+Seed = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=INT64_MAX)]
+Real = Annotated[float, BeforeValidator(_not_bool)]
+
+FACTORY_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def is_factory_name(name: str) -> bool:
+    """Whether a simulator name is a user's ``module:function`` (not a registered simulator)."""
+    return ":" in name and name not in simulator_names()
+
+
+class OptionError(ValueError):
+    """An invalid entry of a nested option section; ``key`` (or None) names the entry."""
+
+    def __init__(self, key: str | None, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key, self.message = key, message
+
+
+def _config_type(annotation):
+    """``annotation`` with int and float replaced by :data:`Int` and :data:`Real` (also inside unions)."""
+    if annotation is int:
+        return Int
+    if annotation is float:
+        return Real
+    if annotation is inspect.Parameter.empty:
+        return Any
+    args = typing.get_args(annotation)
+    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return functools.reduce(operator.or_, (_config_type(a) for a in args))
+    return annotation
+
+
+def check_options(options: dict, fields: dict[str, tuple[Any, Any]]) -> dict:
+    """Validate a nested option section against ``fields`` ({name: (annotation, default)}).
+
+    Returns the given options with their values converted to the annotated types; an unknown
+    key or a value of the wrong type raises :class:`OptionError` naming the key.
+    """
+    if not isinstance(options, dict):
+        raise OptionError(None, f"expected a mapping of options, got {type(options).__name__}")
+    model = pydantic.create_model(
+        "Options", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **{name: (_config_type(annotation), None if default is inspect.Parameter.empty else default)
+           for name, (annotation, default) in fields.items()},
+    )
+    try:
+        validated = model.model_validate(options)
+    except pydantic.ValidationError as err:
+        item = err.errors()[0]
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            raise OptionError(key, f"unknown key; the keys are {sorted(fields)}") from None
+        raise OptionError(key, f"{_message(item)} (got {item.get('input')!r})") from None
+    return {key: getattr(validated, key) for key in options}
+
+
+def _dataclass_options(cls, options: dict) -> dict:
+    """Options of dataclass ``cls`` (types and checks from the dataclass itself)."""
+    hints = typing.get_type_hints(cls)
+    values = check_options(options, {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls) if f.init})
+    try:
+        cls(**values)
+    except ValueError as err:
+        raise OptionError(None, str(err)) from None
+    return values
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SimulatorConfig(_Strict):
-    name: str
+    name: str = Field(description="a registered simulator, or module:function returning a simulator (user code, run by the stages)")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _name_form(cls, name: str) -> str:
+        if ":" in name and not FACTORY_NAME.match(name):
+            raise ValueError(f"{name!r} is neither a registered simulator nor of the form module:function")
+        return name
 
 
 class DatasetConfig(_Strict):
-    n: int = Field(gt=0, description="number of simulations")
-    seed: int = Field(ge=0, description="root seed; simulation i uses SeedSequence([seed, i])")
-    fixed: dict[str, float] | None = Field(
+    n: Int = Field(gt=0, description="number of simulations")
+    seed: Seed = Field(description="root seed in [0, 2^63); simulation i uses SeedSequence([seed, i])")
+    fixed: dict[str, Real] | None = Field(
         default=None, description="simulate every row at these parameter values instead of prior draws"
     )
     simulator: SimulatorConfig | None = Field(
@@ -72,19 +174,19 @@ class DatasetConfig(_Strict):
 class TrainConfig(_Strict):
     """Settings of :class:`cosmosbi.compressors.trainer.TrainSettings`."""
 
-    epochs: int = Field(default=50, gt=0)
-    batch_size: int = Field(default=128, gt=0)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-5, ge=0)
-    patience: int = Field(default=8, gt=0)
-    lr_patience: int = Field(default=3, gt=0)
-    lr_factor: float = Field(default=0.5, gt=0, lt=1)
-    val_fraction: float = Field(default=0.1, gt=0, lt=1)
-    seed: int = Field(default=0, ge=0)
+    epochs: Int = Field(default=50, gt=0)
+    batch_size: Int = Field(default=128, gt=0)
+    learning_rate: Real = Field(default=1e-3, gt=0)
+    weight_decay: Real = Field(default=1e-5, ge=0)
+    patience: Int = Field(default=8, gt=0)
+    lr_patience: Int = Field(default=3, gt=0)
+    lr_factor: Real = Field(default=0.5, gt=0, lt=1)
+    val_fraction: Real = Field(default=0.1, gt=0, lt=1)
+    seed: Seed = 0
     device: str = "auto"
     mixed_precision: bool = False
-    num_workers: int = Field(default=0, ge=0)
-    num_threads: int | None = Field(default=None, gt=0)
+    num_workers: Int = Field(default=0, ge=0)
+    num_threads: Int | None = Field(default=None, gt=0)
 
 
 class CompressorConfig(_Strict):
@@ -92,10 +194,41 @@ class CompressorConfig(_Strict):
     network: dict[str, Any] = Field(description="{kind: resnet2d | healpix_cnn | mlp, options...}")
     loss: str = "vmim"
     loss_options: dict[str, Any] = Field(default_factory=dict)
-    summary_dim: int | None = Field(default=None, gt=0)
+    summary_dim: Int | None = Field(default=None, gt=0)
     train_on: str = "train"
     apply_to: list[str] | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @pydantic.field_validator("network")
+    @classmethod
+    def _network_options(cls, network: dict) -> dict:
+        from cosmosbi.compressors.networks import NETWORKS, network_options
+
+        kind = network.get("kind")
+        if kind not in NETWORKS:
+            raise OptionError("kind", f"expected one of {sorted(NETWORKS)}, got {kind!r}")
+        options = {k: v for k, v in network.items() if k != "kind"}
+        params = network_options(kind)
+        return {"kind": kind, **check_options(options, {k: (p.annotation, p.default) for k, p in params.items()})}
+
+    @pydantic.field_validator("loss")
+    @classmethod
+    def _known_loss(cls, loss: str) -> str:
+        from cosmosbi.compressors.losses import LOSSES
+
+        if loss not in LOSSES:
+            raise ValueError(f"expected one of {sorted(LOSSES)}, got {loss!r}")
+        return loss
+
+    @pydantic.field_validator("loss_options")
+    @classmethod
+    def _loss_options(cls, options: dict, info: pydantic.ValidationInfo) -> dict:
+        from cosmosbi.compressors.losses import LOSSES
+
+        if info.data.get("loss") not in LOSSES:
+            return options  # the loss itself is reported
+        params = list(inspect.signature(LOSSES[info.data["loss"]], eval_str=True).parameters.values())[2:]  # after (D, d)
+        return check_options(options, {p.name: (p.annotation, p.default) for p in params})
 
 
 class EstimatorConfig(_Strict):
@@ -113,40 +246,54 @@ class EstimatorConfig(_Strict):
         default="power_spectrum",
         description="log-bandpowers of a flat field, the flattened output, or the trained compressor's summaries",
     )
-    bin_edges: list[float] | None = Field(default=None, description="wavenumber bin edges (default: unit-width bins)")
+    bin_edges: list[Real] | None = Field(default=None, description="wavenumber bin edges (default: unit-width bins)")
     flow: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
-    ensemble: int = Field(default=1, ge=1, description="number of ensemble members")
-    seed: int = Field(default=0, ge=0)
-    n_samples: int = Field(default=1000, gt=0, description="posterior samples per observation")
+    ensemble: Int = Field(default=1, ge=1, description="number of ensemble members")
+    seed: Seed = 0
+    n_samples: Int = Field(default=1000, gt=0, description="posterior samples per observation")
     device: str = "auto"
+
+    @pydantic.field_validator("flow")
+    @classmethod
+    def _flow_options(cls, flow: dict) -> dict:
+        from cosmosbi.estimators.networks import FlowConfig
+
+        return _dataclass_options(FlowConfig, flow)
+
+    @pydantic.field_validator("training")
+    @classmethod
+    def _training_options(cls, training: dict) -> dict:
+        from cosmosbi.estimators.networks import TrainingConfig
+
+        return _dataclass_options(TrainingConfig, training)
 
 
 class ValidationConfig(_Strict):
     """The optional ``validation`` section, read by ``cosmosbi validate``."""
 
     test: str = Field(default="test", description="dataset of test simulations")
-    n_test: int | None = Field(default=None, gt=0, description="use only the first n_test test simulations")
-    n_samples: int = Field(default=1000, gt=1, description="posterior samples per test simulation")
-    corner: int = Field(default=3, ge=0, description="test simulations shown in triangle plots")
+    n_test: Int | None = Field(default=None, gt=0, description="use only the first n_test test simulations")
+    n_samples: Int = Field(default=1000, gt=1, description="posterior samples per test simulation")
+    corner: Int = Field(default=3, ge=0, description="test simulations shown in triangle plots")
     exact: bool = Field(default=True, description="compare with the exact posterior where the simulator has one")
     exact_on: str | None = Field(default=None, description="dataset whose first `corner` simulations are shown and compared with the exact posterior (default: the test dataset)")
     derived: list[str] = Field(default_factory=list, description="derived quantities to calibrate, e.g. [S_8]")
     shift: list[str] = Field(default_factory=list, description="datasets (e.g. another variant) to check domain shift on")
-    alpha: float = Field(default=0.01, gt=0, lt=1, description="significance level of the calibration tests")
-    seed: int = Field(default=0, ge=0)
+    alpha: Real = Field(default=0.01, gt=0, lt=1, description="significance level of the calibration tests")
+    seed: Seed = 0
 
 
 class SlurmJobConfig(_Strict):
     """Resources of one batch job of ``cosmosbi slurm submit`` (unset: the site's defaults)."""
 
     time: str | None = Field(default=None, description="wall-clock limit, e.g. 04:00:00")
-    ntasks: int | None = Field(default=None, gt=0, description="MPI tasks (the simulate job runs srun over them)")
-    cpus_per_task: int | None = Field(default=None, gt=0)
+    ntasks: Int | None = Field(default=None, gt=0, description="MPI tasks (the simulate job runs srun over them)")
+    cpus_per_task: Int | None = Field(default=None, gt=0)
     mem: str | None = Field(default=None, description="memory per node, e.g. 16G")
-    gpus: int | None = Field(default=None, ge=0, description="GPUs (--gpus)")
+    gpus: Int | None = Field(default=None, ge=0, description="GPUs (--gpus)")
     partition: str | None = Field(default=None, description="overrides slurm.partition for this job")
-    array: int | None = Field(default=None, gt=0, description="simulate only: run as a job array of this many independent chunks instead of one MPI job")
+    array: Int | None = Field(default=None, gt=0, description="simulate only: run as a job array of this many independent chunks instead of one MPI job")
 
 
 class SlurmConfig(_Strict):
@@ -170,7 +317,7 @@ class ObservationConfig(_Strict):
     file: str | None = Field(default=None, description="path of the observed simulator output")
     key: str | None = Field(default=None, description="array name inside a .npz / .h5 file")
     dataset: str | None = Field(default=None, description="take the observation from this dataset ...")
-    index: int = Field(default=0, ge=0, description="... at this row")
+    index: Int = Field(default=0, ge=0, description="... at this row")
 
     @pydantic.model_validator(mode="after")
     def _one_source(self):
@@ -187,18 +334,18 @@ class BaselineConfig(_Strict):
     summary: Literal["healpix_bandpowers", "power_spectrum"] = Field(
         description="tomographic pseudo-C_ell on the footprint, or the power spectrum of a flat field")
     input: str | None = Field(default=None, description="simulator output to take bandpowers of (default: the only map output)")
-    bin_edges: list[float] | None = Field(default=None, description="multipole (or wavenumber) bin edges")
+    bin_edges: list[Real] | None = Field(default=None, description="multipole (or wavenumber) bin edges")
     transform: Literal["log_auto", "none"] = Field(default="log_auto", description="log of the auto-spectrum bandpowers, or none")
     fiducial: str = Field(description="dataset simulated at one fixed theta, for the covariance")
     correction: Literal["hartlap", "sellentin-heavens", "none"] = "hartlap"
     mean_dataset: str = Field(default="train", description="dataset the polynomial mean mu(theta) is fitted to")
-    mean_degree: int = Field(default=2, ge=1, description="total degree of the polynomial mean")
+    mean_degree: Int = Field(default=2, ge=1, description="total degree of the polynomial mean")
     test: str = Field(default="test", description="dataset of the test observations")
-    n_test: int = Field(default=50, gt=1, description="compare on the first n_test test simulations")
-    n_samples: int = Field(default=2000, gt=1, description="posterior samples per observation and method")
+    n_test: Int = Field(default=50, gt=1, description="compare on the first n_test test simulations")
+    n_samples: Int = Field(default=2000, gt=1, description="posterior samples per observation and method")
     pair: list[str] | None = Field(default=None, min_length=2, max_length=2, description="parameters of the area ratio (default: the first two)")
-    figure_dpi: int = Field(default=80, gt=0)
-    seed: int = Field(default=0, ge=0)
+    figure_dpi: Int = Field(default=80, gt=0)
+    seed: Seed = 0
 
 
 class SimulateConfig(_Strict):
@@ -206,13 +353,24 @@ class SimulateConfig(_Strict):
     simulator: SimulatorConfig
     prior: dict[str, dict[str, Any]] | None = None
     datasets: dict[str, DatasetConfig] = Field(min_length=1)
-    batch_size: int = Field(default=64, gt=0)
+    batch_size: Int = Field(default=64, gt=0)
     compressor: CompressorConfig | None = None
     estimator: EstimatorConfig | None = None
     validation: ValidationConfig | None = None
     observations: dict[str, ObservationConfig] | None = None
     baseline: BaselineConfig | None = None
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+    @pydantic.field_validator("datasets", "observations", mode="before")
+    @classmethod
+    def _plain_names(cls, section, info: pydantic.ValidationInfo):
+        what = {"datasets": "dataset name", "observations": "observation name"}[info.field_name]
+        for name in section if isinstance(section, dict) else []:
+            try:
+                safe_name(name, what)
+            except ValueError as err:
+                raise OptionError(None, str(err)) from None
+        return section
 
     # ------------------------------------------------------------- derived objects
 
@@ -239,6 +397,19 @@ class SimulateConfig(_Strict):
             raise ConfigError(f"{source}: {err}") from None
         return simulator
 
+    def declared_parameter_names(self, source: str = "config") -> list[str] | None:
+        """The parameter names, known without running user code: those of a registered
+        simulator or of the prior section; None for a ``module:function`` simulator without a
+        prior section (only its factory can tell)."""
+        if self.prior is not None:
+            try:
+                return list(prior_from_config(self.prior).names)
+            except ValueError as err:
+                raise ConfigError(f"{source}: {err}") from None
+        if is_factory_name(self.simulator.name):
+            return None
+        return list(self.build_simulator(source).parameter_names)
+
     def dataset_theta(self, name: str, prior: Prior, source: str = "config") -> np.ndarray | None:
         """Fixed theta (n, D) for dataset ``name`` if it sets ``fixed``, else None."""
         dataset = self.datasets[name]
@@ -260,7 +431,7 @@ class SimulateConfig(_Strict):
         return np.tile(row, (dataset.n, 1))
 
     def dataset_dir(self, name: str) -> Path:
-        return Path(self.run_dir) / "sims" / name
+        return Path(self.run_dir) / "sims" / safe_name(name, "dataset name")
 
 
 def default_config_path(name: str = "default") -> Path:
@@ -288,10 +459,9 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
     except pydantic.ValidationError as err:
         raise ConfigError(f"{path}: " + _describe(err)) from None
     if isinstance(config, SimulateConfig):
-        config.build_simulator(str(path))  # unknown simulator, bad options or prior fail now
-        for name, dataset in config.datasets.items():
-            if dataset.simulator is not None:
-                config.build_simulator(str(path), name)
+        _check_simulators(config, path)
+        if config.estimator is not None and config.estimator.dataset not in config.datasets:
+            raise ConfigError(f"{path}: estimator.dataset: no dataset {config.estimator.dataset!r}; the config defines {list(config.datasets)}")
         if config.compressor is not None:
             for key, name in [("train_on", config.compressor.train_on), *(("apply_to", n) for n in config.compressor.apply_to or [])]:
                 if name not in config.datasets:
@@ -310,6 +480,32 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
     return config
 
 
+def _check_simulators(config: SimulateConfig, path) -> None:
+    """Build the registered simulators (unknown names, bad options or a prior that does not
+    match fail now); check only the prior of a ``module:function`` simulator, whose code runs
+    when a stage builds it, never when a config is read."""
+    main_is_factory = is_factory_name(config.simulator.name)
+    if main_is_factory:
+        if config.prior is not None:
+            try:
+                prior_from_config(config.prior)
+            except ValueError as err:
+                raise ConfigError(f"{path}: {err}") from None
+    else:
+        config.build_simulator(str(path))
+    for name, dataset in config.datasets.items():
+        section = dataset.simulator
+        if section is None or is_factory_name(section.name):
+            continue
+        if main_is_factory:  # its options only: the parameters are compared when the stage runs
+            try:
+                make_simulator(section.name, section.options, where=f"datasets.{name}.simulator")
+            except ValueError as err:
+                raise ConfigError(f"{path}: {err}") from None
+        else:
+            config.build_simulator(str(path), name)
+
+
 def _check_baseline(config: SimulateConfig, path) -> None:
     section = config.baseline
     if config.estimator is None:
@@ -320,22 +516,33 @@ def _check_baseline(config: SimulateConfig, path) -> None:
             raise ConfigError(f"{path}: baseline.{key}: no dataset {name!r}; the config defines {list(config.datasets)}")
     if config.datasets[section.fiducial].fixed is None:
         raise ConfigError(f"{path}: baseline.fiducial: dataset {section.fiducial!r} must set `fixed` (simulations at one theta give the covariance)")
-    names = list(config.build_simulator(str(path)).parameter_names)
-    for name in section.pair or []:
+    names = config.declared_parameter_names(str(path))
+    for name in section.pair if names is not None and section.pair else []:
         if name not in names:
             raise ConfigError(f"{path}: baseline.pair: unknown parameter {name!r}; parameters are {names}")
     if section.pair is not None and section.pair[0] == section.pair[1]:
         raise ConfigError(f"{path}: baseline.pair: two different parameters needed, got {section.pair}")
 
 
+def _message(item) -> str:
+    """Pydantic's message for one error, without its "Value error, " prefix."""
+    error = item.get("ctx", {}).get("error")
+    return str(error) if isinstance(error, ValueError) else item["msg"]
+
+
 def _describe(err: pydantic.ValidationError) -> str:
     lines = []
     for item in err.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        error = item.get("ctx", {}).get("error")
         if item["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
         elif item["type"] == "missing":
             lines.append(f"{key}: required key is missing")
+        elif isinstance(error, OptionError):
+            lines.append(f"{key}.{error.key}: {error.message}" if error.key else f"{key}: {error.message}")
+        elif isinstance(error, ValueError):
+            lines.append(f"{key}: {error}")
         else:
             lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
     return "; ".join(lines)

@@ -1,4 +1,4 @@
-"""Atomic file writes, stable hashes of configs, and provenance records."""
+"""Atomic file writes, safe file names, torch weights without pickle, stable hashes of configs, and provenance records."""
 
 from __future__ import annotations
 
@@ -7,13 +7,33 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_json", "read_json", "config_hash", "package_versions", "provenance"]
+__all__ = ["safe_name", "atomic_path", "atomic_write_json", "read_json", "load_weights", "config_hash", "package_versions", "provenance"]
+
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is a plain file name, else raise ``ValueError`` naming ``what``.
+
+    Names of datasets and observations become file and directory names inside a run
+    directory: letters, digits, ``_``, ``.`` and ``-``, starting with a letter or a digit, at
+    most 128 characters, and no ``..`` (so no path separators, absolute paths or parent
+    directories).
+    """
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
+        raise ValueError(
+            f"{what} {name!r} is not a plain file name: use letters, digits, '_', '.' and '-', "
+            "starting with a letter or a digit (no '/', no '..', at most 128 characters)"
+        )
+    return name
 
 
 def _fsync_dir(path: Path) -> None:
@@ -63,6 +83,25 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_weights(path: str | Path, map_location="cpu") -> dict:
+    """A ``state_dict`` saved with ``torch.save``, read with ``torch.load(weights_only=True)``.
+
+    A file that is not one (truncated, not a torch file, or a pickle that would run code on
+    loading) raises ``ValueError`` naming the file.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ValueError(f"{path}: not a weights file that loads without running code ({first})") from None
 
 
 def _json_default(value):

@@ -130,3 +130,50 @@ def test_compressor_section_errors(tmp_path):
     bad = {**GOOD, "compressor": {"input": "field", "network": {"kind": "mlp"}, "train": {"epochs": 0}}}
     with pytest.raises(ConfigError, match="compressor.train.epochs"):
         load_config(write(tmp_path, bad))
+
+
+def test_dry_run_and_status_of_a_config_naming_os_system_run_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", "-q", str(write(tmp_path, {**GOOD, "run_dir": str(run_dir)}, "good.yaml"))]) == 0
+    marker = tmp_path / "ran"
+    hostile = write(tmp_path, {**GOOD, "run_dir": str(run_dir), "simulator": {"name": "os:system", "options": {"command": f"touch {marker}"}}})
+    assert main(["slurm", "submit", "--dry-run", str(hostile)]) == 0
+    assert "cosmosbi run" in capsys.readouterr().out
+    assert main(["status", str(run_dir), "--config", str(hostile)]) == 0
+    assert "stale" in capsys.readouterr().out  # the simulator changed
+    assert not marker.exists()
+    # running it runs it, as documented, and the result is refused as not a simulator
+    assert main(["simulate", "-q", str(hostile)]) == 2
+    assert "os:system() returned int, not a simulator" in capsys.readouterr().err
+    assert marker.exists()
+
+
+def test_run_help_says_a_config_runs_code():
+    done = subprocess.run([sys.executable, "-m", "cosmosbi", "run", "--help"], capture_output=True, text=True)
+    assert "runs that code" in " ".join(done.stdout.split())
+
+
+@pytest.mark.parametrize("error", [TypeError("unsupported operand"), OverflowError("Python int too large to convert to C long"),
+                                   __import__("pickle").UnpicklingError("Weights only load failed.\n\nmore text"), ZeroDivisionError(),
+                                   KeyError("field"), KeyError("no output 'x'; outputs are ['field']"), KeyboardInterrupt()])
+def test_every_error_is_one_line_without_traceback(tmp_path, capsys, monkeypatch, error):
+    import cosmosbi.simulators.pipeline
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cosmosbi.simulators.pipeline, "simulate_from_config", fail)
+    path = write(tmp_path, GOOD)
+    assert main(["simulate", "-q", str(path)]) == (130 if isinstance(error, KeyboardInterrupt) else 2)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cosmosbi simulate: error: ") and "Traceback" not in err
+    if isinstance(error, (TypeError, OverflowError, ZeroDivisionError)):
+        assert f"{type(error).__name__}" in err and "cosmosbi -v" in err
+    assert main(["-v", "simulate", "-q", str(path)]) != 0
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_huge_seed_is_a_config_error(tmp_path, capsys):
+    path = write(tmp_path, {**GOOD, "datasets": {"train": {"n": 5, "seed": 2**70}}})
+    assert main(["simulate", "-q", str(path)]) == 2
+    assert "datasets.train.seed: Input should be less than or equal to 9223372036854775807" in capsys.readouterr().err

@@ -10,12 +10,13 @@ buffers so that they travel with the state_dict) and is described by a JSON-able
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["ResNet2D", "MLP", "build_network", "NETWORKS"]
+__all__ = ["ResNet2D", "MLP", "build_network", "network_options", "NETWORKS"]
 
 
 class _Normalise(nn.Module):
@@ -171,6 +172,25 @@ def _healpix_cnn(footprint=None, **kwargs):
 
 
 NETWORKS = {"resnet2d": ResNet2D, "mlp": MLP, "healpix_cnn": _healpix_cnn}
+
+
+def network_options(kind: str) -> dict[str, inspect.Parameter]:
+    """The options a config's ``compressor.network`` may set for network ``kind``: its
+    constructor's parameters (annotations resolved), except ``out_features``, which the loss
+    and ``summary_dim`` set; ``healpix_cnn`` takes its footprint as ``footprint`` (run-length
+    ranges) instead of ``pixels``."""
+    if kind not in NETWORKS:
+        raise ValueError(f"network.kind: unknown network {kind!r}; expected one of {sorted(NETWORKS)}")
+    if kind == "healpix_cnn":
+        from cosmosbi.compressors.healpix import HealpixCNN
+
+        params = dict(inspect.signature(HealpixCNN, eval_str=True).parameters)
+        del params["pixels"]
+        params["footprint"] = inspect.Parameter("footprint", inspect.Parameter.KEYWORD_ONLY, default=None)
+    else:
+        params = dict(inspect.signature(NETWORKS[kind], eval_str=True).parameters)
+    del params["out_features"]
+    return params
 
 
 def build_network(config: dict[str, Any]) -> nn.Module:

@@ -28,10 +28,13 @@ from cosmosbi.estimators.ensemble import NLEEnsemble, NPEEnsemble
 from cosmosbi.estimators.networks import FlowConfig, TrainingConfig, TrainingSummary, build_network, resolve_device
 from cosmosbi.estimators.nle import NLE
 from cosmosbi.estimators.npe import NPE
-from cosmosbi.files import atomic_path, atomic_write_json, provenance, read_json
+from cosmosbi.files import atomic_path, atomic_write_json, load_weights, provenance, read_json
 from cosmosbi.simulators.priors import prior_from_config
 
-__all__ = ["FORMAT_VERSION", "save_estimator", "load_estimator", "save_samples_hdf5", "load_samples_hdf5", "write_getdist_chain"]
+__all__ = [
+    "FORMAT_VERSION", "save_estimator", "load_estimator", "save_samples_hdf5", "load_samples_hdf5", "write_getdist_chain",
+    "check_observations",
+]
 
 FORMAT_VERSION = 1
 META = "estimator.json"
@@ -106,7 +109,7 @@ def load_estimator(directory: str | Path, *, embedding_net: torch.nn.Module | No
     theta_dummy = torch.randn(64, prior.dim, generator=generator)
     x_dummy = torch.randn(64, *x_shape, generator=generator)
     network = build_network(kind, flow, theta_dummy, x_dummy, embedding_net)
-    state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
+    state = load_weights(directory / WEIGHTS)
     network.load_state_dict(state)
     estimator.device = resolve_device(device)
     estimator.network = network.to(estimator.device).eval()
@@ -114,6 +117,25 @@ def load_estimator(directory: str | Path, *, embedding_net: torch.nn.Module | No
     if meta.get("summary"):
         estimator.summary = TrainingSummary(**meta["summary"])
     return estimator
+
+
+def check_observations(x: np.ndarray, path: str | Path) -> np.ndarray:
+    """Return ``x`` if it holds usable observations: a non-empty array of real numbers (integer
+    or floating dtype), all finite. Otherwise raise ``ValueError`` naming ``path``, the file
+    they were read from (a complex array would lose its imaginary part, an empty one would give
+    no posterior, and a NaN or inf would only fail deep inside the sampler)."""
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        kind = "complex numbers" if np.issubdtype(x.dtype, np.complexfloating) else f"values of dtype {x.dtype}"
+        raise ValueError(f"{path}: observations must be real numbers (integer or floating dtype), got {kind}")
+    if x.size == 0:
+        raise ValueError(f"{path}: no observations (an array of shape {x.shape})")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{path}: observations must be finite; {int(bad.sum())} of {x.size} values are NaN or inf "
+                         f"(the first at index {first}: {x[first]})")
+    return x
 
 
 def save_samples_hdf5(path: str | Path, samples: np.ndarray, names: Sequence[str], *, attrs: dict[str, Any] | None = None, log_prob: np.ndarray | None = None) -> Path:

@@ -110,8 +110,15 @@ def train_from_config(config, source: str = "config", progress: bool = False):
 
 
 def read_observations(path: str | Path, key: str | None = None) -> np.ndarray:
-    """Observations from ``.npy``, ``.npz`` (``key`` or the only array) or HDF5 (dataset ``key``, default ``x``)."""
+    """Observations from ``.npy``, ``.npz`` (``key`` or the only array) or HDF5 (dataset ``key``, default ``x``),
+    checked by :func:`~cosmosbi.estimators.io.check_observations` (real, finite, not empty)."""
+    from cosmosbi.estimators.io import check_observations
+
     path = Path(path)
+    return check_observations(_read_array(path, key), path)
+
+
+def _read_array(path: Path, key: str | None) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"--obs: {path} not found")
     if path.suffix == ".npy":

@@ -226,8 +226,10 @@ def make_simulator(name: str, options: Mapping[str, Any] | None = None, where: s
         key = ".".join(str(p) for p in first["loc"])
         raise ValueError(f"{where}.options.{key}: {first['msg']} (got {first.get('input')!r})") from None
     simulator = factory(**{k: getattr(validated, k) for k in options})
-    if ":" in name and not hasattr(simulator, "simulate"):
-        raise ValueError(f"{where}.name: {name}() returned {type(simulator).__name__}, not a simulator (wrap a function with as_simulator)")
+    missing = [a for a in ("parameter_names", "prior", "output_spec", "simulate") if not hasattr(simulator, a)]
+    if ":" in name and missing:
+        raise ValueError(f"{where}.name: {name}() returned {type(simulator).__name__}, not a simulator (it has no {', '.join(missing)}; "
+                         "return a simulator object, or wrap a function with as_simulator)")
     simulator.description = {"name": name, "options": options}
     return simulator
 
