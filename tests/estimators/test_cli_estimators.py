@@ -67,10 +67,37 @@ def test_train_needs_an_estimator_section_and_valid_settings(tmp_path, capsys):
     assert "no estimator section" in capsys.readouterr().err
     data["estimator"] = {"kind": "npe", "flow": {"model": "glow"}}
     path.write_text(yaml.safe_dump(data))
-    assert main(["simulate", "-q", str(path)]) == 0
+    assert main(["simulate", "-q", str(path)]) == 2  # checked on load, before any simulation
+    assert "estimator.flow: model: expected one of" in capsys.readouterr().err
     assert main(["train", str(path)]) == 2
-    assert "model" in capsys.readouterr().err
+    assert "estimator.flow: model: expected one of" in capsys.readouterr().err
     data["estimator"] = {"kind": "xyz"}
     path.write_text(yaml.safe_dump(data))
     assert main(["train", str(path)]) == 2
     assert "estimator.kind" in capsys.readouterr().err
+
+
+def test_sample_refuses_bad_observations_and_a_hostile_weights_file(config_path, tmp_path, capsys):
+    import os
+
+    import torch
+
+    assert main(["train", "-q", str(config_path)]) == 0
+    np.save(tmp_path / "complex.npy", np.ones((16, 16), dtype=complex))
+    assert main(["sample", str(config_path), "--obs", str(tmp_path / "complex.npy")]) == 2
+    assert f"{tmp_path / 'complex.npy'}: observations must be real numbers" in capsys.readouterr().err
+    np.save(tmp_path / "nan.npy", np.full((16, 16), np.nan))
+    assert main(["sample", str(config_path), "--obs", str(tmp_path / "nan.npy")]) == 2
+    assert "observations must be finite" in capsys.readouterr().err
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    weights = tmp_path / "run" / "estimator" / "weights.pt"
+    torch.save({"weight": RunsCode()}, weights)
+    np.save(tmp_path / "one.npy", np.ones((16, 16)))
+    assert main(["sample", str(config_path), "--obs", str(tmp_path / "one.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {weights}: not a weights file that loads without running code" in err
+    assert not (tmp_path / "ran").exists()
