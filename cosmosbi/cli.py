@@ -31,7 +31,7 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="Run `cosmosbi COMMAND --help` for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"cosmosbi {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages; show the traceback of an error")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages; show an error's traceback")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     comm = get_comm()
     try:
         return handler(args, comm)
-    except (Exception, KeyboardInterrupt) as err:
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 (every error becomes one line; -v shows the traceback)
         if comm.Get_rank() == 0 or comm.Get_size() > 1:
             rank = f" (rank {comm.Get_rank()})" if comm.Get_size() > 1 else ""
             print(f"cosmosbi {args.command}{rank}: error: {error_message(err)}", file=sys.stderr)

@@ -149,7 +149,7 @@ class _Strict(BaseModel):
 
 
 class SimulatorConfig(_Strict):
-    name: str = Field(description="a registered simulator, or module:function returning a simulator (user code, run by the stages)")
+    name: str = Field(description="a registered simulator, or module:function returning one (code run by the stages)")
     options: dict[str, Any] = Field(default_factory=dict)
 
     @pydantic.field_validator("name")
@@ -227,7 +227,8 @@ class CompressorConfig(_Strict):
 
         if info.data.get("loss") not in LOSSES:
             return options  # the loss itself is reported
-        params = list(inspect.signature(LOSSES[info.data["loss"]], eval_str=True).parameters.values())[2:]  # after (D, d)
+        loss = LOSSES[info.data["loss"]]
+        params = list(inspect.signature(loss, eval_str=True).parameters.values())[2:]  # after (D, d)
         return check_options(options, {p.name: (p.annotation, p.default) for p in params})
 
 
@@ -461,7 +462,8 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
     if isinstance(config, SimulateConfig):
         _check_simulators(config, path)
         if config.estimator is not None and config.estimator.dataset not in config.datasets:
-            raise ConfigError(f"{path}: estimator.dataset: no dataset {config.estimator.dataset!r}; the config defines {list(config.datasets)}")
+            name = config.estimator.dataset
+            raise ConfigError(f"{path}: estimator.dataset: no dataset {name!r}; datasets are {list(config.datasets)}")
         if config.compressor is not None:
             for key, name in [("train_on", config.compressor.train_on), *(("apply_to", n) for n in config.compressor.apply_to or [])]:
                 if name not in config.datasets:

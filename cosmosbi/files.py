@@ -1,4 +1,4 @@
-"""Atomic file writes, safe file names, torch weights without pickle, stable hashes of configs, and provenance records."""
+"""Atomic file writes, safe file names, torch weights without pickle, stable hashes of configs, and provenance."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["safe_name", "atomic_path", "atomic_write_json", "read_json", "load_weights", "config_hash", "package_versions", "provenance"]
+__all__ = [
+    "safe_name", "atomic_path", "atomic_write_json", "read_json", "load_weights", "config_hash", "package_versions",
+    "provenance",
+]
 
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -1,3 +1,4 @@
+import pickle
 import subprocess
 import sys
 
@@ -136,7 +137,8 @@ def test_dry_run_and_status_of_a_config_naming_os_system_run_nothing(tmp_path, c
     run_dir = tmp_path / "run"
     assert main(["run", "-q", str(write(tmp_path, {**GOOD, "run_dir": str(run_dir)}, "good.yaml"))]) == 0
     marker = tmp_path / "ran"
-    hostile = write(tmp_path, {**GOOD, "run_dir": str(run_dir), "simulator": {"name": "os:system", "options": {"command": f"touch {marker}"}}})
+    simulator = {"name": "os:system", "options": {"command": f"touch {marker}"}}
+    hostile = write(tmp_path, {**GOOD, "run_dir": str(run_dir), "simulator": simulator})
     assert main(["slurm", "submit", "--dry-run", str(hostile)]) == 0
     assert "cosmosbi run" in capsys.readouterr().out
     assert main(["status", str(run_dir), "--config", str(hostile)]) == 0
@@ -149,13 +151,16 @@ def test_dry_run_and_status_of_a_config_naming_os_system_run_nothing(tmp_path, c
 
 
 def test_run_help_says_a_config_runs_code():
-    done = subprocess.run([sys.executable, "-m", "cosmosbi", "run", "--help"], capture_output=True, text=True)
+    command = [sys.executable, "-m", "cosmosbi", "run", "--help"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     assert "runs that code" in " ".join(done.stdout.split())
 
 
-@pytest.mark.parametrize("error", [TypeError("unsupported operand"), OverflowError("Python int too large to convert to C long"),
-                                   __import__("pickle").UnpicklingError("Weights only load failed.\n\nmore text"), ZeroDivisionError(),
-                                   KeyError("field"), KeyError("no output 'x'; outputs are ['field']"), KeyboardInterrupt()])
+@pytest.mark.parametrize("error", [
+    TypeError("unsupported operand"), OverflowError("Python int too large to convert to C long"),
+    pickle.UnpicklingError("Weights only load failed.\n\nmore text"), ZeroDivisionError(),
+    KeyError("field"), KeyError("no output 'x'; outputs are ['field']"), KeyboardInterrupt(),
+])
 def test_every_error_is_one_line_without_traceback(tmp_path, capsys, monkeypatch, error):
     import cosmosbi.simulators.pipeline
 

@@ -21,7 +21,9 @@ class RunsCode:
 def test_a_weights_file_that_would_run_code_is_refused_naming_the_file(tmp_path):
     marker = tmp_path / "ran"
     torch.save({"weight": RunsCode(f"touch {marker}")}, tmp_path / "weights.pt")
-    with pytest.raises(ValueError, match=f"{tmp_path / 'weights.pt'}: not a weights file that loads without running code") as info:
+    with pytest.raises(
+        ValueError, match=f"{tmp_path / 'weights.pt'}: not a weights file that loads without running code"
+    ) as info:
         load_weights(tmp_path / "weights.pt")
     assert "\n" not in str(info.value)
     assert not marker.exists()

@@ -34,7 +34,13 @@ from torch import nn
 
 from cosmosbi.compressors.losses import make_loss, network_outputs
 from cosmosbi.compressors.networks import build_network
-from cosmosbi.files import atomic_path, atomic_write_json, config_hash, read_json
+from cosmosbi.files import (
+    atomic_path,
+    atomic_write_json,
+    config_hash,
+    load_weights,
+    read_json,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -288,7 +294,7 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
 
     checkpoint_path = out_dir / "checkpoint.pt"
     if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        checkpoint = load_weights(checkpoint_path, map_location=device)
         if checkpoint.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"{checkpoint_path} belongs to a different training setup (network, loss, dataset or settings); "
@@ -430,13 +436,13 @@ def load_compressor(out_dir: str | Path, device: str = "cpu") -> tuple[Compresso
     network = build_network(config["network"])
     D = len(config["parameter_names"])
     compressor = Compressor(network, config["parameter_names"], np.zeros(D), np.ones(D), config["loss"], config["summary_dim"], config["input_name"])
-    compressor.load_state_dict(torch.load(out_dir / "compressor.pt", map_location=device, weights_only=True))
+    compressor.load_state_dict(load_weights(out_dir / "compressor.pt", map_location=device))
     compressor.eval()
     loss = None
     if "loss_config" in config and (out_dir / "loss.pt").is_file():
         options = {k: v for k, v in config["loss_config"].items() if k != "kind"}
         loss = make_loss(config["loss"], D, config["summary_dim"], **options)
-        loss.load_state_dict(torch.load(out_dir / "loss.pt", map_location=device, weights_only=True))
+        loss.load_state_dict(load_weights(out_dir / "loss.pt", map_location=device))
         loss.eval()
     return compressor.to(device), loss
 

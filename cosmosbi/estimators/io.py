@@ -32,8 +32,8 @@ from cosmosbi.files import atomic_path, atomic_write_json, load_weights, provena
 from cosmosbi.simulators.priors import prior_from_config
 
 __all__ = [
-    "FORMAT_VERSION", "save_estimator", "load_estimator", "save_samples_hdf5", "load_samples_hdf5", "write_getdist_chain",
-    "check_observations",
+    "FORMAT_VERSION", "save_estimator", "load_estimator", "save_samples_hdf5", "load_samples_hdf5",
+    "write_getdist_chain", "check_observations",
 ]
 
 FORMAT_VERSION = 1

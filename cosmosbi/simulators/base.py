@@ -228,8 +228,8 @@ def make_simulator(name: str, options: Mapping[str, Any] | None = None, where: s
     simulator = factory(**{k: getattr(validated, k) for k in options})
     missing = [a for a in ("parameter_names", "prior", "output_spec", "simulate") if not hasattr(simulator, a)]
     if ":" in name and missing:
-        raise ValueError(f"{where}.name: {name}() returned {type(simulator).__name__}, not a simulator (it has no {', '.join(missing)}; "
-                         "return a simulator object, or wrap a function with as_simulator)")
+        raise ValueError(f"{where}.name: {name}() returned {type(simulator).__name__}, not a simulator "
+                         f"(it has no {', '.join(missing)}; return a simulator, or wrap a function with as_simulator)")
     simulator.description = {"name": name, "options": options}
     return simulator
 

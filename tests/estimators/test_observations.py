@@ -17,12 +17,21 @@ def test_real_finite_observations_pass_unchanged(dtype):
 @pytest.mark.parametrize(
     "x, message",
     [
-        (np.ones((2, 3)) + 1j, "obs.npy: observations must be real numbers (integer or floating dtype), got complex numbers"),
-        (np.array(["1.0", "2.0"]), "obs.npy: observations must be real numbers (integer or floating dtype), got values of dtype <U3"),
+        (
+            np.ones((2, 3)) + 1j,
+            "obs.npy: observations must be real numbers (integer or floating dtype), got complex numbers",
+        ),
+        (
+            np.array(["1.0", "2.0"]),
+            "obs.npy: observations must be real numbers (integer or floating dtype), got values of dtype <U3",
+        ),
         (np.array([b"1.0"], dtype=object), "got values of dtype object"),
         (np.array([True, False]), "got values of dtype bool"),
         (np.zeros((0, 8, 8)), r"obs.npy: no observations (an array of shape (0, 8, 8))"),
-        (np.array([[1.0, np.nan], [np.inf, 2.0]]), "obs.npy: observations must be finite; 2 of 4 values are NaN or inf (the first at index (0, 1): nan)"),
+        (
+            np.array([[1.0, np.nan], [np.inf, 2.0]]),
+            "obs.npy: observations must be finite; 2 of 4 values are NaN or inf (the first at index (0, 1): nan)",
+        ),
         (np.array([1.0, -np.inf]), "1 of 2 values are NaN or inf (the first at index (1,): -inf)"),
     ],
 )
