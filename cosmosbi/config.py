@@ -58,7 +58,10 @@ from cosmosbi.files import safe_name
 from cosmosbi.simulators.base import Simulator, make_simulator, simulator_names
 from cosmosbi.simulators.priors import Prior, prior_from_config
 
-__all__ = ["ConfigError", "SimulateConfig", "DatasetConfig", "SimulatorConfig", "EstimatorConfig", "BaselineConfig", "load_config", "default_config_path"]
+__all__ = [
+    "ConfigError", "OptionError", "SimulateConfig", "DatasetConfig", "SimulatorConfig", "EstimatorConfig",
+    "BaselineConfig", "load_config", "default_config_path", "check_options", "is_factory_name", "Int", "Seed", "Real",
+]
 
 
 class ConfigError(ValueError):
@@ -136,7 +139,9 @@ def check_options(options: dict, fields: dict[str, tuple[Any, Any]]) -> dict:
 def _dataclass_options(cls, options: dict) -> dict:
     """Options of dataclass ``cls`` (types and checks from the dataclass itself)."""
     hints = typing.get_type_hints(cls)
-    values = check_options(options, {f.name: (hints[f.name], f.default) for f in dataclasses.fields(cls) if f.init})
+    fields = {f.name: (hints[f.name], None if f.default is dataclasses.MISSING else f.default)
+              for f in dataclasses.fields(cls) if f.init}
+    values = check_options(options, fields)
     try:
         cls(**values)
     except ValueError as err:
