@@ -218,10 +218,13 @@ def _slurm(args, comm) -> int:
             dependency = f" (sbatch --dependency=afterok:<job id of {jobs[k - 1].name}>)" if k else ""
             print(f"# ---- {job.file_name}{dependency}\n{job.script}")
         return 0
-    ids = submit_jobs(jobs, Path(config.run_dir) / "slurm")
+    from cosmosbi.layout import RunLayout
+
+    slurm_dir = RunLayout(config.run_dir).slurm
+    ids = submit_jobs(jobs, slurm_dir)
     for job, job_id in zip(jobs, ids):
         print(f"{job.name}: job {job_id}")
-    print(f"scripts and job ids in {Path(config.run_dir) / 'slurm'}; follow with: squeue -j {','.join(ids)}; cosmosbi status {config.run_dir}")
+    print(f"scripts and job ids in {slurm_dir}; follow with: squeue -j {','.join(ids)}; cosmosbi status {config.run_dir}")
     return 0
 
 
@@ -246,19 +249,23 @@ def _status(args, comm) -> int:
 def _train(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi import stages
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.stages.estimate import estimate
 
-    print(stages.estimate(_load_config(args), _source(args), progress=not args.quiet))
+    config = _load_config(args)
+    print(estimate(config, RunLayout(config.run_dir), _source(args), progress=not args.quiet))
     return 0
 
 
 def _sample(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi.estimators.pipeline import sample_from_config
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.stages.sample import sample_file
 
     config = _load_config(args)
-    written = sample_from_config(config, args.obs, args.out, n_samples=args.n_samples, obs_key=args.obs_key, source=_source(args))
+    written = sample_file(config, RunLayout(config.run_dir), args.obs, args.out, n_samples=args.n_samples, obs_key=args.obs_key,
+                          source=_source(args))
     print(
         f"{written['n_samples']} samples for {written['n_observations']} observation(s) -> {written['hdf5']} "
         f"and GetDist chain(s) {', '.join(str(c) for c in written['chains'][:3])}{' ...' if len(written['chains']) > 3 else ''}"
@@ -288,10 +295,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _simulate(args, comm) -> int:
-    from cosmosbi import stages
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.stages.simulate import simulate_datasets
 
     config = _load_config(args)
-    message = stages.simulate(config, args.dataset, _source(args), comm=comm, progress=not args.quiet, chunk=_chunk(args.chunk))
+    message = simulate_datasets(config, RunLayout(config.run_dir), args.dataset, _source(args), comm=comm, progress=not args.quiet,
+                                chunk=_chunk(args.chunk))
     if comm.Get_rank() == 0:
         print(message.replace("; ", "\n"))
         print(f"inspect with: cosmosbi info {config.run_dir}")
@@ -313,31 +322,36 @@ def _chunk(text: str | None) -> tuple[int, int] | None:
 def _compress(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi import stages
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.stages.compress import compress
 
-    print(stages.compress(_load_config(args), _source(args), progress=not args.quiet))
+    config = _load_config(args)
+    print(compress(config, RunLayout(config.run_dir), _source(args), progress=not args.quiet))
     return 0
 
 
 def _validate(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi import stages
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.stages.validate import validate
 
-    print(stages.validate(_load_config(args), _source(args)).replace("; ", "\n"))
+    config = _load_config(args)
+    print(validate(config, RunLayout(config.run_dir), _source(args)).replace("; ", "\n"))
     return 0
 
 
 def _info(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
+    from cosmosbi.layout import RunLayout
     from cosmosbi.simulators.store import MANIFEST
 
     path = Path(args.path)
     if (path / MANIFEST).is_file():
         datasets = [path]
     else:
-        datasets = sorted(p.parent for p in path.glob(f"sims/*/{MANIFEST}")) + sorted(p.parent for p in path.glob(f"summaries/*/{MANIFEST}"))
+        datasets = RunLayout(path).datasets(MANIFEST)
         if not datasets:
             raise ValueError(f"{path}: neither a dataset directory (no {MANIFEST}) nor a run directory (no sims/*/{MANIFEST})")
     for k, dataset in enumerate(datasets):
@@ -393,11 +407,10 @@ def _describe_dataset(path: Path, max_failures: int) -> str:
 def _simulators(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi.simulators.base import simulator_names, simulator_options, _get
+    from cosmosbi.simulators.base import simulator_names, simulator_options, simulator_summary
 
     for name in simulator_names():
-        doc = (_get(name).__doc__ or "").strip().splitlines()
-        print(f"{name}: {doc[0] if doc else ''}")
+        print(f"{name}: {simulator_summary(name)}")
         for option, param in simulator_options(name).items():
             default = "required" if param.default is param.empty else f"default {param.default!r}"
             print(f"    {option} ({default})")
