@@ -15,6 +15,7 @@ and the SLURM writer ask for paths.
       baseline/                 power-spectrum baseline: metrics.json, samples.npz, triangle.png
       posterior/                posterior samples of the config's observations
       slurm/                    batch scripts and job ids of ``cosmosbi slurm submit``
+      locks/                    who holds the run directory now (see :mod:`cosmosbi.lock`)
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ class RunLayout:
     @property
     def slurm(self) -> Path:
         return self.root / "slurm"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
 
     def datasets(self, manifest: str) -> list[Path]:
         """The simulation datasets, then the summary datasets, that hold a file ``manifest``."""

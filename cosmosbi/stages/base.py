@@ -45,6 +45,11 @@ class StageType:
         all_ranks: whether every MPI rank runs it (else rank 0 does while the others wait).
         progress: ``progress(stage, layout) -> str | None``: what an unfinished stage has
             done so far, for ``cosmosbi status``.
+        unchecked: globs (relative to each artifact folder) of files left out of the stage's
+            fingerprint, e.g. a manifest that later commands append to.
+        refuse_damaged: a finished stage whose artifacts changed stops the run with an error
+            naming the file (its data can no longer be trusted, and rerunning would hide it)
+            instead of rerunning.
     """
 
     name: str
@@ -53,6 +58,8 @@ class StageType:
     run: Callable[..., str]
     all_ranks: bool = False
     progress: Callable[..., str | None] | None = None
+    unchecked: tuple[str, ...] = ()
+    refuse_damaged: bool = False
 
 
 @dataclass(frozen=True)

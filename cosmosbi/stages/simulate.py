@@ -86,4 +86,14 @@ def progress(stage, layout) -> str | None:
     )
 
 
-STAGE = StageType("simulate", "simulate", declare, run, all_ranks=True, progress=progress)
+# the manifest records every later `cosmosbi simulate` of the dataset; the shards are the data
+STAGE = StageType(
+    "simulate",
+    "simulate",
+    declare,
+    run,
+    all_ranks=True,
+    progress=progress,
+    unchecked=("manifest.json", "parts/*", "*.tmp"),
+    refuse_damaged=True,
+)
