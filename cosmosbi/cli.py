@@ -54,6 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="run only stages of this kind (simulate, compress, estimate, validate, baseline, sample; repeatable); earlier stages must be done")
     _add_run_dir(run)
     _add_quiet(run)
+    _add_lock_options(run)
 
     status = commands.add_parser(
         "status",
@@ -81,6 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--dataset", action="append", metavar="NAME", help="simulate only this dataset (repeatable)")
     _add_run_dir(simulate)
     _add_quiet(simulate)
+    _add_lock_options(simulate)
     simulate.add_argument("--chunk", metavar="K/N", help="simulate only chunk K of N (0 <= K < N) and leave it unmerged, "
                           "as one task of a job array; a later run without --chunk merges")
 
@@ -125,6 +127,7 @@ def _build_parser() -> argparse.ArgumentParser:
     compress.add_argument("config", help="YAML config with a compressor section")
     _add_run_dir(compress)
     _add_quiet(compress)
+    _add_lock_options(compress)
 
     commands.add_parser("simulators", help="list the registered simulators and their options")
     _add_estimator_commands(commands)
@@ -140,6 +143,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("config", help="YAML config with estimator and validation sections")
     _add_run_dir(validate)
+    _add_lock_options(validate)
     return parser
 
 
@@ -149,6 +153,26 @@ def _add_run_dir(parser) -> None:
 
 def _add_quiet(parser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _add_lock_options(parser) -> None:
+    from cosmosbi.lock import DEFAULT_STALE_AFTER_S
+
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="when another process holds the run directory, wait up to SECONDS for it (default: stop at once)")
+    parser.add_argument("--stale-lock-after", type=float, default=DEFAULT_STALE_AFTER_S, metavar="SECONDS",
+                        help="take over a lock of another host not refreshed for SECONDS "
+                             f"(default {DEFAULT_STALE_AFTER_S:g}; on this host a lock whose process is gone is taken over at once)")
+
+
+def _locked(args, config, comm=None, *, shared: bool = False):
+    """The run directory of ``config`` held for this command (see :mod:`cosmosbi.lock`); ``comm``
+    None: this process alone (commands that run on rank 0 only)."""
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.lock import run_lock
+
+    return run_lock(RunLayout(config.run_dir).locks, shared=shared, wait_s=args.wait, stale_after_s=args.stale_lock_after,
+                    comm=comm)
 
 
 def _add_estimator_commands(commands) -> None:
@@ -163,6 +187,7 @@ def _add_estimator_commands(commands) -> None:
     train.add_argument("config", help="YAML config with an estimator section")
     _add_run_dir(train)
     _add_quiet(train)
+    _add_lock_options(train)
     sample = commands.add_parser(
         "sample",
         help="sample the trained estimator's posterior for observations",
@@ -178,6 +203,7 @@ def _add_estimator_commands(commands) -> None:
     sample.add_argument("--out", metavar="OUT", help="output path without extension (default RUN_DIR/posterior/samples)")
     sample.add_argument("-n", "--n-samples", type=int, metavar="N", help="samples per observation (default: the config's)")
     _add_run_dir(sample)
+    _add_lock_options(sample)
 
 
 def _load_config(args):
@@ -203,7 +229,8 @@ def _run(args, comm) -> int:
     from cosmosbi.pipeline import run_pipeline
 
     config = _load_config(args)
-    outcomes = run_pipeline(config, _source(args), only=args.stage, comm=comm, progress=not args.quiet)
+    outcomes = run_pipeline(config, _source(args), only=args.stage, comm=comm, progress=not args.quiet, wait_s=args.wait,
+                            stale_after_s=args.stale_lock_after)
     if comm.Get_rank() == 0:
         ran = sum(o["action"] == "ran" for o in outcomes)
         print(f"{ran} stage(s) run, {len(outcomes) - ran} skipped; state: cosmosbi status {config.run_dir}")
@@ -222,10 +249,13 @@ def _slurm(args, comm) -> int:
             dependency = f" (sbatch --dependency=afterok:<job id of {jobs[k - 1].name}>)" if k else ""
             print(f"# ---- {job.file_name}{dependency}\n{job.script}")
         return 0
-    ids = submit_jobs(jobs, Path(config.run_dir) / "slurm")
+    from cosmosbi.layout import RunLayout
+
+    slurm_dir = RunLayout(config.run_dir).slurm
+    ids = submit_jobs(jobs, slurm_dir)
     for job, job_id in zip(jobs, ids):
         print(f"{job.name}: job {job_id}")
-    print(f"scripts and job ids in {Path(config.run_dir) / 'slurm'}; follow with: squeue -j {','.join(ids)}; cosmosbi status {config.run_dir}")
+    print(f"scripts and job ids in {slurm_dir}; follow with: squeue -j {','.join(ids)}; cosmosbi status {config.run_dir}")
     return 0
 
 
@@ -233,6 +263,8 @@ def _status(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
     from cosmosbi.config import load_config
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.lock import describe_holder, lock_holders
     from cosmosbi.pipeline import format_status, run_record, stage_status
 
     record = run_record(args.run_dir)
@@ -243,26 +275,35 @@ def _status(args, comm) -> int:
     print(format_status(stage_status(args.run_dir, config)))
     last = record["invocations"][-1] if record.get("invocations") else None
     if last:
-        print(f"last invocation {last['time']} on {last['host']} ({last['n_ranks']} rank(s)), {last['seconds']} s")
+        took = f"{last['seconds']} s" if last.get("seconds") is not None else "not finished"
+        print(f"last invocation {last['time']} on {last['host']} ({last['n_ranks']} rank(s)), {took}")
+    for path, holder in lock_holders(RunLayout(args.run_dir).locks):
+        print(f"held by {describe_holder(holder)} ({path})")
     return 0
 
 
 def _train(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi import stages
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.stages.estimate import estimate
 
-    print(stages.estimate(_load_config(args), _source(args), progress=not args.quiet))
+    config = _load_config(args)
+    with _locked(args, config):
+        print(estimate(config, RunLayout(config.run_dir), _source(args), progress=not args.quiet))
     return 0
 
 
 def _sample(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi.estimators.pipeline import sample_from_config
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.stages.sample import sample_file
 
     config = _load_config(args)
-    written = sample_from_config(config, args.obs, args.out, n_samples=args.n_samples, obs_key=args.obs_key, source=_source(args))
+    with _locked(args, config):
+        written = sample_file(config, RunLayout(config.run_dir), args.obs, args.out, n_samples=args.n_samples,
+                              obs_key=args.obs_key, source=_source(args))
     print(
         f"{written['n_samples']} samples for {written['n_observations']} observation(s) -> {written['hdf5']} "
         f"and GetDist chain(s) {', '.join(str(c) for c in written['chains'][:3])}{' ...' if len(written['chains']) > 3 else ''}"
@@ -310,10 +351,14 @@ def error_message(err: BaseException) -> str:
 
 
 def _simulate(args, comm) -> int:
-    from cosmosbi import stages
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.stages.simulate import simulate_datasets
 
     config = _load_config(args)
-    message = stages.simulate(config, args.dataset, _source(args), comm=comm, progress=not args.quiet, chunk=_chunk(args.chunk))
+    chunk = _chunk(args.chunk)
+    with _locked(args, config, comm, shared=chunk is not None):  # the chunks of a job array run side by side
+        message = simulate_datasets(config, RunLayout(config.run_dir), args.dataset, _source(args), comm=comm,
+                                    progress=not args.quiet, chunk=chunk)
     if comm.Get_rank() == 0:
         print(message.replace("; ", "\n"))
         print(f"inspect with: cosmosbi info {config.run_dir}")
@@ -335,31 +380,38 @@ def _chunk(text: str | None) -> tuple[int, int] | None:
 def _compress(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi import stages
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.stages.compress import compress
 
-    print(stages.compress(_load_config(args), _source(args), progress=not args.quiet))
+    config = _load_config(args)
+    with _locked(args, config):
+        print(compress(config, RunLayout(config.run_dir), _source(args), progress=not args.quiet))
     return 0
 
 
 def _validate(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi import stages
+    from cosmosbi.layout import RunLayout
+    from cosmosbi.stages.validate import validate
 
-    print(stages.validate(_load_config(args), _source(args)).replace("; ", "\n"))
+    config = _load_config(args)
+    with _locked(args, config):
+        print(validate(config, RunLayout(config.run_dir), _source(args)).replace("; ", "\n"))
     return 0
 
 
 def _info(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
+    from cosmosbi.layout import RunLayout
     from cosmosbi.simulators.store import MANIFEST
 
     path = Path(args.path)
     if (path / MANIFEST).is_file():
         datasets = [path]
     else:
-        datasets = sorted(p.parent for p in path.glob(f"sims/*/{MANIFEST}")) + sorted(p.parent for p in path.glob(f"summaries/*/{MANIFEST}"))
+        datasets = RunLayout(path).datasets(MANIFEST)
         if not datasets:
             raise ValueError(f"{path}: neither a dataset directory (no {MANIFEST}) nor a run directory (no sims/*/{MANIFEST})")
     for k, dataset in enumerate(datasets):
@@ -415,11 +467,10 @@ def _describe_dataset(path: Path, max_failures: int) -> str:
 def _simulators(args, comm) -> int:
     if comm.Get_rank() != 0:
         return 0
-    from cosmosbi.simulators.base import simulator_names, simulator_options, _get
+    from cosmosbi.simulators.base import simulator_names, simulator_options, simulator_summary
 
     for name in simulator_names():
-        doc = (_get(name).__doc__ or "").strip().splitlines()
-        print(f"{name}: {doc[0] if doc else ''}")
+        print(f"{name}: {simulator_summary(name)}")
         for option, param in simulator_options(name).items():
             default = "required" if param.default is param.empty else f"default {param.default!r}"
             print(f"    {option} ({default})")

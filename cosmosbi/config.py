@@ -436,9 +436,6 @@ class SimulateConfig(_Strict):
             raise ConfigError(f"{source}: datasets.{name}.fixed: {err}") from None
         return np.tile(row, (dataset.n, 1))
 
-    def dataset_dir(self, name: str) -> Path:
-        return Path(self.run_dir) / "sims" / safe_name(name, "dataset name")
-
 
 def default_config_path(name: str = "default") -> Path:
     """A built-in config: ``default`` (a small Gaussian-field dataset, `cosmosbi simulate`) or

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = [
-    "safe_name", "atomic_path", "atomic_write_json", "read_json", "load_weights", "config_hash", "package_versions",
-    "provenance",
+    "safe_name", "atomic_path", "atomic_write_json", "read_json", "load_weights", "config_hash", "UNHASHED_SETTINGS",
+    "HASHED_WHEN_SET", "hashed_settings", "package_versions", "provenance",
 ]
 
 
@@ -123,6 +123,21 @@ def config_hash(data: Any) -> str:
     """Stable short hash of a JSON-serialisable object (key order does not matter)."""
     text = json.dumps(data, sort_keys=True, default=_json_default, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# settings that change where or how fast a result is computed, never the result: left out of keys
+UNHASHED_SETTINGS = frozenset({"device", "num_workers", "num_threads", "in_memory_bytes"})
+# settings that change a result only when switched on (bf16 training changes the weights): hashed
+# only when they differ from this value, so the keys of configs that leave them off stay as they were
+HASHED_WHEN_SET = {"mixed_precision": False}
+
+
+def hashed_settings(settings: dict, drop=()) -> dict:
+    """``settings`` (nested dicts) as keys hash them: without :data:`UNHASHED_SETTINGS`, the keys in
+    ``drop``, and the :data:`HASHED_WHEN_SET` settings that hold their default, at any depth."""
+    left_out = UNHASHED_SETTINGS | set(drop)
+    return {k: (hashed_settings(v, drop) if isinstance(v, dict) else v) for k, v in settings.items()
+            if k not in left_out and not (k in HASHED_WHEN_SET and v == HASHED_WHEN_SET[k])}
 
 
 def package_versions(names: tuple[str, ...] = ("cosmosbi", "numpy", "scipy", "h5py", "torch", "sbi", "healpy")) -> dict[str, str]:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosmosbi.files import atomic_path, atomic_write_json, provenance
+from cosmosbi.layout import RunLayout
 
 __all__ = ["BatchJob", "batch_jobs", "submit_jobs"]
 
@@ -86,7 +87,7 @@ def batch_jobs(config, config_path: str | Path, *, run_dir: str | None = None, w
     settings = config.slurm
     workdir = Path(workdir or Path.cwd()).resolve()
     run_path = Path(run_dir or config.run_dir)
-    log_dir = (run_path if run_path.is_absolute() else workdir / run_path) / "slurm"
+    log_dir = RunLayout(run_path if run_path.is_absolute() else workdir / run_path).slurm
     base = [str(Path(config_path).resolve())] + (["--run-dir", str(run_dir)] if run_dir else [])
     kinds = list(dict.fromkeys(s.kind for s in plan_stages(config)))
     jobs = []

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from cosmosbi.config import ConfigError, load_config
+from cosmosbi.layout import RunLayout
 
 GOOD = {
     "run_dir": "RUN",
@@ -53,9 +54,10 @@ def test_plain_names_are_accepted(tmp_path):
         "observations": {"mock.A-1": {"dataset": "Test_2"}},
     }
     config = load_config(write(tmp_path, data))
-    assert config.dataset_dir("train-1.v2").name == "train-1.v2"
+    layout = RunLayout(config.run_dir)
+    assert layout.sims("train-1.v2").name == "train-1.v2"
     with pytest.raises(ValueError, match="not a plain file name"):
-        config.dataset_dir("../elsewhere")
+        layout.sims("../elsewhere")
 
 
 def test_estimator_dataset_must_exist(tmp_path):

@@ -1,5 +1,6 @@
 """`cosmosbi run` and `cosmosbi status`: staged analyses that skip, resume and rerun what changed."""
 
+import json
 import os
 import signal
 import subprocess
@@ -205,3 +206,81 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
 
 def stage_status_of(run, config):
     return stage_status(run, config_of(config))
+
+
+def _small_run(tmp_path) -> dict:
+    """A run without compressor: simulate:train, simulate:test, estimate, sample."""
+    config = small_config(tmp_path / "run", observations={"mock": {"dataset": "test", "index": 0}})
+    del config["compressor"], config["validation"]
+    config["estimator"]["summary"] = "power_spectrum"
+    config["estimator"]["training"]["max_epochs"] = 2
+    return config
+
+
+def test_deleted_or_edited_artifacts_are_found_by_status_and_rerun(tmp_path, capsys):
+    config = _small_run(tmp_path)
+    run_pipeline(config_of(config), progress=False, echo=lambda s: None)
+    run = tmp_path / "run"
+    assert "artifacts" in read_json(run / "stages" / "estimate.json")
+    (run / "estimator" / "weights.pt").unlink()
+    rows = {r["stage"]: r for r in stage_status_of(run, config)}
+    assert rows["estimate"]["state"] == "damaged" and "weights.pt: deleted" in rows["estimate"]["problem"]
+    assert rows["sample"]["state"] == "done"
+    assert main(["status", str(run)]) == 0
+    assert "weights.pt: deleted since stage estimate finished: would rerun" in capsys.readouterr().out
+    lines = []
+    outcome = actions(run_pipeline(config_of(config), progress=False, echo=lines.append))
+    # the estimator is fitted again, and what used the old one (the posterior) follows it
+    assert outcome == {"simulate:train": "skipped", "simulate:test": "skipped", "estimate": "ran", "sample": "ran"}
+    assert any("weights.pt: deleted" in line and "rerunning" in line for line in lines)
+    assert [r["state"] for r in stage_status_of(run, config)] == ["done"] * 4
+    # a file rewritten with other bytes of the same size is found by its hash
+    summary = run / "posterior" / "summary.json"
+    summary.write_text(summary.read_text().replace('"mean"', '"MEAN"'))
+    assert {r["stage"]: r["state"] for r in stage_status_of(run, config)}["sample"] == "damaged"
+    assert actions(run_pipeline(config_of(config), progress=False, echo=lambda s: None))["sample"] == "ran"
+
+
+def test_a_truncated_simulation_shard_stops_the_run_naming_the_file(tmp_path, capsys):
+    config = _small_run(tmp_path)
+    run_pipeline(config_of(config), progress=False, echo=lambda s: None)
+    shard = next((tmp_path / "run" / "sims" / "train").glob("shard-*.h5"))
+    with open(shard, "r+b") as handle:
+        handle.truncate(shard.stat().st_size // 2)
+    rows = {r["stage"]: r for r in stage_status_of(tmp_path / "run", config)}
+    assert rows["simulate:train"]["state"] == "damaged" and shard.name in rows["simulate:train"]["problem"]
+    with pytest.raises(ValueError, match=rf"{shard.name}: size \d+ -> \d+ bytes since stage simulate:train finished.*move"):
+        run_pipeline(config_of(config), progress=False, echo=lambda s: None)
+    path = write(tmp_path / "c.yaml", config)
+    assert main(["run", "-q", str(path)]) == 2
+    assert shard.name in capsys.readouterr().err
+
+
+def test_a_malformed_stage_record_is_reported_and_treated_as_not_done(tmp_path, capsys):
+    config = _small_run(tmp_path)
+    run_pipeline(config_of(config), progress=False, echo=lambda s: None)
+    record = tmp_path / "run" / "stages" / "estimate.json"
+    record.write_text(json.dumps({"stage": "estimate", "status": "done"}))  # no key
+    rows = {r["stage"]: r for r in stage_status_of(tmp_path / "run", config)}
+    assert rows["estimate"]["state"] == "malformed" and str(record) in rows["estimate"]["problem"]
+    lines = []
+    outcome = actions(run_pipeline(config_of(config), progress=False, echo=lines.append))
+    assert outcome["estimate"] == "ran" and outcome["sample"] == "ran"
+    assert any(str(record) in line and "malformed" in line for line in lines)
+    record.write_text("{not json")
+    assert {r["stage"]: r["state"] for r in stage_status_of(tmp_path / "run", config)}["estimate"] == "malformed"
+
+
+def test_status_works_on_a_first_run_killed_before_it_ended(tmp_path, capsys):
+    run = tmp_path / "run"
+    config = _small_run(tmp_path)
+    config["datasets"]["train"]["n"] = 100_000
+    path = write(tmp_path / "c.yaml", config)
+    command = [sys.executable, "-m", "cosmosbi", "run", "-q", str(path)]
+    assert _run_until(command, tmp_path, lambda: (run / "stages" / "simulate-train.json").is_file())
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    # the config file lists its datasets sorted: test (small, done) runs before train (killed)
+    assert "simulate:train         interrupted" in out and out.count(" pending ") == 2 and "not finished" in out
+    invocation = read_json(run / "run.json")["invocations"][-1]
+    assert invocation["finished"] is None

@@ -25,7 +25,7 @@ import numpy as np
 
 from cosmosbi.analyses.calibration import CoverageResult, SBCResult, TARPResult, hpd_coverage, sbc, tarp
 
-__all__ = ["ValidationResult", "validate_posterior", "compare_with_exact"]
+__all__ = ["ValidationResult", "validate_posterior", "compare_with_exact", "posterior_widths"]
 
 
 @dataclass
@@ -130,4 +130,24 @@ def compare_with_exact(samples: np.ndarray, exact: np.ndarray, names: list[str],
             "mean_shift_sigma": float((samples[:, j].mean() - exact[:, j].mean()) / sd[j]),
             "width_ratio": float(samples[:, j].std() / sd[j]),
         }
+    return out
+
+
+def posterior_widths(samples: np.ndarray, prior, names: list[str], n_prior: int = 100_000) -> dict:
+    """Posterior standard deviations of test simulations against the prior's.
+
+    samples: (M, L, D) posterior samples of M test simulations; the prior's standard deviation
+    is estimated from ``n_prior`` draws (fixed seed). Returns {parameter: {prior_std,
+    posterior_std_median, posterior_std_16, posterior_std_84, ratio_median}}.
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 3 or samples.shape[2] != len(names):
+        raise ValueError(f"samples must have shape (M, L, {len(names)}), got {samples.shape}")
+    prior_std = prior.sample(n_prior, np.random.default_rng(0)).std(axis=0)
+    posterior_std = samples.std(axis=1)  # (M, D)
+    out = {}
+    for j, name in enumerate(names):
+        q16, q50, q84 = np.quantile(posterior_std[:, j], [0.16, 0.5, 0.84])
+        out[name] = {"prior_std": float(prior_std[j]), "posterior_std_median": float(q50), "posterior_std_16": float(q16),
+                     "posterior_std_84": float(q84), "ratio_median": float(q50 / prior_std[j])}
     return out

@@ -34,13 +34,7 @@ from torch import nn
 
 from cosmosbi.compressors.losses import make_loss, network_outputs
 from cosmosbi.compressors.networks import build_network
-from cosmosbi.files import (
-    atomic_path,
-    atomic_write_json,
-    config_hash,
-    load_weights,
-    read_json,
-)
+from cosmosbi.files import atomic_path, atomic_write_json, config_hash, hashed_settings, load_weights, read_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -246,14 +240,13 @@ def _loader(rows_dataset, rows: np.ndarray, batch_size: int, shuffle_seed: list[
 
 
 def _fingerprint(compressor: Compressor, loss: nn.Module, dataset, settings: TrainSettings) -> str:
-    ignored = {"epochs", "device", "num_workers", "in_memory_bytes", "mixed_precision", "num_threads"}
     return config_hash(
         {
             "compressor": compressor.config,
             "loss": loss.config,
             "dataset": dataset.manifest.get("identity"),
             "rows": len(dataset),
-            "settings": {k: v for k, v in asdict(settings).items() if k not in ignored},
+            "settings": hashed_settings(asdict(settings), drop={"epochs"}),  # more epochs resume the same training
         }
     )
 

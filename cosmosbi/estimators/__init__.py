@@ -1,6 +1,7 @@
 """Posterior and likelihood estimators, MCMC samplers and explicit-likelihood baselines.
 
-- :class:`NPE` / :class:`NLE`: neural posterior / likelihood estimators on sbi flows;
+- :class:`NPE` / :class:`NLE`: neural posterior / likelihood estimators on sbi flows, both
+  :class:`Posterior` (one ``sample`` / ``log_prob`` contract);
 - :func:`fit_ensemble`, :class:`NPEEnsemble`, :class:`NLEEnsemble`: weighted mixtures;
 - :func:`sample_emcee`, :func:`sample_stretch_batched`: MCMC;
 - :class:`GaussianBandpowerLikelihood`, :func:`exact_field_posterior`: baselines;
@@ -15,11 +16,14 @@ from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee, sample_stretch_ba
 from cosmosbi.estimators.networks import FlowConfig, TrainingConfig, TrainingSummary
 from cosmosbi.estimators.nle import NLE
 from cosmosbi.estimators.npe import NPE
+from cosmosbi.estimators.posterior import Posterior, PosteriorWithLogDensities
 from cosmosbi.estimators.reference import PowerSpectrumProblem
 
 __all__ = [
     "NPE",
     "NLE",
+    "Posterior",
+    "PosteriorWithLogDensities",
     "FlowConfig",
     "TrainingConfig",
     "TrainingSummary",

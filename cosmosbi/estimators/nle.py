@@ -3,7 +3,7 @@
 Example::
 
     nle = NLE(prior).fit(theta, t, rng)
-    samples = nle.sample(1000, t_obs, rng)                 # emcee; (n, D) or (M, n, D)
+    samples = nle.sample(1000, t_obs, rng)                 # (n, D), emcee; (M, n, D), batched for M > 1
     samples = nle.sample(1000, t_obs, rng, method="sbi")   # sbi's vectorised slice sampler
     nle.mcmc_reports                                       # burn-in, thinning, tau per observation
 
@@ -94,14 +94,15 @@ class NLE(_NetworkEstimator):
             out[ok] = lp[ok] + self.log_likelihood(theta[ok], x_rows)
         return out
 
-    def sample(self, n: int, x, rng: np.random.Generator, *, method: str = "emcee", **options) -> np.ndarray:
+    def sample(self, n: int, x, rng: np.random.Generator, *, method: str = "auto", **options) -> np.ndarray:
         """Posterior samples by MCMC, one chain ensemble per observation.
 
         Args:
             n: samples per observation.
             x: one observation (d,) or M observations (M, d).
             rng: numpy Generator.
-            method: ``"emcee"`` (emcee's affine-invariant ensemble, one run per observation;
+            method: ``"auto"`` (the default: ``"batched"`` for more than one observation,
+                ``"emcee"`` for one), ``"emcee"`` (emcee's affine-invariant ensemble, one run per observation;
                 burn-in and thinning from the autocorrelation time), ``"batched"`` (the same
                 stretch move run for all observations in lock-step, one network call per step
                 for every walker of every observation: for many observations), or ``"sbi"``
@@ -117,6 +118,8 @@ class NLE(_NetworkEstimator):
         x_t, single = self._batch_x(x)
         x_np = x_t.cpu().numpy()
         self.mcmc_reports = []
+        if method == "auto":
+            method = "batched" if len(x_np) > 1 else "emcee"
         if method == "batched":
             samples = self._sample_batched(int(n), x_np, rng, **options)
             return samples[0] if single else samples
@@ -129,7 +132,7 @@ class NLE(_NetworkEstimator):
             elif method == "sbi":
                 out.append(self._sample_sbi(int(n), row, rng, **options))
             else:
-                raise ValueError(f"method: expected 'emcee', 'batched' or 'sbi', got {method!r}")
+                raise ValueError(f"method: expected 'auto', 'emcee', 'batched' or 'sbi', got {method!r}")
         samples = np.stack(out)
         return samples[0] if single else samples
 

@@ -41,6 +41,7 @@ __all__ = [
     "make_simulator",
     "simulator_names",
     "simulator_options",
+    "simulator_summary",
 ]
 
 
@@ -193,6 +194,12 @@ def simulator_options(name: str) -> dict[str, inspect.Parameter]:
     factory = _get(name)
     params = inspect.signature(factory).parameters
     return {k: p for k, p in params.items() if k != "self" and p.kind is not p.VAR_KEYWORD}
+
+
+def simulator_summary(name: str) -> str:
+    """The first line of a registered simulator's docstring ('' without one)."""
+    doc = (_get(name).__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
 
 
 def make_simulator(name: str, options: Mapping[str, Any] | None = None, where: str = "simulator") -> Simulator:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cosmosbi.estimators.io import check_observations
-from cosmosbi.estimators.pipeline import read_observations
+from cosmosbi.stages.data import read_observations
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.int64, np.uint8])

@@ -1,7 +1,8 @@
+"""The validate stage: `cosmosbi validate` writes the report, its metrics and its figures."""
+
 import json
 
 import numpy as np
-import pytest
 import yaml
 
 from cosmosbi.cli import main
@@ -48,23 +49,3 @@ def test_validate_writes_report_and_flags_the_variant(tmp_path, capsys):
     for stem in ["posteriors-of-test-simulations", "simulation-based-calibration-1", "simulation-based-calibration-2",
                  "coverage-and-tarp", "mmd-training-vs-variant", "out-of-distribution-scores", "training"]:
         assert any(name.endswith(f"-{stem}.png") for name in figures), stem
-
-
-def test_posterior_widths_compares_posterior_and_prior_standard_deviations():
-    from cosmosbi.analyses.pipeline import posterior_widths
-    from cosmosbi.simulators.priors import Prior, Uniform
-
-    rng = np.random.default_rng(3)
-    prior = Prior({"a": Uniform(0.0, 1.0), "b": Uniform(-2.0, 2.0)})
-    # 60 posteriors of 2000 samples; a: std 0.1 everywhere, b: as wide as its prior
-    samples = np.stack([rng.normal(0.5, 0.1, (60, 2000)), rng.uniform(-2.0, 2.0, (60, 2000))], axis=-1)
-    widths = posterior_widths(samples, prior, ["a", "b"])
-    # prior std from 1e5 draws: relative error ~0.2%; a posterior's std from 2000 samples: ~1.6%
-    assert widths["a"]["prior_std"] == pytest.approx(1 / np.sqrt(12), rel=0.01)
-    assert widths["b"]["prior_std"] == pytest.approx(4 / np.sqrt(12), rel=0.01)
-    assert widths["a"]["posterior_std_median"] == pytest.approx(0.1, rel=0.03)
-    assert widths["a"]["ratio_median"] == pytest.approx(0.1 * np.sqrt(12), rel=0.03)
-    assert widths["b"]["ratio_median"] == pytest.approx(1.0, rel=0.03)
-    assert widths["a"]["posterior_std_16"] <= widths["a"]["posterior_std_median"] <= widths["a"]["posterior_std_84"]
-    with pytest.raises(ValueError, match=r"shape \(M, L, 2\)"):
-        posterior_widths(samples[..., :1], prior, ["a", "b"])
