@@ -158,7 +158,7 @@ def validate_from_config(config, source: str = "config", progress: bool = False)
     for i in range(count):
         sets = {"estimator": shown_samples[i]}
         if exact_available:
-            from cosmosbi.simulators.gaussian_field import exact_posterior_samples
+            from cosmosbi.estimators.baselines import exact_posterior_samples
 
             exact = exact_posterior_samples(simulator, shown_raw[i], section.n_samples, rng).samples
             sets["exact"] = exact

@@ -59,7 +59,7 @@ def summarise_from_config(config, names: list[str] | None = None, source: str = 
     Returns {name: summaries dataset}.
     """
     from cosmosbi.compressors.trainer import compress_dataset, load_compressor
-    from cosmosbi.estimators.networks import torch_threads
+    from cosmosbi.torch_runtime import torch_threads
 
     section = _section(config, source)
     if compressor is None:
