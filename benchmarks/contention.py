@@ -25,6 +25,7 @@ the figures.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -50,7 +51,8 @@ def simulate_training_data(run_dir: Path, n: int) -> Path:
     small.update(run_dir=str(run_dir), datasets={"train": train})
     path = run_dir.parent / "contention.yaml"
     path.write_text(yaml.safe_dump(small))
-    subprocess.run([sys.executable, "-m", "cosmosbi", "run", str(path), "--stage", "simulate", "--quiet"], check=True, env=_env())
+    command = [sys.executable, "-m", "cosmosbi", "run", str(path), "--stage", "simulate", "--quiet"]
+    subprocess.run(command, check=True, env=_env())
     return run_dir / "sims" / "train"
 
 
@@ -66,7 +68,7 @@ def train_once(mode: str, dataset_dir: str, epochs: int, out_dir: str) -> dict:
     if mode == "old":
         import torch  # noqa: F401  (loads OpenMP before cosmosbi can set its wait policy)
 
-    import cosmosbi  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE when torch is not yet loaded)
+    importlib.import_module("cosmosbi")  # sets OMP_WAIT_POLICY=PASSIVE when torch is not yet loaded
     import torch
 
     if mode == "new":
@@ -78,9 +80,13 @@ def train_once(mode: str, dataset_dir: str, epochs: int, out_dir: str) -> dict:
 
     section = yaml.safe_load(QUICKSTART.read_text())["compressor"]
     train = {k: v for k, v in section["train"].items() if k != "num_threads"}
-    settings = TrainSettings(**{**train, "epochs": epochs, "patience": epochs + 1, "device": "cpu", "num_threads": 2 if mode == "old" else None})
+    threads = 2 if mode == "old" else None
+    train.update(epochs=epochs, patience=epochs + 1, device="cpu", num_threads=threads)
+    settings = TrainSettings(**train)
     dataset = SimulationDataset(dataset_dir)
-    compressor = make_compressor(section["network"], dataset, section["input"], loss=section["loss"], summary_dim=section["summary_dim"])
+    compressor = make_compressor(
+        section["network"], dataset, section["input"], loss=section["loss"], summary_dim=section["summary_dim"]
+    )
     loss = make_loss(section["loss"], compressor.parameter_dim, compressor.summary_dim)
     start = time.perf_counter()
     train_compressor(compressor, loss, dataset, out_dir, settings, progress=False)
@@ -97,10 +103,8 @@ def timed_training(mode: str, dataset_dir: Path, epochs: int, contended: bool, w
     competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if contended else None
     try:
         out_dir = tempfile.mkdtemp(dir=work, prefix=f"compressor-{mode}-")
-        child = subprocess.run(
-            [sys.executable, __file__, "--child", mode, "--dataset", str(dataset_dir), "--epochs", str(epochs), "--out", out_dir],
-            check=True, capture_output=True, text=True, env=_env(),
-        )
+        command = [sys.executable, __file__, "--child", mode, "--dataset", str(dataset_dir), "--epochs", str(epochs)]
+        child = subprocess.run([*command, "--out", out_dir], check=True, capture_output=True, text=True, env=_env())
     finally:
         if competitor is not None:
             competitor.kill()
@@ -126,7 +130,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cosmosbi-contention-") as tmp:
         work = Path(tmp)
         dataset_dir = simulate_training_data(work / "run", args.n)
-        print(f"quick-start compressor, {args.n} simulations, {args.epochs} epochs per training, median of {args.repeats}")
+        print(f"quick-start compressor, {args.n} simulations, {args.epochs} epochs per training, "
+              f"median of {args.repeats}")
         print(f"{'set-up':<6} {'threads':>7} {'wait policy':>11} {'quiet s':>8} {'contended s':>11} {'ratio':>6}")
         for mode in ("old", "new"):
             times = {}

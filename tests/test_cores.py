@@ -40,13 +40,14 @@ def test_one_thread_per_rank_under_mpi(monkeypatch, no_mpi):
 
 
 def test_import_sets_passive_wait_policy_unless_given_and_limits_threads_under_mpi():
-    code = "import os, cosmosbi; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('OMP_NUM_THREADS'))"
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "PMI_SIZE")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
-    assert out[0] == "PASSIVE"
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "3"},
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["ACTIVE", "3"]  # what the user set wins
+
+    def settings_after_import(**extra):
+        code = "import os, cosmosbi; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('OMP_NUM_THREADS'))"
+        run = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True)
+        return run.stdout.split()
+
+    assert settings_after_import()[0] == "PASSIVE"
+    assert settings_after_import(OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="3") == ["ACTIVE", "3"]  # the user's win
     if cores.available_cores() > 1:
-        out = subprocess.run([sys.executable, "-c", code], env={**env, "PMI_SIZE": "2"}, capture_output=True, text=True, check=True).stdout.split()
-        assert out == ["PASSIVE", "1"]
+        assert settings_after_import(PMI_SIZE="2") == ["PASSIVE", "1"]

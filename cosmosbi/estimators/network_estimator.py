@@ -56,10 +56,13 @@ class NetworkEstimator:
         if theta_t.ndim != 2 or theta_t.shape[1] != self.prior.dim:
             raise ValueError(f"theta must have shape (N, {self.prior.dim}), got {tuple(theta_t.shape)}")
         if x_t.ndim < 2 or len(x_t) != len(theta_t):
-            raise ValueError(f"x must have shape (N, ...) with N = {len(theta_t)} rows like theta, got {tuple(x_t.shape)}")
+            raise ValueError(
+                f"x must have shape (N, ...) with N = {len(theta_t)} rows like theta, got {tuple(x_t.shape)}"
+            )
         finite = torch.isfinite(x_t.reshape(len(x_t), -1)).all(1) & torch.isfinite(theta_t).all(1)
         if not finite.all():
-            raise ValueError(f"x or theta holds non-finite values in {int((~finite).sum())} rows (first: row {int(torch.nonzero(~finite)[0])})")
+            first = int(torch.nonzero(~finite)[0])
+            raise ValueError(f"x or theta holds non-finite values in {int((~finite).sum())} rows (first: row {first})")
         self.network, self.summary = train_network(
             self.kind, self.flow, self.training, theta_t, x_t, self.prior, rng,
             embedding_net=self.embedding_net, device=self.device, progress=progress,

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee, sample_stretch_batched
-from cosmosbi.estimators.networks import FlowConfig, TrainingConfig
 from cosmosbi.estimators.network_estimator import NetworkEstimator, as_tensor
+from cosmosbi.estimators.networks import FlowConfig, TrainingConfig
 from cosmosbi.torch_runtime import seeded_torch
 
 __all__ = ["NLE", "sample_posterior_emcee"]
