@@ -151,8 +151,8 @@ class TrainSettings:
 
     ``epochs`` may be raised on a finished run to train further from its checkpoint.
     ``num_threads`` sets torch's CPU threads while training (None: the cores this process may
-    use, :func:`cosmosbi.cores.default_threads`); small
-    networks often train faster on one thread, and a busy machine always does.
+    use, :func:`cosmosbi.cores.default_threads`); small networks often train faster on one
+    thread.
     """
 
     epochs: int = 50
