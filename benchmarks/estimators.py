@@ -32,9 +32,10 @@ import torch
 
 from cosmosbi.analyses.metrics import c2st, c2st_null_std
 from cosmosbi.estimators import NLE, NPE
-from cosmosbi.estimators.networks import NullTracker, seeded_torch
+from cosmosbi.estimators.baselines import exact_posterior_samples
+from cosmosbi.estimators.networks import NullTracker
 from cosmosbi.estimators.reference import PowerSpectrumProblem
-from cosmosbi.simulators import exact_posterior_samples
+from cosmosbi.torch_runtime import seeded_torch
 
 OBS_THETA = np.array([[1.0, 2.0], [0.7, 1.5], [1.6, 2.6], [1.2, 1.8], [0.9, 2.3]])
 

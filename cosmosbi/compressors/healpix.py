@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["HealpixConv", "HealpixPool", "HealpixCNN", "footprint_ranges", "footprint_from_ranges"]
+from cosmosbi.compressors.normalise import Normalise
+
+__all__ = ["HealpixConv", "HealpixPool", "HealpixCNN", "footprint_ranges", "footprint_from_ranges", "neighbour_table"]
 
 
 def footprint_ranges(pixels: np.ndarray) -> list[list[int]]:
@@ -42,7 +44,7 @@ def footprint_from_ranges(ranges) -> np.ndarray:
     return np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.zeros(0, dtype=np.int64)
 
 
-def _neighbour_table(nside: int, pixels: np.ndarray) -> np.ndarray:
+def neighbour_table(nside: int, pixels: np.ndarray) -> np.ndarray:
     """(P, 9) positions in ``pixels`` of each pixel and its 8 neighbours; P marks 'outside'."""
     import healpy as hp
 
@@ -58,7 +60,7 @@ class HealpixConv(nn.Module):
 
     def __init__(self, nside: int, pixels: np.ndarray, channels_in: int, channels_out: int, bias: bool = True):
         super().__init__()
-        self.register_buffer("table", torch.as_tensor(_neighbour_table(nside, pixels)), persistent=False)
+        self.register_buffer("table", torch.as_tensor(neighbour_table(nside, pixels)), persistent=False)
         self.weight = nn.Parameter(torch.randn(9, channels_in, channels_out) / np.sqrt(9 * channels_in))
         self.bias = nn.Parameter(torch.zeros(channels_out)) if bias else None
 
@@ -127,9 +129,7 @@ class HealpixCNN(nn.Module):
         }
         self.out_features = out_features
         self.n_pixels = len(pixels)
-        from cosmosbi.compressors.networks import _Normalise
-
-        self.normalise = _Normalise(in_channels)
+        self.normalise = Normalise(in_channels)
         layers: list[nn.Module] = []
         channels, level_pixels, level_nside = in_channels, pixels, nside
         for level in range(depth):

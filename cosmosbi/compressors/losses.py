@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from cosmosbi.torch_runtime import seeded_torch
+
 __all__ = ["VMIMLoss", "MSELoss", "GaussianNLLLoss", "make_loss", "network_outputs", "LOSSES"]
 
 
@@ -110,6 +112,5 @@ def make_loss(kind: str, parameter_dim: int, summary_dim: int, seed: int = 0, **
     """
     if kind not in LOSSES:
         raise ValueError(f"loss: unknown loss {kind!r}; expected one of {sorted(LOSSES)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_torch(seed):
         return LOSSES[kind](parameter_dim, summary_dim, **options)

@@ -16,20 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from cosmosbi.compressors.healpix import HealpixCNN, footprint_from_ranges
+from cosmosbi.compressors.normalise import Normalise
+
 __all__ = ["ResNet2D", "MLP", "build_network", "network_options", "NETWORKS"]
-
-
-class _Normalise(nn.Module):
-    """x -> (x - shift) / scale with per-channel buffers of shape (C,) (broadcast on axis 1)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.register_buffer("shift", torch.zeros(channels))
-        self.register_buffer("scale", torch.ones(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - self.shift.view(shape)) / self.scale.view(shape)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -103,7 +93,7 @@ class ResNet2D(nn.Module):
         self.config = {"kind": "resnet2d", "in_channels": in_channels, "out_features": out_features, "width": width, "depth": depth,
                        "blocks": blocks, "periodic": periodic, "norm": norm, "stem_kernel": stem_kernel, "linear_stem": linear_stem}
         self.out_features = out_features
-        self.normalise = _Normalise(in_channels)
+        self.normalise = Normalise(in_channels)
         pad = "circular" if periodic else "zeros"
         conv = nn.Conv2d(in_channels, width, stem_kernel, padding=stem_kernel // 2, padding_mode=pad, bias=norm == "none" and not linear_stem)
         self.linear_stem = linear_stem
@@ -148,7 +138,7 @@ class MLP(nn.Module):
         _check_positive(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers)
         self.config = {"kind": "mlp", "in_features": in_features, "out_features": out_features, "hidden": hidden, "layers": layers}
         self.out_features = out_features
-        self.normalise = _Normalise(in_features)
+        self.normalise = Normalise(in_features)
         sizes = [in_features] + [hidden] * layers
         body: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
@@ -166,8 +156,6 @@ def _check_positive(**values: int) -> None:
 
 
 def _healpix_cnn(footprint=None, **kwargs):
-    from cosmosbi.compressors.healpix import HealpixCNN, footprint_from_ranges
-
     return HealpixCNN(pixels=None if footprint is None else footprint_from_ranges(footprint), **kwargs)
 
 

@@ -135,13 +135,13 @@ def healpix_peak_counts(maps: np.ndarray, nside: int, pixels: np.ndarray | None,
     Returns:
         counts (N, K) or (N, B, K).
     """
-    from cosmosbi.compressors.healpix import _neighbour_table
+    from cosmosbi.compressors.healpix import neighbour_table
 
     maps = np.asarray(maps, dtype=float)
     pixels = np.arange(12 * nside**2) if pixels is None else np.asarray(pixels)
     if maps.shape[-1] != len(pixels):
         raise ValueError(f"maps have {maps.shape[-1]} pixels, the footprint {len(pixels)}")
-    table = _neighbour_table(nside, pixels)[:, 1:]
+    table = neighbour_table(nside, pixels)[:, 1:]
     interior = np.all(table < len(pixels), axis=1)
     flat = maps.reshape(-1, len(pixels))
     padded = np.concatenate([flat, np.full((len(flat), 1), np.inf)], axis=1)

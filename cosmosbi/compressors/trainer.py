@@ -35,6 +35,7 @@ from torch import nn
 from cosmosbi.compressors.losses import make_loss, network_outputs
 from cosmosbi.compressors.networks import build_network
 from cosmosbi.files import atomic_path, atomic_write_json, config_hash, hashed_settings, load_weights, read_json
+from cosmosbi.torch_runtime import resolve_device, seeded_torch, torch_threads
 
 __all__ = [
     "FORMAT_VERSION",
@@ -46,21 +47,10 @@ __all__ = [
     "save_compressor",
     "load_compressor",
     "compress_dataset",
-    "pick_device",
 ]
 
 FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``"auto"`` gives CUDA when available, else CPU; other strings are passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device: {err}") from None
 
 
 class Compressor(nn.Module):
@@ -146,8 +136,7 @@ def make_compressor(network: dict[str, Any], dataset, input_name: str, loss: str
     rows = np.sort(rng.choice(len(dataset), size=min(sample_rows, len(dataset)), replace=False))
     x = dataset.read(input_name, rows).astype(np.float64)
     theta = dataset.theta
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_torch(seed):
         net = build_network(config)
         make_loss(loss, D, d)  # validates the loss / summary_dim combination early
     channel_axis_x = x.reshape(len(x), net.normalise.shift.numel(), -1)
@@ -161,8 +150,9 @@ class TrainSettings:
     """Training settings (all have defaults sensible for 10^3-10^5 simulations).
 
     ``epochs`` may be raised on a finished run to train further from its checkpoint.
-    ``num_threads`` sets torch's CPU threads while training (None: torch's default); small
-    networks often train faster on one thread, and a busy machine always does.
+    ``num_threads`` sets torch's CPU threads while training (None: the cores this process may
+    use, :func:`cosmosbi.cores.default_threads`); small networks often train faster on one
+    thread.
     """
 
     epochs: int = 50
@@ -261,18 +251,13 @@ def train_compressor(compressor: Compressor, loss: nn.Module, dataset, out_dir: 
     Returns a :class:`TrainResult`; the best epoch's weights are loaded into ``compressor``
     and ``loss`` and saved to ``out_dir`` (see the module docstring).
     """
-    threads = torch.get_num_threads()
-    if settings.num_threads is not None:
-        torch.set_num_threads(settings.num_threads)
-    try:
+    with torch_threads(settings.num_threads):
         return _train(compressor, loss, dataset, Path(out_dir), settings, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, settings: TrainSettings, progress: bool) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(settings.device)
+    device = resolve_device(settings.device)
     compressor.to(device)
     loss.to(device)
     theta_s = compressor.standardise(torch.as_tensor(dataset.theta, dtype=torch.float32, device=device)).cpu().numpy()
@@ -451,7 +436,7 @@ def compress_dataset(compressor: Compressor, dataset, out_dir: str | Path, batch
 
     if compressor.input_name not in dataset.output_names:
         raise ValueError(f"{dataset.path} has no output {compressor.input_name!r} (the compressor's input)")
-    dev = pick_device(device)
+    dev = resolve_device(device)
     compressor = compressor.to(dev).eval()
     parts = []
     for batch in dataset.iter_batches(batch_size, [compressor.input_name]):

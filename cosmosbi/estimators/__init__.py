@@ -4,12 +4,12 @@
   :class:`Posterior` (one ``sample`` / ``log_prob`` contract);
 - :func:`fit_ensemble`, :class:`NPEEnsemble`, :class:`NLEEnsemble`: weighted mixtures;
 - :func:`sample_emcee`, :func:`sample_stretch_batched`: MCMC;
-- :class:`GaussianBandpowerLikelihood`, :func:`exact_field_posterior`: baselines;
+- :class:`GaussianBandpowerLikelihood`, :func:`exact_posterior_samples`: baselines;
 - :func:`save_estimator`, :func:`load_estimator`, :func:`save_samples_hdf5`,
   :func:`write_getdist_chain`: files.
 """
 
-from cosmosbi.estimators.baselines import GaussianBandpowerLikelihood, exact_field_posterior
+from cosmosbi.estimators.baselines import GaussianBandpowerLikelihood, exact_posterior_samples
 from cosmosbi.estimators.ensemble import NLEEnsemble, NPEEnsemble, fit_ensemble, stacking_weights
 from cosmosbi.estimators.io import load_estimator, load_samples_hdf5, save_estimator, save_samples_hdf5, write_getdist_chain
 from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee, sample_stretch_batched
@@ -35,7 +35,7 @@ __all__ = [
     "sample_emcee",
     "sample_stretch_batched",
     "GaussianBandpowerLikelihood",
-    "exact_field_posterior",
+    "exact_posterior_samples",
     "PowerSpectrumProblem",
     "save_estimator",
     "load_estimator",

@@ -1,6 +1,6 @@
 """Explicit-likelihood baselines that a full-field analysis is compared against.
 
-- :func:`exact_field_posterior`: the exact likelihood of a Gaussian-field reference simulator,
+- :func:`exact_posterior_samples`: the exact likelihood of a Gaussian-field reference simulator,
   sampled with emcee (the ground truth).
 - :class:`GaussianBandpowerLikelihood`: a Gaussian likelihood for binned power spectra
   (bandpowers) d, with the mean from a theory model mu(theta) and the covariance C estimated
@@ -20,26 +20,64 @@ from typing import Callable
 
 import numpy as np
 
-from cosmosbi.estimators.mcmc import MCMCResult
+from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee
 from cosmosbi.simulators.priors import Prior
 
-__all__ = ["GaussianBandpowerLikelihood", "exact_field_posterior"]
+__all__ = ["GaussianBandpowerLikelihood", "exact_posterior_samples"]
 
 
-def exact_field_posterior(simulator, x_obs: np.ndarray, n_samples: int, rng: np.random.Generator, prior: Prior | None = None) -> MCMCResult:
-    """Exact posterior of a Gaussian-field simulator for one observed map, sampled with emcee.
+def exact_posterior_samples(
+    simulator,
+    x_obs: np.ndarray,
+    n_samples: int,
+    rng: np.random.Generator,
+    prior: Prior | None = None,
+) -> MCMCResult:
+    """Sample the exact posterior p(theta | x_obs) of a Gaussian-field simulator with emcee (the ground truth).
+
+    The log-posterior is the prior's log-density plus the simulator's exact
+    ``log_likelihood_from_shells``; emcee starts at the maximum found by Nelder-Mead, with
+    walkers spread by the Fisher matrix there.
 
     Args:
-        simulator: :class:`~cosmosbi.simulators.GaussianField2D` or
+        simulator: a :class:`~cosmosbi.simulators.GaussianField2D` or
             :class:`~cosmosbi.simulators.HealpixGaussianField`.
-        x_obs: the observed field (one simulator output row).
-        n_samples: posterior samples.
+        x_obs: one observed map (the simulator's output for one row).
+        n_samples: number of posterior samples.
         rng: numpy Generator.
         prior: prior (default: the simulator's).
-    """
-    from cosmosbi.simulators.gaussian_field import exact_posterior_samples
 
-    return exact_posterior_samples(simulator, x_obs, n_samples, rng, prior=prior)
+    Returns:
+        :class:`~cosmosbi.estimators.mcmc.MCMCResult` with ``samples``: (n_samples, D).
+    """
+    from scipy.optimize import minimize
+
+    prior = prior or simulator.prior
+    shells = simulator.shell_power(x_obs)[0]
+
+    def log_post(theta):
+        theta = np.atleast_2d(theta)
+        lp = prior.log_prob(theta)
+        out = np.full(len(theta), -np.inf)
+        ok = np.isfinite(lp)
+        if ok.any():
+            out[ok] = lp[ok] + simulator.log_likelihood_from_shells(theta[ok], shells)
+        return out
+
+    # start the optimiser at the best of the prior's centre and a few prior draws
+    centre = np.where(np.isfinite(prior.low + prior.high), 0.5 * (prior.low + prior.high), 0.0)
+    candidates = np.vstack([centre, prior.sample(16, rng)])
+    start = candidates[np.argmax(log_post(candidates))]
+
+    def objective(theta):
+        value = log_post(theta)[0]
+        return -value if np.isfinite(value) else 1e300
+
+    fit = minimize(objective, start, method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-8, "maxiter": 5000})
+    x0 = fit.x if objective(fit.x) < objective(start) else start
+    fisher = simulator.fisher_matrix(x0)
+    scale = 0.1 / np.sqrt(np.clip(np.diag(fisher), 1e-12, None))
+    return sample_emcee(log_post, x0, n_samples, rng, scale=scale)
 
 
 class GaussianBandpowerLikelihood:

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 
 from cosmosbi.estimators.ensemble import NLEEnsemble, NPEEnsemble
-from cosmosbi.estimators.networks import FlowConfig, TrainingConfig, TrainingSummary, build_network, resolve_device
+from cosmosbi.estimators.networks import FlowConfig, TrainingConfig, TrainingSummary, build_network
 from cosmosbi.estimators.nle import NLE
 from cosmosbi.estimators.npe import NPE
 from cosmosbi.files import atomic_path, atomic_write_json, load_weights, provenance, read_json
 from cosmosbi.simulators.priors import prior_from_config
+from cosmosbi.torch_runtime import resolve_device, torch_generator
 
 __all__ = [
     "FORMAT_VERSION", "save_estimator", "load_estimator", "save_samples_hdf5", "load_samples_hdf5",
@@ -105,7 +106,7 @@ def load_estimator(directory: str | Path, *, embedding_net: torch.nn.Module | No
     else:
         raise ValueError(f"{directory / META}: unknown estimator kind {kind!r}")
     x_shape = tuple(meta["x_shape"])
-    generator = torch.Generator().manual_seed(0)  # shape-only placeholders; the state dict overwrites z-score buffers
+    generator = torch_generator(0)  # shape-only placeholders; the state dict overwrites z-score buffers
     theta_dummy = torch.randn(64, prior.dim, generator=generator)
     x_dummy = torch.randn(64, *x_shape, generator=generator)
     network = build_network(kind, flow, theta_dummy, x_dummy, embedding_net)

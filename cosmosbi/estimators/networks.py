@@ -18,17 +18,17 @@ optimum, while the spline flow reached it on every seed tried.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+from cosmosbi.torch_runtime import seeded_torch, torch_threads
+
 __all__ = [
     "FlowConfig", "TrainingConfig", "TrainingSummary", "FlowSampler", "build_network", "train_network", "rational_quadratic_inverse",
-    "resolve_device", "seeded_torch", "torch_threads",
 ]
 
 MODELS = ("maf", "nsf", "mdn", "made", "maf_rqs")
@@ -82,7 +82,7 @@ class TrainingConfig:
         stop_after_epochs: stop when the validation loss has not improved for this many epochs.
         max_epochs: upper bound on the number of epochs.
         clip_max_norm: gradient-norm clipping (None: no clipping).
-        num_threads: torch CPU threads during training (None: leave torch's setting). Networks
+        num_threads: torch CPU threads during training (None: the cores this process may use). Networks
             this small gain nothing from intra-op threads, and on a busy machine extra threads
             slow each step down by an order of magnitude, so the default is one.
     """
@@ -124,27 +124,6 @@ class TrainingSummary:
         return asdict(self)
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other names pass through."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-@contextlib.contextmanager
-def seeded_torch(rng: np.random.Generator) -> Iterator[None]:
-    """Run a block with torch's global generators seeded from ``rng``, restoring them afterwards.
-
-    sbi and nflows draw from torch's global generator (weight initialisation, batch order,
-    flow sampling); this makes those draws a function of ``rng`` only.
-    """
-    seed = int(rng.integers(2**62))
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 class NullTracker:
     """An sbi experiment tracker that records nothing (sbi's default writes TensorBoard logs
     to ``./sbi-logs``; cosmosbi keeps what it needs in :class:`TrainingSummary`)."""
@@ -165,18 +144,6 @@ class NullTracker:
 
     def flush(self) -> None:
         pass
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``n`` torch CPU threads (None: unchanged), restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def build_network(

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee, sample_stretch_batched
+from cosmosbi.estimators.network_estimator import NetworkEstimator, as_tensor
 from cosmosbi.estimators.networks import FlowConfig, TrainingConfig
-from cosmosbi.estimators.npe import _NetworkEstimator, as_tensor
+from cosmosbi.torch_runtime import seeded_torch
 
 __all__ = ["NLE", "sample_posterior_emcee"]
 
@@ -53,7 +54,7 @@ def sample_posterior_emcee(
     return sample_emcee(log_posterior, x0, n, rng, scale=scale, **emcee_options)
 
 
-class NLE(_NetworkEstimator):
+class NLE(NetworkEstimator):
     """Neural likelihood estimator q(x | theta) with emcee or sbi MCMC posterior sampling.
 
     Args: as for :class:`~cosmosbi.estimators.npe.NPE` (no embedding net: NLE models the
@@ -157,8 +158,6 @@ class NLE(_NetworkEstimator):
 
     def _sample_sbi(self, n: int, x_row: np.ndarray, rng: np.random.Generator, *, num_chains: int = 20, warmup_steps: int = 100, thin: int = 5) -> np.ndarray:
         from sbi.inference.posteriors import MCMCPosterior
-
-        from cosmosbi.estimators.networks import seeded_torch
 
         estimator = self
         x_o = as_tensor(x_row, self.device)[None]

@@ -22,7 +22,7 @@ from cosmosbi.simulators.priors import (
     prior_from_config,
 )
 from cosmosbi.simulators import gaussian_field  # noqa: F401  (registers built-in simulators)
-from cosmosbi.simulators.gaussian_field import GaussianField2D, HealpixGaussianField, exact_posterior_samples
+from cosmosbi.simulators.gaussian_field import GaussianField2D, HealpixGaussianField
 from cosmosbi.simulators.lss import LSSField, power_spectrum
 from cosmosbi.simulators.camels import CamelsLike, camels_prior
 from cosmosbi.simulators.camels_data import CamelsMultifieldDataset
@@ -52,7 +52,6 @@ __all__ = [
     "WeakLensingSimulator",
     "as_simulator",
     "camels_prior",
-    "exact_posterior_samples",
     "make_simulator",
     "power_spectrum",
     "prior_from_config",

@@ -34,7 +34,7 @@ import numpy as np
 from cosmosbi.simulators.base import OutputSpec, register_simulator, row_generators
 from cosmosbi.simulators.priors import BoxUniform, Prior
 
-__all__ = ["SpectrumModel", "GaussianField2D", "HealpixGaussianField", "exact_posterior_samples"]
+__all__ = ["SpectrumModel", "GaussianField2D", "HealpixGaussianField"]
 
 
 class SpectrumModel:
@@ -253,54 +253,3 @@ class HealpixGaussianField(_ShellLikelihood):
         weight = np.where(self._m == 0, 1.0, 2.0)
         sums = np.stack([np.bincount(self._ell, weights=weight * np.abs(row) ** 2, minlength=self.lmax + 1) for row in a])
         return sums[:, 2:]
-
-
-def exact_posterior_samples(
-    simulator: _ShellLikelihood,
-    x_obs: np.ndarray,
-    n_samples: int,
-    rng: np.random.Generator,
-    prior: Prior | None = None,
-):
-    """Sample the exact posterior p(theta | x_obs) of a Gaussian-field simulator with emcee.
-
-    Args:
-        simulator: a :class:`GaussianField2D` or :class:`HealpixGaussianField`.
-        x_obs: one observed map (the simulator's output for one row).
-        n_samples: number of posterior samples.
-        rng: numpy Generator.
-        prior: prior (default: the simulator's).
-
-    Returns:
-        :class:`~cosmosbi.estimators.mcmc.MCMCResult` with ``samples``: (n_samples, D).
-    """
-    from scipy.optimize import minimize
-
-    from cosmosbi.estimators.mcmc import sample_emcee
-
-    prior = prior or simulator.prior
-    shells = simulator.shell_power(x_obs)[0]
-
-    def log_post(theta):
-        theta = np.atleast_2d(theta)
-        lp = prior.log_prob(theta)
-        out = np.full(len(theta), -np.inf)
-        ok = np.isfinite(lp)
-        if ok.any():
-            out[ok] = lp[ok] + simulator.log_likelihood_from_shells(theta[ok], shells)
-        return out
-
-    # start the optimiser at the best of the prior's centre and a few prior draws
-    centre = np.where(np.isfinite(prior.low + prior.high), 0.5 * (prior.low + prior.high), 0.0)
-    candidates = np.vstack([centre, prior.sample(16, rng)])
-    start = candidates[np.argmax(log_post(candidates))]
-
-    def objective(theta):
-        value = log_post(theta)[0]
-        return -value if np.isfinite(value) else 1e300
-
-    fit = minimize(objective, start, method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-8, "maxiter": 5000})
-    x0 = fit.x if objective(fit.x) < objective(start) else start
-    fisher = simulator.fisher_matrix(x0)
-    scale = 0.1 / np.sqrt(np.clip(np.diag(fisher), 1e-12, None))
-    return sample_emcee(log_post, x0, n_samples, rng, scale=scale)

@@ -314,7 +314,7 @@ class Prior:
 
     def to_torch(self, device: str = "cpu"):
         """A ``torch.distributions.Distribution`` with event shape (D,), usable as an sbi prior."""
-        from cosmosbi.simulators._torch_prior import TorchPrior
+        from cosmosbi.simulators.torch_prior import TorchPrior
 
         return TorchPrior(self, device=device)
 

@@ -69,8 +69,9 @@ from cosmosbi.simulators.lens_profiles import (
 )
 from cosmosbi.simulators.priors import Prior, Uniform, marginal_from_config
 from cosmosbi.simulators.subhalos import MassFunction, draw_subhalo_population, pad_populations
+from cosmosbi.torch_runtime import resolve_device
 
-__all__ = ["Instrument", "INSTRUMENT_PRESETS", "DEFAULT_NUISANCE_PRIORS", "StrongLensSimulator", "resolve_device"]
+__all__ = ["Instrument", "INSTRUMENT_PRESETS", "DEFAULT_NUISANCE_PRIORS", "StrongLensSimulator"]
 
 
 @dataclass(frozen=True)
@@ -195,16 +196,6 @@ def _c3_remainder(q, order: int, q_n=None, u=None):
         return abs(_binomial(-a, n)) / (1 - q * (a + n) / (n + 1))
 
     return q_n * torch.sqrt(u) * u * (tail(1.5) * u + tail(2.5))
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; otherwise the named torch device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
 
 
 @register_simulator("strong_lens")

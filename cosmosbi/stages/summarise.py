@@ -34,7 +34,7 @@ def write_summaries(config, layout, names: list[str], source: str = "config", co
     """Write the summaries of datasets ``names`` with ``compressor`` (default: the trained one of
     ``RUN_DIR/compressor``). Returns {name: summaries dataset}."""
     from cosmosbi.compressors.trainer import compress_dataset, load_compressor
-    from cosmosbi.estimators.networks import torch_threads
+    from cosmosbi.torch_runtime import torch_threads
     from cosmosbi.stages.compress import section_of
 
     section = section_of(config, source)

@@ -130,7 +130,7 @@ def write_validation(config, layout, source: str = "config", progress: bool = Fa
     for i in range(count):
         sets = {"estimator": shown_samples[i]}
         if exact_available:
-            from cosmosbi.simulators.gaussian_field import exact_posterior_samples
+            from cosmosbi.estimators.baselines import exact_posterior_samples
 
             exact = exact_posterior_samples(simulator, shown_raw[i], section.n_samples, rng).samples
             sets["exact"] = exact

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from cosmosbi.estimators.baselines import exact_posterior_samples
 from cosmosbi.estimators.reference import PowerSpectrumProblem
-from cosmosbi.simulators import exact_posterior_samples
 
 THETA_OBS = np.array([[1.0, 2.0]])
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cosmosbi.estimators.baselines import GaussianBandpowerLikelihood, exact_field_posterior
+from cosmosbi.estimators.baselines import GaussianBandpowerLikelihood, exact_posterior_samples
 from cosmosbi.estimators.reference import PowerSpectrumProblem
 
 FIDUCIAL = np.array([1.0, 2.0])
@@ -32,7 +32,7 @@ def test_theory_bandpowers_are_the_mean_of_simulated_bandpowers(problem32, fiduc
 
 def test_gaussian_bandpower_posterior_means_agree_with_exact_within_a_fifth_sigma(problem32, fiducial_bandpowers):
     _, obs = problem32.simulate(1, np.random.default_rng(21), FIDUCIAL[None])
-    exact = exact_field_posterior(problem32.simulator, obs[0], 4000, np.random.default_rng(22))
+    exact = exact_posterior_samples(problem32.simulator, obs[0], 4000, np.random.default_rng(22))
     like = GaussianBandpowerLikelihood(problem32.theory_bandpowers, fiducial_bandpowers, correction="hartlap")
     result = like.sample(problem32.bandpowers(obs)[0], problem32.prior, 4000, np.random.default_rng(23))
     sd = exact.samples.std(0)

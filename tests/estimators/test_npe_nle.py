@@ -6,8 +6,8 @@ import torch
 
 from cosmosbi.analyses.metrics import c2st, c2st_null_std
 from cosmosbi.estimators import NLE, NPE, FlowConfig, TrainingConfig
+from cosmosbi.estimators.baselines import exact_posterior_samples
 from cosmosbi.estimators.npe import rejection_sample
-from cosmosbi.simulators import exact_posterior_samples
 
 # The acceptance criterion is C2ST <= 0.6 (at 10^4 simulations, 2000 samples: the slow tests).
 # The fast tests compare 1000 samples, whose C2ST scatters by c2st_null_std(1000) more.

@@ -3,7 +3,8 @@ import pytest
 from scipy import stats
 
 from cosmosbi.compressors.summaries import flat_power_spectrum
-from cosmosbi.simulators import GaussianField2D, HealpixGaussianField, exact_posterior_samples
+from cosmosbi.estimators.baselines import exact_posterior_samples
+from cosmosbi.simulators import GaussianField2D, HealpixGaussianField
 
 THETA = {"power_law": np.array([1.0, 2.0]), "running_noise": np.array([1.0, 2.0, 0.1, 0.02])}
 

@@ -7,6 +7,8 @@ import math
 import torch
 from torch.distributions import Distribution, constraints
 
+from cosmosbi.torch_runtime import torch_generator
+
 
 class TorchPrior(Distribution):
     """Product of independent marginals as a torch distribution with event shape (D,).
@@ -37,12 +39,12 @@ class TorchPrior(Distribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        u = torch.rand(20000, self.prior.dim, generator=torch.Generator().manual_seed(0))
+        u = torch.rand(20000, self.prior.dim, generator=torch_generator(0))
         return self._from_uniform(u.to(self._device)).mean(0)
 
     @property
     def variance(self) -> torch.Tensor:
-        u = torch.rand(20000, self.prior.dim, generator=torch.Generator().manual_seed(0))
+        u = torch.rand(20000, self.prior.dim, generator=torch_generator(0))
         return self._from_uniform(u.to(self._device)).var(0)
 
     def _from_uniform(self, u: torch.Tensor) -> torch.Tensor:
