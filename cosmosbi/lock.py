@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["RunLocked", "DEFAULT_STALE_AFTER_S", "run_lock", "lock_holders", "describe_holder"]
+__all__ = ["RunLocked", "DEFAULT_STALE_AFTER_S", "run_lock", "lock_holders", "describe_holder", "pid_alive"]
 
 # a lock file of another host untouched this long is taken to belong to a dead process
 DEFAULT_STALE_AFTER_S = 24 * 3600.0
@@ -60,24 +60,29 @@ def _read(path: Path) -> dict | None:
     return record if isinstance(record, dict) else {"pid": None, "host": None, "since": None}
 
 
+def pid_alive(pid, host) -> bool | None:
+    """Whether process ``pid`` of ``host`` is running: True or False on this host; None for
+    another host (or no pid), whose processes cannot be asked."""
+    if host != socket.gethostname() or not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _alive(path: Path, holder: dict, stale_after_s: float) -> bool:
     """Whether the process that holds ``path`` may still be running."""
-    try:
-        age = time.time() - path.stat().st_mtime
+    alive = pid_alive(holder.get("pid"), holder.get("host"))
+    if alive is not None:
+        return alive
+    try:  # another host, or a file still being written: alive while it is refreshed
+        return time.time() - path.stat().st_mtime < stale_after_s
     except FileNotFoundError:
         return False
-    pid, host = holder.get("pid"), holder.get("host")
-    if host == socket.gethostname() and isinstance(pid, int):
-        if pid == os.getpid():
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return age < stale_after_s  # another host, or a file still being written
 
 
 def lock_holders(locks: Path, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> list[tuple[Path, dict]]:

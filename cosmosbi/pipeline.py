@@ -32,7 +32,7 @@ from typing import Callable
 from cosmosbi.artifacts import changed_files, fingerprint
 from cosmosbi.files import atomic_write_json, config_hash, provenance, read_json
 from cosmosbi.layout import RunLayout
-from cosmosbi.lock import DEFAULT_STALE_AFTER_S, run_lock
+from cosmosbi.lock import DEFAULT_STALE_AFTER_S, pid_alive, run_lock
 from cosmosbi.stages import STAGE_KINDS, STAGE_TYPES, Stage
 
 __all__ = ["STAGE_KINDS", "Stage", "plan_stages", "run_pipeline", "stage_status", "format_status", "run_record"]
@@ -428,16 +428,8 @@ def stage_status(run_dir: str | Path, config=None) -> list[dict]:
 
 def _looks_alive(record: dict) -> bool:
     """Whether the process that wrote a ``running`` record is still alive (on another host: assumed so)."""
-    pid, host = record.get("pid"), record.get("host")
-    if pid is None or host != socket.gethostname():
-        return host is not None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    alive = pid_alive(record.get("pid"), record.get("host"))
+    return alive if alive is not None else record.get("host") is not None
 
 
 def format_status(rows: list[dict]) -> str:

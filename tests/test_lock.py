@@ -125,3 +125,28 @@ def test_two_runs_on_one_directory_one_refuses_one_waits_and_the_result_is_one_r
     train = read_json(tmp_path / "run" / "sims" / "train" / "manifest.json")
     assert len(train["runs"]) == 1 and train["counts"]["simulated"] == 1000
     assert lock_holders(locks) == []
+
+
+def test_the_commands_that_write_take_the_lock(tmp_path, capsys):
+    config = {"run_dir": str(tmp_path / "run"), "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
+              "datasets": {"train": {"n": 10, "seed": 1}}, "estimator": {"kind": "npe"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    locks = tmp_path / "run" / "locks"
+    holder = hold(locks, 60.0)
+    try:
+        commands = (["simulate", "-q"], ["simulate", "-q", "--chunk", "0/2"], ["train"], ["compress"], ["validate"])
+        for command in commands:
+            assert main([*command, str(path)]) == 2
+            assert f"in use by pid {holder.pid}" in capsys.readouterr().err, command
+    finally:
+        holder.kill()
+        holder.wait()
+    chunk = hold(locks, 60.0, shared=True)
+    try:  # another task of the same job array
+        assert main(["simulate", "-q", "--chunk", "1/2", str(path)]) == 0
+    finally:
+        chunk.kill()
+        chunk.wait()
+    assert main(["simulate", "-q", str(path)]) == 0  # the killed chunk's lock is stale: taken over
+    assert "took over the stale lock" in capsys.readouterr().err

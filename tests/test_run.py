@@ -249,7 +249,8 @@ def test_a_truncated_simulation_shard_stops_the_run_naming_the_file(tmp_path, ca
         handle.truncate(shard.stat().st_size // 2)
     rows = {r["stage"]: r for r in stage_status_of(tmp_path / "run", config)}
     assert rows["simulate:train"]["state"] == "damaged" and shard.name in rows["simulate:train"]["problem"]
-    with pytest.raises(ValueError, match=rf"{shard.name}: size \d+ -> \d+ bytes since stage simulate:train finished.*move"):
+    message = rf"{shard.name}: size \d+ -> \d+ bytes since stage simulate:train finished.*move"
+    with pytest.raises(ValueError, match=message):
         run_pipeline(config_of(config), progress=False, echo=lambda s: None)
     path = write(tmp_path / "c.yaml", config)
     assert main(["run", "-q", str(path)]) == 2
