@@ -35,9 +35,12 @@ import time
 import numpy as np
 import torch
 
-from cosmosbi.simulators.lenstronomy_reference import lenstronomy_image_model, lenstronomy_kwargs, lenstronomy_sersic_constant
+from cosmosbi.simulators.lenstronomy_reference import (
+    lenstronomy_image_model,
+    lenstronomy_kwargs,
+    lenstronomy_sersic_constant,
+)
 from cosmosbi.simulators.strong_lens import StrongLensSimulator
-
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
@@ -67,7 +70,9 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="process CPU time or wall-clock time")
     parser.add_argument("--reference-images", type=int, default=8, help="images compared with the converged reference")
-    parser.add_argument("--reference-supersampling", type=int, default=16, help="rays per pixel side of the converged reference")
+    parser.add_argument(
+        "--reference-supersampling", type=int, default=16, help="rays per pixel side of the converged reference"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = CLOCKS[args.clock]
@@ -84,7 +89,10 @@ def main():
     converged_sim = StrongLensSimulator(device="cpu", dtype="float64", supersampling=args.reference_supersampling)
     sigma = fast.instrument.background_sigma
     theta = np.tile([[0.1, -1.9]], (args.batch, 1))
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, {args.clock} clock")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"{args.clock} clock"
+    )
     print(f"euclid_like: {fast.instrument}; background sigma = {sigma:.2f} e-; batch = {args.batch}")
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     rows = []
@@ -92,14 +100,22 @@ def main():
         rngs = [np.random.default_rng([n_sub, i]) for i in range(args.batch)]
         nuisance, pops = fast.draw_parameters(theta, rngs, n_subhalos=n_sub)
         reference = exact.render(nuisance, pops, exact=True).numpy()
-        errors = {name: float(np.abs(sim.render(nuisance, pops).double().numpy() - reference).max()) / sigma for name, sim in variants.items()}
+        errors = {
+            name: float(np.abs(sim.render(nuisance, pops).double().numpy() - reference).max()) / sigma
+            for name, sim in variants.items()
+        }
         # against the converged reference (every approximation off, supersampling 16), on the first images
         k = min(args.reference_images, args.batch)
         first = {name: v[:k] for name, v in nuisance.items()}
         converged = converged_sim.render(first, pops[:k], exact=True).numpy()
-        conv_errors = {f"exact, {ss} x {ss} rays": float(np.abs(sim.render(first, pops[:k], exact=True).numpy() - converged).max()) / sigma
-                       for ss, sim in supersampled.items()}
-        conv_errors["all (default)"] = float(np.abs(fast.render(first, pops[:k]).double().numpy() - converged).max()) / sigma
+        conv_errors = {
+            f"exact, {ss} x {ss} rays": float(np.abs(sim.render(first, pops[:k], exact=True).numpy() - converged).max())
+            / sigma
+            for ss, sim in supersampled.items()
+        }
+        conv_errors["all (default)"] = (
+            float(np.abs(fast.render(first, pops[:k]).double().numpy() - converged).max()) / sigma
+        )
 
         model = lenstronomy_image_model(fast, n_sub)
         kwargs = [lenstronomy_kwargs(fast, nuisance, pops[i], i) for i in range(args.batch)]
@@ -114,26 +130,48 @@ def main():
         ours_best = lt_best = np.inf
         for _ in range(args.rounds):  # alternate, keep the best of each (robust to a shared machine)
             ours_best = min(ours_best, best_time(lambda: fast.render(nuisance, pops), args.seconds, clock))
-            lt_best = min(lt_best, best_time(lambda: [model.image(kwargs_lens=kl, kwargs_source=ks) for kl, ks in kwargs], args.seconds, clock))
+            lt_best = min(
+                lt_best,
+                best_time(
+                    lambda: [model.image(kwargs_lens=kl, kwargs_source=ks) for kl, ks in kwargs], args.seconds, clock
+                ),
+            )
         ours, lenstronomy = args.batch / ours_best, args.batch / lt_best
         rows.append((n_sub, ours, lenstronomy, errors, lt_error, lt_fast_error, conv_errors))
-        print(f"\n{n_sub} subhalos: cosmosbi {ours:8.1f} img/s   lenstronomy {lenstronomy:7.1f} img/s   ratio {ours / lenstronomy:5.1f}x")
+        print(
+            f"\n{n_sub} subhalos: cosmosbi {ours:8.1f} img/s   lenstronomy {lenstronomy:7.1f} img/s   "
+            f"ratio {ours / lenstronomy:5.1f}x"
+        )
         for name, err in errors.items():
             print(f"    max |image - exact| / sigma, {name:20s}: {err:.2e}")
-        print(f"    max |lenstronomy - exact (same b_n)| / sigma: {lt_error:.2e}; lenstronomy - default: {lt_fast_error:.2e}")
+        print(
+            f"    max |lenstronomy - exact (same b_n)| / sigma: {lt_error:.2e}; "
+            f"lenstronomy - default: {lt_fast_error:.2e}"
+        )
         for name, err in conv_errors.items():
             print(f"    max |image - converged ({args.reference_supersampling}^2 rays)| / sigma, {name:20s}: {err:.2e}")
     # end to end at the prior's centre: parameter and population draws, rendering and noise
     centre = np.tile([[0.1, -1.9]], (args.batch, 1))
     counts = [len(p) for p in fast.draw_parameters(centre, [np.random.default_rng(i) for i in range(args.batch)])[1]]
-    sim_rate = best_rate(lambda: fast.simulate(centre, [np.random.default_rng(i) for i in range(args.batch)]), args.batch, args.seconds, clock)
-    print(f"\nsimulate() end to end at Sigma_sub = 0.1, beta = -1.9 (mean {np.mean(counts):.0f} subhalos): {sim_rate:.1f} img/s")
+    sim_rate = best_rate(
+        lambda: fast.simulate(centre, [np.random.default_rng(i) for i in range(args.batch)]),
+        args.batch,
+        args.seconds,
+        clock,
+    )
+    print(
+        f"\nsimulate() end to end at Sigma_sub = 0.1, beta = -1.9 (mean {np.mean(counts):.0f} subhalos): "
+        f"{sim_rate:.1f} img/s"
+    )
     print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print("\n| subhalos | cosmosbi img/s | lenstronomy img/s | ratio |")
     print("|---|---|---|---|")
     for n_sub, ours, lt, *_ in rows:
         print(f"| {n_sub} | {ours:.1f} | {lt:.1f} | {ours / lt:.1f}x |")
-    print("\n| subhalos | vs exact: float32 | ray selection | far field | all | lenstronomy vs exact | lenstronomy vs default |")
+    print(
+        "\n| subhalos | vs exact: float32 | ray selection | far field | all | lenstronomy vs exact "
+        "| lenstronomy vs default |"
+    )
     print("|---|---|---|---|---|---|---|")
     for n_sub, _, _, errors, lt_error, lt_fast_error, _ in rows:
         print(f"| {n_sub} | {' | '.join(f'{v:.1e}' for v in errors.values())} | {lt_error:.1e} | {lt_fast_error:.1e} |")

@@ -123,7 +123,11 @@ class DeflectionEngine:
     """
 
     def __init__(self, n_pixels: int, pixel_scale_arcsec: float, supersampling: int, device, dtype):
-        self.n_pixels, self.pixel_scale_arcsec, self.supersampling = int(n_pixels), float(pixel_scale_arcsec), int(supersampling)
+        self.n_pixels, self.pixel_scale_arcsec, self.supersampling = (
+            int(n_pixels),
+            float(pixel_scale_arcsec),
+            int(supersampling),
+        )
         self.device = torch.device(device)
         self.torch_dtype = dtype
         self.complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
@@ -165,8 +169,17 @@ class DeflectionEngine:
         self.expansion_basis = torch.as_tensor(np.stack(rows), device=self.device, dtype=self.complex_dtype)
 
     def subhalo_brightness(
-        self, brightness, bx, by, source: SersicSource, subhalos, sigma: float, ray_tolerance: float | None,
-        far_field_tolerance: float | None, exact: bool = False, batch_pairs: int = 4_000_000,
+        self,
+        brightness,
+        bx,
+        by,
+        source: SersicSource,
+        subhalos,
+        sigma: float,
+        ray_tolerance: float | None,
+        far_field_tolerance: float | None,
+        exact: bool = False,
+        batch_pairs: int = 4_000_000,
     ):
         """Source brightness (B, P) with the subhalo deflections, on the tiles where they matter.
 
@@ -218,7 +231,11 @@ class DeflectionEngine:
             tile_grad = torch.zeros((n_rows, n_tiles), **kw).scatter_reduce(
                 1, self.tile_of_ray.expand(n_rows, -1), grad, reduce="amax", include_self=True
             )
-            level = torch.clamp(torch.floor(torch.log(grad_max / torch.clamp(tile_grad, min=1e-30)) / math.log(4.0)), 0, TOLERANCE_LEVELS - 1).long()
+            level = torch.clamp(
+                torch.floor(torch.log(grad_max / torch.clamp(tile_grad, min=1e-30)) / math.log(4.0)),
+                0,
+                TOLERANCE_LEVELS - 1,
+            ).long()
             tol_levels = far_field_tolerance * sigma / grad_max * 4.0 ** torch.arange(TOLERANCE_LEVELS, **kw)  # (B, NL)
             c_far = self.far_field_coefficients(sub)  # (B, S, 1)
             r_far = self.far_field_radius(sub, c_far, tol_levels[:, None, :], profile)  # (B, S, NL)
@@ -311,7 +328,10 @@ class DeflectionEngine:
                 if near.numel():
                     # their pairs' flat indices in the (M', K) lists, through a table of the block's pairs
                     in_block = near >> shift if shift is not None else near.div(n_r, rounding_mode="floor")
-                    entries = ((torch.arange(lo, hi, device=self.device) * k_max)[:, None] + torch.arange(k, device=self.device)).view(-1)
+                    entries = (
+                        (torch.arange(lo, hi, device=self.device) * k_max)[:, None]
+                        + torch.arange(k, device=self.device)
+                    ).view(-1)
                     q = table.index_select(0, lin.index_select(0, entries.index_select(0, in_block)))  # (N, columns)
                     r2n = r2.view(-1).index_select(0, near)
                     frac = tnfw_mass_fraction(torch.sqrt(r2n), q[:, 3], q[:, 4], tuple(q[:, 5:9].unbind(1)))
@@ -352,7 +372,11 @@ class DeflectionEngine:
         q_l = _int_power(q, L + 1)
         inv_d = 1.0 / dist
         inv_d2 = inv_d * inv_d
-        err = _int_power(q, K + 1) * u + c * inv_d2 * (L + 2) * q_l * u * u * u + c3.abs() * inv_d2 * inv_d * c3_remainder(q, L, q_l, u)
+        err = (
+            _int_power(q, K + 1) * u
+            + c * inv_d2 * (L + 2) * q_l * u * u * u
+            + c3.abs() * inv_d2 * inv_d * c3_remainder(q, L, q_l, u)
+        )
         err = err * e2 * inv_d
         expand = (q < 0.6) & (dist - h >= r_far) & (err < 0.5 * tol[:, None]) & (e2 > 0)
         direct = ~expand & (e2 > 0)
@@ -427,7 +451,8 @@ class DeflectionEngine:
         return torch.cat([c2, c3], dim=2).to(self.torch_dtype)
 
     def far_field_radius(self, sub, c_far, tol, profile) -> torch.Tensor:
-        """Radii (B, S, NL) beyond which the far-field deflection is within tol (B, 1, NL) (arcsec) of the truncated NFW."""
+        """Radii (B, S, NL) beyond which the far-field deflection is within tol (B, 1, NL) (arcsec) of the
+        truncated NFW."""
         r, frac = profile
         c_far = c_far.double()
         far = 1.0 - c_far[:, :, :1] / (r * r) - c_far[:, :, 1:] / (r * r * r)

@@ -24,12 +24,11 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import caustics.func as cf
 import numpy as np
 import torch
-from scipy import integrate, special
-
-import caustics.func as cf
 from astropy import constants, units
+from scipy import integrate, special
 
 __all__ = [
     "G_OVER_C2_MPC_PER_MSUN",
@@ -53,10 +52,14 @@ __all__ = [
     "FFTConvolver",
 ]
 
-G_OVER_C2_MPC_PER_MSUN = float((constants.G * constants.M_sun / constants.c**2).to_value(units.Mpc))  # G M_sun / c^2 in Mpc
+G_OVER_C2_MPC_PER_MSUN = float(
+    (constants.G * constants.M_sun / constants.c**2).to_value(units.Mpc)
+)  # G M_sun / c^2 in Mpc
 ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
 # critical density today over h^2, 3 (100 km/s/Mpc)^2 / (8 pi G), in M_sun / Mpc^3
-RHO_CRIT0_H2 = float((3 * (100 * units.km / units.s / units.Mpc) ** 2 / (8 * math.pi * constants.G)).to_value(units.M_sun / units.Mpc**3))
+RHO_CRIT0_H2 = float(
+    (3 * (100 * units.km / units.s / units.Mpc) ** 2 / (8 * math.pi * constants.G)).to_value(units.M_sun / units.Mpc**3)
+)
 C_KM_S = float(constants.c.to_value(units.km / units.s))
 SIE_SERIES_F2 = 1e-2  # the SIE uses its series in f^2 = 1 - q^2 below this
 
@@ -264,7 +267,9 @@ class SersicSource:
 
     def rows(self, index) -> "SersicSource":
         """The profiles of the images ``index`` (a LongTensor of rows, repeats allowed)."""
-        return SersicSource(*(v[index] for v in (self.x0, self.y0, self.q, self.phi, self.amplitude, self.r_e, self.n, self.b)))
+        return SersicSource(
+            *(v[index] for v in (self.x0, self.y0, self.q, self.phi, self.amplitude, self.r_e, self.n, self.b))
+        )
 
     def slope(self, radius):
         """|dI/dR| at elliptical radius R (radii below 1e-6 count as 1e-6)."""
@@ -280,7 +285,9 @@ class SersicSource:
         """
         n, r_e, b = self.n, self.r_e, self.b
         peak = torch.where(n < 1, r_e * torch.pow(torch.clamp((1 - n) / b, min=1e-12), n), torch.zeros_like(n))
-        at = torch.maximum(torch.minimum(torch.maximum(peak, radius - delta), radius + delta), torch.full_like(radius, r_min))
+        at = torch.maximum(
+            torch.minimum(torch.maximum(peak, radius - delta), radius + delta), torch.full_like(radius, r_min)
+        )
         return self.slope(at)
 
     def max_slope(self, r_min: float, n_grid: int = 200):

@@ -42,14 +42,18 @@ def lenstronomy_image_model(sim, n_subhalos: int):
     inst = sim.instrument
     n, scale, ss = inst.n_pixels, inst.pixel_scale_arcsec, inst.supersampling
     corner = -(n - 1) / 2 * scale
-    data = ImageData(image_data=np.zeros((n, n)), transform_pix2angle=np.eye(2) * scale, ra_at_xy_0=corner, dec_at_xy_0=corner)
+    data = ImageData(
+        image_data=np.zeros((n, n)), transform_pix2angle=np.eye(2) * scale, ra_at_xy_0=corner, dec_at_xy_0=corner
+    )
     psf = PSF(psf_type="PIXEL", kernel_point_source=sim.psf_kernel, point_source_supersampling_factor=ss)
     numerics = {"supersampling_factor": ss, "supersampling_convolution": ss > 1, "supersampling_kernel_size": None}
     if ss == 1:
         psf = PSF(psf_type="PIXEL", kernel_point_source=sim.psf_kernel)
         numerics = {"supersampling_factor": 1}
     lens = LensModel(["SIE", "SHEAR"] + ["TNFW"] * n_subhalos)
-    return ImageModel(data, psf, lens_model_class=lens, source_model_class=LightModel(["SERSIC_ELLIPSE"]), kwargs_numerics=numerics)
+    return ImageModel(
+        data, psf, lens_model_class=lens, source_model_class=LightModel(["SERSIC_ELLIPSE"]), kwargs_numerics=numerics
+    )
 
 
 def lenstronomy_kwargs(sim, nuisance: dict[str, np.ndarray], population: SubhaloPopulation, i: int):
@@ -61,8 +65,15 @@ def lenstronomy_kwargs(sim, nuisance: dict[str, np.ndarray], population: Subhalo
     ] + lenstronomy_tnfw_kwargs(population)
     amp = float(sersic_amplitude(sim.instrument.counts(g["src_mag"]), g["src_R_e"], g["src_n"]))
     kwargs_source = [
-        dict(amp=amp, R_sersic=g["src_R_e"], n_sersic=g["src_n"], e1=g["src_e1"], e2=g["src_e2"],
-             center_x=g["src_x"], center_y=g["src_y"])
+        dict(
+            amp=amp,
+            R_sersic=g["src_R_e"],
+            n_sersic=g["src_n"],
+            e1=g["src_e1"],
+            e2=g["src_e2"],
+            center_x=g["src_x"],
+            center_y=g["src_y"],
+        )
     ]
     return kwargs_lens, kwargs_source
 

@@ -139,6 +139,7 @@ DEFAULT_PRIORS = {
     "log10_m_hm": Uniform(6.0, 9.0),
 }
 
+
 def resolve_device(device: str) -> torch.device:
     """``"auto"``: CUDA when available, else CPU; otherwise the named torch device."""
     if device == "auto":
@@ -244,7 +245,9 @@ class StrongLensSimulator:
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
         if not 0 <= region_inner < region_outer:
-            raise ValueError(f"region_inner, region_outer: expected 0 <= inner < outer, got {region_inner}, {region_outer}")
+            raise ValueError(
+                f"region_inner, region_outer: expected 0 <= inner < outer, got {region_inner}, {region_outer}"
+            )
         if not 0 < m_min < m_max:
             raise ValueError(f"m_min, m_max: expected 0 < m_min < m_max, got {m_min}, {m_max}")
         for name, value in (("ray_tolerance", ray_tolerance), ("far_field_tolerance", far_field_tolerance)):
@@ -278,7 +281,9 @@ class StrongLensSimulator:
         if psf_kernel is not None:
             kernel = np.asarray(psf_kernel, dtype=float)
             if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0 or not kernel.sum() > 0:
-                raise ValueError(f"psf_kernel: expected an odd-sided 2D kernel with positive sum, got shape {kernel.shape}")
+                raise ValueError(
+                    f"psf_kernel: expected an odd-sided 2D kernel with positive sum, got shape {kernel.shape}"
+                )
             kernel = kernel / kernel.sum()
         else:
             kernel = gaussian_psf_kernel(inst.psf_fwhm_arcsec, inst.pixel_scale_arcsec / inst.supersampling)
@@ -296,7 +301,9 @@ class StrongLensSimulator:
             names += ["light_R_e", "light_n", "light_mag"]
         unknown = sorted(set(overrides) - set(names))
         if unknown:
-            raise ValueError(f"nuisance_priors: unknown parameter {unknown[0]!r} for this configuration; expected some of {names}")
+            raise ValueError(
+                f"nuisance_priors: unknown parameter {unknown[0]!r} for this configuration; expected some of {names}"
+            )
         specs = {k: overrides.get(k, DEFAULT_NUISANCE_PRIORS[k]) for k in names}
         return Prior({k: marginal_from_config(v, f"nuisance_priors.{k}") for k, v in specs.items()})
 
@@ -345,7 +352,9 @@ class StrongLensSimulator:
         """theta: (N, D) -> {"image": (N, n, n)} float32 electrons (and ``image_noiseless``)."""
         theta = np.atleast_2d(np.asarray(theta, dtype=float))
         if theta.shape[1] != len(self.parameter_names):
-            raise ValueError(f"theta must have {len(self.parameter_names)} columns {self.parameter_names}, got shape {theta.shape}")
+            raise ValueError(
+                f"theta must have {len(self.parameter_names)} columns {self.parameter_names}, got shape {theta.shape}"
+            )
         rngs = row_generators(rng, len(theta))
         nuisance, populations = self.draw_parameters(theta, rngs)
         expected = self.render(nuisance, populations).cpu().numpy().astype(np.float64)
@@ -364,7 +373,9 @@ class StrongLensSimulator:
             out[i] = g.poisson(lam) - sky + g.normal(0.0, self.instrument.read_noise_e, lam.shape)
         return out
 
-    def render(self, nuisance: dict[str, np.ndarray], populations, exact: bool = False, batch_pairs: int = 4_000_000) -> torch.Tensor:
+    def render(
+        self, nuisance: dict[str, np.ndarray], populations, exact: bool = False, batch_pairs: int = 4_000_000
+    ) -> torch.Tensor:
         """Expected (noiseless, sky-subtracted) electrons per pixel. Returns (N, n, n) on the device.
 
         ``exact=True`` ignores ``ray_tolerance`` and ``far_field_tolerance`` (every ray, exact
@@ -395,21 +406,35 @@ class StrongLensSimulator:
         qs, phis = ellipticity_to_q_phi(p["src_e1"], p["src_e2"])
         area = inst.pixel_scale_arcsec**2
         amp = col(sersic_amplitude(inst.counts(nuisance["src_mag"]), nuisance["src_R_e"], nuisance["src_n"]) * area)
-        source = SersicSource(p["src_x"], p["src_y"], qs, phis, amp, p["src_R_e"], p["src_n"], col(sersic_b(nuisance["src_n"])))
+        source = SersicSource(
+            p["src_x"], p["src_y"], qs, phis, amp, p["src_R_e"], p["src_n"], col(sersic_b(nuisance["src_n"]))
+        )
         brightness = source.brightness(source.radius(bx, by))
 
         padded = pad_populations(list(populations))
         if padded["mask"].any():
             brightness = self.engine.subhalo_brightness(
-                brightness, bx, by, source, padded, inst.background_sigma,
-                None if exact else self.ray_tolerance, None if exact else self.far_field_tolerance, exact, batch_pairs,
+                brightness,
+                bx,
+                by,
+                source,
+                padded,
+                inst.background_sigma,
+                None if exact else self.ray_tolerance,
+                None if exact else self.far_field_tolerance,
+                exact,
+                batch_pairs,
             )
 
         if self.lens_light:
             ql, phil = ellipticity_to_q_phi(p["lens_e1"], p["lens_e2"])
-            lamp = col(sersic_amplitude(inst.counts(nuisance["light_mag"]), nuisance["light_R_e"], nuisance["light_n"]) * area)
+            lamp = col(
+                sersic_amplitude(inst.counts(nuisance["light_mag"]), nuisance["light_R_e"], nuisance["light_n"]) * area
+            )
             lr = sersic_radius(x, y, ql, phil, p["lens_x"], p["lens_y"])
-            brightness = brightness + sersic_brightness(lr, lamp, p["light_R_e"], p["light_n"], col(sersic_b(nuisance["light_n"])))
+            brightness = brightness + sersic_brightness(
+                lr, lamp, p["light_R_e"], p["light_n"], col(sersic_b(nuisance["light_n"]))
+            )
 
         # the PSF on the ray grid (kernel integrated over the rays' cells), then the average over each pixel
         blurred = self.convolve(brightness.reshape(n_rows, n * ss, n * ss))

@@ -158,7 +158,13 @@ def region_area_arcsec2(theta_e: float, r_in: float, r_out: float) -> float:
 
 
 def expected_count(
-    normalisation: str, value: float, mass_function: MassFunction, theta_e: float, r_in: float, r_out: float, distances: LensDistances
+    normalisation: str,
+    value: float,
+    mass_function: MassFunction,
+    theta_e: float,
+    r_in: float,
+    r_out: float,
+    distances: LensDistances,
 ) -> float:
     """Poisson mean of the number of subhalos in the annulus (see the module docstring)."""
     area_kpc2 = region_area_arcsec2(theta_e, r_in, r_out) * distances.kpc_per_arcsec**2
@@ -278,7 +284,12 @@ def lenstronomy_tnfw_kwargs(population: SubhaloPopulation) -> list[dict[str, flo
     g = tnfw_total_over_m0(population.tau)
     alpha_rs = population.theta_e2 * (1 + math.log(0.5)) / (population.r_s * g)
     return [
-        dict(Rs=float(population.r_s[k]), alpha_Rs=float(alpha_rs[k]), r_trunc=float(population.tau[k] * population.r_s[k]),
-             center_x=float(population.x[k]), center_y=float(population.y[k]))
+        dict(
+            Rs=float(population.r_s[k]),
+            alpha_Rs=float(alpha_rs[k]),
+            r_trunc=float(population.tau[k] * population.r_s[k]),
+            center_x=float(population.x[k]),
+            center_y=float(population.y[k]),
+        )
         for k in range(len(population))
     ]

@@ -21,7 +21,11 @@ from cosmosbi.simulators.lens_profiles import (
     sie_deflection,
     tnfw_deflection,
 )
-from cosmosbi.simulators.lenstronomy_reference import lenstronomy_image_model, lenstronomy_kwargs, lenstronomy_sersic_constant
+from cosmosbi.simulators.lenstronomy_reference import (
+    lenstronomy_image_model,
+    lenstronomy_kwargs,
+    lenstronomy_sersic_constant,
+)
 from cosmosbi.simulators.strong_lens import StrongLensSimulator
 from cosmosbi.simulators.subhalos import (
     MassFunction,
@@ -44,14 +48,16 @@ def our_sie_shear(x, y, kw_sie, kw_shear, dtype):
     q, phi = ellipticity_to_q_phi(column(kw_sie["e1"], dtype), column(kw_sie["e2"], dtype))
     centre = (column(kw_sie["center_x"], dtype), column(kw_sie["center_y"], dtype))
     ax, ay = sie_deflection(t(x)[None], t(y)[None], column(kw_sie["theta_E"], dtype), q, phi, *centre)
-    sx, sy = shear_deflection(t(x)[None], t(y)[None], column(kw_shear["gamma1"], dtype), column(kw_shear["gamma2"], dtype), *centre)
+    sx, sy = shear_deflection(
+        t(x)[None], t(y)[None], column(kw_shear["gamma1"], dtype), column(kw_shear["gamma2"], dtype), *centre
+    )
     return (ax + sx)[0].double().numpy(), (ay + sy)[0].double().numpy()
 
 
 @pytest.mark.parametrize("e1, e2", [(0.15, -0.08), (0.02, 0.01), (2.5e-3, 1e-5), (1e-4, 0.0), (3e-7, 2e-7), (0.0, 0.0)])
 def test_sie_and_shear_deflections_match_lenstronomy(e1, e2):
-    """float64 to 1e-7 theta_E (lenstronomy's SIE has a tiny core); float32 to 2e-6 theta_E at |x - centre| > 0.05 theta_E, with no
-    jump as q -> 1 (the SIS at q = 1)."""
+    """float64 to 1e-7 theta_E (lenstronomy's SIE has a tiny core); float32 to 2e-6 theta_E at
+    |x - centre| > 0.05 theta_E, with no jump as q -> 1 (the SIS at q = 1)."""
     rng = np.random.default_rng(0)
     x, y = rng.uniform(-3, 3, 4000), rng.uniform(-3, 3, 4000)
     kw_sie = dict(theta_E=1.1, e1=e1, e2=e2, center_x=0.03, center_y=-0.02)
@@ -68,8 +74,14 @@ def test_sie_and_shear_deflections_match_lenstronomy(e1, e2):
 def test_truncated_nfw_subhalo_deflection_matches_lenstronomy_tnfw():
     dist = LensDistances(0.5, 2.0)
     pop = draw_subhalo_population(
-        np.random.default_rng(1), normalisation="sigma_sub", value=0.0, mass_function=MassFunction(1e7, 1e10, -1.9),
-        theta_e=1.0, center=(0.0, 0.0), distances=dist, n_subhalos=20,
+        np.random.default_rng(1),
+        normalisation="sigma_sub",
+        value=0.0,
+        mass_function=MassFunction(1e7, 1e10, -1.9),
+        theta_e=1.0,
+        center=(0.0, 0.0),
+        distances=dist,
+        n_subhalos=20,
     )
     kwargs = lenstronomy_tnfw_kwargs(pop)
     rng = np.random.default_rng(2)
@@ -93,8 +105,14 @@ def test_subhalo_mass_conversion_to_lenstronomy_m200():
 
     dist = LensDistances(0.5, 2.0)
     pop = draw_subhalo_population(
-        np.random.default_rng(3), normalisation="sigma_sub", value=0.0, mass_function=MassFunction(1e7, 1e10, -1.9),
-        theta_e=1.0, center=(0.0, 0.0), distances=dist, n_subhalos=30,
+        np.random.default_rng(3),
+        normalisation="sigma_sub",
+        value=0.0,
+        mass_function=MassFunction(1e7, 1e10, -1.9),
+        theta_e=1.0,
+        center=(0.0, 0.0),
+        distances=dist,
+        n_subhalos=30,
     )
     m200, c200 = lenstronomy_m200(pop.mass, concentration_duffy08(pop.mass, 0.5, 0.7), pop.tau)
     lens_cosmo = LensCosmo(0.5, 2.0, cosmo=FlatLambdaCDM(H0=70.0, Om0=0.3, Tcmb0=0.0))
@@ -114,9 +132,13 @@ def test_physical_constants_and_distances_match_astropy():
     cosmo = FlatLambdaCDM(H0=70.0, Om0=0.3, Tcmb0=0.0)
     dist = LensDistances(0.5, 2.0)
     assert dist.d_l == pytest.approx(cosmo.angular_diameter_distance(0.5).to_value(units.Mpc), rel=1e-7)
-    assert dist.d_ls == pytest.approx(cosmo.angular_diameter_distance_z1z2(0.5, 2.0).to_value(units.Mpc), rel=1e-7)
-    sigma_crit = (constants.c**2 / (4 * np.pi * constants.G) * cosmo.angular_diameter_distance(2.0)
-                  / (cosmo.angular_diameter_distance(0.5) * cosmo.angular_diameter_distance_z1z2(0.5, 2.0)))
+    assert dist.d_ls == pytest.approx(cosmo.angular_diameter_distance(0.5, 2.0).to_value(units.Mpc), rel=1e-7)
+    sigma_crit = (
+        constants.c**2
+        / (4 * np.pi * constants.G)
+        * cosmo.angular_diameter_distance(2.0)
+        / (cosmo.angular_diameter_distance(0.5) * cosmo.angular_diameter_distance(0.5, 2.0))
+    )
     assert dist.sigma_crit == pytest.approx(sigma_crit.to_value(units.M_sun / units.kpc**2), rel=1e-7)
     rho_crit = cosmo.critical_density(0.5).to_value(units.M_sun / units.Mpc**3)
     assert dist.rho_crit_lens == pytest.approx(rho_crit, rel=1e-7)
