@@ -129,15 +129,20 @@ def sie_deflection(x, y, theta_e, q, phi, x0, y0):
     yr = -s * dx + c * dy
     f2 = (1.0 - q) * (1.0 + q)  # 1 - q^2 without cancellation
     series = f2 < SIE_SERIES_F2
-    f = torch.sqrt(torch.where(series, torch.ones_like(f2), f2))
     psi = torch.clamp(torch.sqrt(q * q * xr * xr + yr * yr), min=torch.finfo(xr.dtype).tiny ** 0.5)
     u, v = xr / psi, yr / psi
-    fu2, fv2 = f2 * u * u, f2 * v * v
-    # atan(f u) / f = u (1 - w/3 + w^2/5 - w^3/7 + w^4/9), w = f^2 u^2; atanh likewise with + signs
-    atan_series = u * (1.0 - fu2 * (1.0 / 3 - fu2 * (1.0 / 5 - fu2 * (1.0 / 7 - fu2 / 9))))
-    atanh_series = v * (1.0 + fv2 * (1.0 / 3 + fv2 * (1.0 / 5 + fv2 * (1.0 / 7 + fv2 / 9))))
-    ax = torch.where(series, atan_series, torch.atan(f * u) / f)
-    ay = torch.where(series, atanh_series, torch.atanh(f * v) / f)
+    if not bool(series.all()):
+        f = torch.sqrt(torch.where(series, torch.ones_like(f2), f2))
+        ax, ay = torch.atan(f * u) / f, torch.atanh(f * v) / f
+    if bool(series.any()):
+        # atan(f u) / f = u (1 - w/3 + w^2/5 - w^3/7 + w^4/9), w = f^2 u^2; atanh likewise with + signs
+        fu2, fv2 = f2 * u * u, f2 * v * v
+        atan_series = u * (1.0 - fu2 * (1.0 / 3 - fu2 * (1.0 / 5 - fu2 * (1.0 / 7 - fu2 / 9))))
+        atanh_series = v * (1.0 + fv2 * (1.0 / 3 + fv2 * (1.0 / 5 + fv2 * (1.0 / 7 + fv2 / 9))))
+        if bool(series.all()):
+            ax, ay = atan_series, atanh_series
+        else:
+            ax, ay = torch.where(series, atan_series, ax), torch.where(series, atanh_series, ay)
     scale = theta_e * torch.sqrt(q)
     ax, ay = scale * ax, scale * ay
     return c * ax - s * ay, s * ax + c * ay
