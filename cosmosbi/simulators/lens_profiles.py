@@ -311,7 +311,9 @@ class SersicSource:
 
 
 def gaussian_psf_kernel(fwhm_arcsec: float, pixel_scale_arcsec: float, truncation_sigma: float = 5.0) -> np.ndarray:
-    """Pixel-integrated Gaussian PSF kernel (odd side, sums to 1), truncated at ``truncation_sigma``."""
+    """Gaussian PSF kernel integrated over square cells of side ``pixel_scale_arcsec`` (odd side, sums
+    to 1), truncated at ``truncation_sigma``. The strong-lens simulator builds it at its ray spacing
+    (pixel scale / supersampling) and applies it before averaging the rays over each pixel."""
     if not fwhm_arcsec > 0:
         raise ValueError(f"psf_fwhm_arcsec must be positive, got {fwhm_arcsec}")
     sigma = fwhm_arcsec / (2 * math.sqrt(2 * math.log(2))) / pixel_scale_arcsec  # in pixels
