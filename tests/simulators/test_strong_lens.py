@@ -286,6 +286,17 @@ def test_pixels_are_area_averages_of_the_psf_convolved_brightness():
     assert np.abs(image - expected).max() < 2e-3 * expected.max()
 
 
+def test_a_user_psf_kernel_is_sampled_at_the_ray_spacing():
+    """psf_kernel is given at pixel_scale / supersampling: the Gaussian kernel at that sampling
+    reproduces the default Gaussian PSF's images."""
+    kernel = gaussian_psf_kernel(0.18, 0.1 / 2)
+    default = StrongLensSimulator(device="cpu", dtype="float64")
+    user = StrongLensSimulator(device="cpu", dtype="float64", psf_kernel=kernel.tolist())
+    rngs = [np.random.default_rng(60 + i) for i in range(2)]
+    nuisance, pops = default.draw_parameters(np.array([[0.05, -1.9]] * 2), rngs, n_subhalos=5)
+    np.testing.assert_allclose(user.render(nuisance, pops).numpy(), default.render(nuisance, pops).numpy(), atol=1e-9)
+
+
 def test_noise_variance_matches_the_instrument_model():
     sim = make_simulator("strong_lens", {"device": "cpu", "return_noiseless": True})
     theta = np.array([[0.05, -1.9]] * 6)
