@@ -5,14 +5,18 @@ parameters are tensors shaped like ``(B, 1)`` (one value per image) or ``(B, S, 
 per subhalo) and the ray coordinates like ``(B, P)`` or ``(1, P)``.
 
 - Main deflectors: the singular isothermal ellipsoid (SIE, closed form of Kormann et al. 1994
-  / Keeton 2001) and the elliptical power law (EPL, Tessore & Metcalf 2015), both from
-  ``caustics.func``, plus external shear. Convention (as lenstronomy's): the convergence of
-  the SIE is kappa = theta_E / (2 sqrt(q x'^2 + y'^2 / q)) with x' along the major axis.
+  / Keeton 2001, with a series in 1 - q^2 for near-round lenses) and the elliptical power law
+  (EPL, Tessore & Metcalf 2015, from ``caustics.func``), plus external shear. Convention (as
+  lenstronomy's): the convergence of the SIE is kappa = theta_E / (2 sqrt(q x'^2 + y'^2 / q))
+  with x' along the major axis; (e1, e2) -> (q, phi) as in lenstronomy.
 - Subhalos: truncated NFW (Baltz, Marshall & Oguri 2009): the projected enclosed mass (their
   eq. A.11, as in ``caustics.func.mass_enclosed_2d_tnfw``, in an equivalent cheaper form)
   normalised to the total mass, and the closed-form coefficients of its large-radius expansion.
-- Light: elliptical Sersic with R = sqrt(q x'^2 + y'^2 / q), normalised to a total flux.
-- Instrument: Gaussian PSF kernels integrated over pixels and zero-padded FFT convolution.
+- Light: elliptical Sersic with R = sqrt(q x'^2 + y'^2 / q), normalised to a total flux
+  (:class:`SersicSource` holds a batch of them with the slope bounds of the ray selection).
+- Instrument: Gaussian PSF kernels integrated over the cells of a grid and zero-padded FFT
+  convolution.
+- Physical constants (G, c, M_sun, Mpc) from ``astropy.constants`` (CODATA 2018, IAU 2015).
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import caustics.func as cf
 import numpy as np
 import torch
+from astropy import constants, units
 from scipy import integrate, special
-
-import caustics.func as cf
 
 __all__ = [
     "G_OVER_C2_MPC_PER_MSUN",
@@ -33,11 +37,11 @@ __all__ = [
     "LensDistances",
     "ellipticity_to_q_phi",
     "sie_deflection",
+    "SersicSource",
     "epl_deflection",
     "shear_deflection",
     "tnfw_constants",
     "tnfw_mass_fraction",
-    "tnfw_norm",
     "tnfw_deflection",
     "tnfw_far_field_coefficients",
     "sersic_b",
@@ -48,10 +52,16 @@ __all__ = [
     "FFTConvolver",
 ]
 
-G_OVER_C2_MPC_PER_MSUN = 4.785970e-20  # G / c^2 in Mpc / M_sun
+G_OVER_C2_MPC_PER_MSUN = float(
+    (constants.G * constants.M_sun / constants.c**2).to_value(units.Mpc)
+)  # G M_sun / c^2 in Mpc
 ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
-RHO_CRIT0_H2 = 2.775366e11  # critical density today / h^2, M_sun / Mpc^3
-C_KM_S = 299792.458
+# critical density today over h^2, 3 (100 km/s/Mpc)^2 / (8 pi G), in M_sun / Mpc^3
+RHO_CRIT0_H2 = float(
+    (3 * (100 * units.km / units.s / units.Mpc) ** 2 / (8 * math.pi * constants.G)).to_value(units.M_sun / units.Mpc**3)
+)
+C_KM_S = float(constants.c.to_value(units.km / units.s))
+SIE_SERIES_F2 = 1e-2  # the SIE uses its series in f^2 = 1 - q^2 below this
 
 
 # --------------------------------------------------------------------------- cosmology
@@ -105,12 +115,37 @@ def ellipticity_to_q_phi(e1, e2):
 
 
 def sie_deflection(x, y, theta_e, q, phi, x0, y0):
-    """SIE deflection (alpha_x, alpha_y) at rays (x, y); closed form, no core.
+    """SIE deflection (alpha_x, alpha_y) at rays (x, y) (arcsec); closed form, no core, 0 < q <= 1.
 
-    q = 1 exactly is replaced by 1 - 1e-6 (the closed form has a removable 0/0 there).
+    In the frame rotated by phi about (x0, y0), with f = sqrt(1 - q^2), psi = sqrt(q^2 x'^2 + y'^2):
+    alpha_x' = theta_E sqrt(q) atan(f x' / psi) / f, alpha_y' = theta_E sqrt(q) atanh(f y' / psi) / f.
+    For f^2 < SIE_SERIES_F2 the ratios atan(f u) / f and atanh(f v) / f are summed as their
+    Taylor series in f^2 (to f^8, relative error < 1e-11), so q -> 1 is smooth and exact
+    (the SIS at q = 1) in float32 and float64 alike. At the centre itself the deflection is 0.
     """
-    q = torch.clamp(q, max=1.0 - 1e-6 if q.dtype == torch.float64 else 1.0 - 1e-3)
-    return cf.reduced_deflection_angle_sie(x0, y0, q, phi, theta_e, x, y)
+    c, s = torch.cos(phi), torch.sin(phi)
+    dx, dy = x - x0, y - y0
+    xr = c * dx + s * dy
+    yr = -s * dx + c * dy
+    f2 = (1.0 - q) * (1.0 + q)  # 1 - q^2 without cancellation
+    series = f2 < SIE_SERIES_F2
+    psi = torch.clamp(torch.sqrt(q * q * xr * xr + yr * yr), min=torch.finfo(xr.dtype).tiny ** 0.5)
+    u, v = xr / psi, yr / psi
+    if not bool(series.all()):
+        f = torch.sqrt(torch.where(series, torch.ones_like(f2), f2))
+        ax, ay = torch.atan(f * u) / f, torch.atanh(f * v) / f
+    if bool(series.any()):
+        # atan(f u) / f = u (1 - w/3 + w^2/5 - w^3/7 + w^4/9), w = f^2 u^2; atanh likewise with + signs
+        fu2, fv2 = f2 * u * u, f2 * v * v
+        atan_series = u * (1.0 - fu2 * (1.0 / 3 - fu2 * (1.0 / 5 - fu2 * (1.0 / 7 - fu2 / 9))))
+        atanh_series = v * (1.0 + fv2 * (1.0 / 3 + fv2 * (1.0 / 5 + fv2 * (1.0 / 7 + fv2 / 9))))
+        if bool(series.all()):
+            ax, ay = atan_series, atanh_series
+        else:
+            ax, ay = torch.where(series, atan_series, ax), torch.where(series, atanh_series, ay)
+    scale = theta_e * torch.sqrt(q)
+    ax, ay = scale * ax, scale * ay
+    return c * ax - s * ay, s * ax + c * ay
 
 
 def epl_deflection(x, y, theta_e, q, phi, gamma, x0, y0, n_iter: int = 18):
@@ -126,11 +161,6 @@ def shear_deflection(x, y, gamma1, gamma2, x0, y0):
 
 
 # --------------------------------------------------------------------------- subhalos
-
-
-def tnfw_norm(tau):
-    """M0 / M_total of a truncated NFW halo (Baltz et al. 2009), M0 = 4 pi rho_s r_s^3."""
-    return cf.M0_totmass_tnfw(torch.ones_like(tau), tau)
 
 
 def tnfw_constants(tau):
@@ -219,11 +249,71 @@ def sersic_brightness(radius, amplitude, r_e, n, b):
     return amplitude * torch.exp(-b * (torch.pow(radius / r_e, 1.0 / n) - 1.0))
 
 
+class SersicSource:
+    """A batch of elliptical Sersic profiles, one per image, as (B, 1) tensors.
+
+    Attributes: x0, y0 (centre, arcsec), q, phi (axis ratio, position angle), amplitude
+    (brightness at R_e, in the caller's units per ray), r_e (arcsec), n, b (Sersic index and
+    constant). Besides the brightness it gives the bounds on its slope that the subhalo ray
+    selection uses (:mod:`cosmosbi.simulators.deflection_engine`).
+    """
+
+    def __init__(self, x0, y0, q, phi, amplitude, r_e, n, b):
+        self.x0, self.y0, self.q, self.phi = x0, y0, q, phi
+        self.amplitude, self.r_e, self.n, self.b = amplitude, r_e, n, b
+
+    def radius(self, x, y):
+        """Elliptical radius R (B, P) at positions (x, y) (arcsec)."""
+        return sersic_radius(x, y, self.q, self.phi, self.x0, self.y0)
+
+    def brightness(self, radius):
+        """Surface brightness at elliptical radius R."""
+        return sersic_brightness(radius, self.amplitude, self.r_e, self.n, self.b)
+
+    def rows(self, index) -> "SersicSource":
+        """The profiles of the images ``index`` (a LongTensor of rows, repeats allowed)."""
+        return SersicSource(
+            *(v[index] for v in (self.x0, self.y0, self.q, self.phi, self.amplitude, self.r_e, self.n, self.b))
+        )
+
+    def slope(self, radius):
+        """|dI/dR| at elliptical radius R (radii below 1e-6 count as 1e-6)."""
+        radius = torch.clamp(radius, min=1e-6)
+        return self.brightness(radius) * self.b / self.n * torch.pow(radius / self.r_e, 1.0 / self.n) / radius
+
+    def max_slope_within(self, radius, delta, r_min: float):
+        """max |dI/dR| over elliptical radii [R - delta, R + delta], the cusp cut at ``r_min``.
+
+        |dI/dR| decreases with R beyond its peak, at R = 0 for n >= 1 and at
+        R_e ((1 - n) / b)^n < R_e for n < 1; the maximum over an interval is at the peak
+        clamped into the interval (and not below ``r_min``, where the rays do not resolve a cusp).
+        """
+        n, r_e, b = self.n, self.r_e, self.b
+        peak = torch.where(n < 1, r_e * torch.pow(torch.clamp((1 - n) / b, min=1e-12), n), torch.zeros_like(n))
+        at = torch.maximum(
+            torch.minimum(torch.maximum(peak, radius - delta), radius + delta), torch.full_like(radius, r_min)
+        )
+        return self.slope(at)
+
+    def max_slope(self, r_min: float, n_grid: int = 200):
+        """max over R of |dI/dR| (B, 1) on ``n_grid`` log-spaced radii from ``r_min`` to 10 R_e, times 1.1."""
+        u = torch.linspace(0.0, 1.0, n_grid, device=self.r_e.device, dtype=self.r_e.dtype)[None]
+        grid = r_min * (10 * self.r_e / r_min) ** u
+        return 1.1 * self.slope(grid).max(dim=1, keepdim=True).values
+
+    @property
+    def gradient_factor(self):
+        """1 / sqrt(q): the largest |grad R| per unit displacement, turning dI/dR into a bound on |grad I|."""
+        return torch.rsqrt(self.q)
+
+
 # --------------------------------------------------------------------------- instrument
 
 
 def gaussian_psf_kernel(fwhm_arcsec: float, pixel_scale_arcsec: float, truncation_sigma: float = 5.0) -> np.ndarray:
-    """Pixel-integrated Gaussian PSF kernel (odd side, sums to 1), truncated at ``truncation_sigma``."""
+    """Gaussian PSF kernel integrated over square cells of side ``pixel_scale_arcsec`` (odd side, sums
+    to 1), truncated at ``truncation_sigma``. The strong-lens simulator builds it at its ray spacing
+    (pixel scale / supersampling) and applies it before averaging the rays over each pixel."""
     if not fwhm_arcsec > 0:
         raise ValueError(f"psf_fwhm_arcsec must be positive, got {fwhm_arcsec}")
     sigma = fwhm_arcsec / (2 * math.sqrt(2 * math.log(2))) / pixel_scale_arcsec  # in pixels

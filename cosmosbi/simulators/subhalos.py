@@ -22,6 +22,20 @@ Concentration: Duffy et al. (2008) c_200c(m, z) evaluated at the subhalo mass; s
 r_s = r_200c / c. Truncation radius: Tormen et al. (1998) tidal radius in a singular isothermal
 host, r_t = r (m / (2 M_host(<r)))^(1/3), with the 3D radius r replaced by the projected one,
 M_host(<r) = pi Sigma_crit theta_E r in angular units (the SIS with the lens's Einstein radius).
+
+Mass convention. A subhalo's mass ``m`` (what ``m_min`` and ``m_max`` bound) is the total mass
+of the truncated NFW halo, and the same ``m`` is taken as M200c to set its concentration and
+scale radius: r_200 = (3 m / (4 pi 200 rho_crit(z_lens)))^(1/3), r_s = r_200 / c_200c(m). The
+density normalisation rho_s then makes the truncated halo's total mass m:
+rho_s = m / (4 pi r_s^3 g(tau)), g(tau) = tau^2 / (tau^2 + 1)^2 ((tau^2 - 1) ln tau + pi tau - (tau^2 + 1)).
+lenstronomy's ``TNFW`` (same Baltz et al. density) is parametrised by the M200 and
+concentration of the untruncated NFW with the same rho_s and r_s
+(``LensCosmo.nfw_physical2angle(M200, c)``) plus ``r_trunc``. The same halo there has
+c' with c'^3 / mu(c') = c^3 / g(tau), mu(c) = ln(1 + c) - c / (1 + c), and
+M200 = m (c' / c)^3 = m mu(c') / g(tau): :func:`lenstronomy_m200` computes (M200, c'), and
+:func:`lenstronomy_tnfw_kwargs` gives the angular parameters (``Rs``, ``alpha_Rs``,
+``r_trunc``) directly. A user with masses in lenstronomy's M200 convention converts them with
+the inverse relation (m = M200 g(tau) / mu(c')) before comparing mass functions.
 """
 
 from __future__ import annotations
@@ -39,6 +53,9 @@ __all__ = [
     "concentration_duffy08",
     "draw_subhalo_population",
     "expected_count",
+    "lenstronomy_m200",
+    "lenstronomy_tnfw_kwargs",
+    "tnfw_total_over_m0",
     "pad_populations",
     "region_area_arcsec2",
 ]
@@ -141,7 +158,13 @@ def region_area_arcsec2(theta_e: float, r_in: float, r_out: float) -> float:
 
 
 def expected_count(
-    normalisation: str, value: float, mass_function: MassFunction, theta_e: float, r_in: float, r_out: float, distances: LensDistances
+    normalisation: str,
+    value: float,
+    mass_function: MassFunction,
+    theta_e: float,
+    r_in: float,
+    r_out: float,
+    distances: LensDistances,
 ) -> float:
     """Poisson mean of the number of subhalos in the annulus (see the module docstring)."""
     area_kpc2 = region_area_arcsec2(theta_e, r_in, r_out) * distances.kpc_per_arcsec**2
@@ -219,3 +242,54 @@ def pad_populations(populations: list[SubhaloPopulation]) -> dict[str, np.ndarra
         out["theta_e2"][i, :k], out["r_s"][i, :k], out["tau"][i, :k] = p.theta_e2, p.r_s, p.tau
         out["mask"][i, :k] = True
     return out
+
+
+def tnfw_total_over_m0(tau):
+    """g(tau) = M_total / (4 pi rho_s r_s^3) of a truncated NFW halo (Baltz et al. 2009)."""
+    tau = np.asarray(tau, dtype=float)
+    t2 = tau * tau
+    return t2 / (t2 + 1) ** 2 * ((t2 - 1) * np.log(tau) + np.pi * tau - (t2 + 1))
+
+
+def lenstronomy_m200(mass, concentration, tau):
+    """The (M200, c) that lenstronomy's ``LensCosmo.nfw_physical2angle`` needs for the same halo.
+
+    ``mass``: total truncated masses (M_sun, this module's convention); ``concentration``: their
+    c_200c (:func:`concentration_duffy08` at the lens redshift); ``tau`` = r_t / r_s. Solves
+    c'^3 / mu(c') = c^3 / g(tau) by bisection in ln c' (mu(c) = ln(1 + c) - c / (1 + c); the left
+    side increases with c') and returns (M200 = m (c' / c)^3, c'), arrays shaped like ``mass``.
+    """
+    mass, c, tau = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (mass, concentration, tau)))
+    target = np.log(c**3 / tnfw_total_over_m0(tau))
+
+    def log_ratio(x):  # ln(c'^3 / mu(c')) at c' = e^x
+        cp = np.exp(x)
+        return 3 * x - np.log(np.log1p(cp) - cp / (1 + cp))
+
+    lo, hi = np.full_like(c, math.log(1e-4)), np.full_like(c, math.log(1e5))
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        below = log_ratio(mid) < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    c_prime = np.exp(0.5 * (lo + hi))
+    return mass * (c_prime / c) ** 3, c_prime
+
+
+def lenstronomy_tnfw_kwargs(population: SubhaloPopulation) -> list[dict[str, float]]:
+    """lenstronomy ``TNFW`` keyword arguments (angles in arcsec) of each subhalo of ``population``.
+
+    ``alpha_Rs`` is the deflection at Rs of the untruncated NFW of the same rho_s: with
+    rho_s in lensing units theta_e2 / (4 Rs^3 g(tau)), alpha_Rs = 4 rho_s Rs^2 (1 + ln(1/2)).
+    """
+    g = tnfw_total_over_m0(population.tau)
+    alpha_rs = population.theta_e2 * (1 + math.log(0.5)) / (population.r_s * g)
+    return [
+        dict(
+            Rs=float(population.r_s[k]),
+            alpha_Rs=float(alpha_rs[k]),
+            r_trunc=float(population.tau[k] * population.r_s[k]),
+            center_x=float(population.x[k]),
+            center_y=float(population.y[k]),
+        )
+        for k in range(len(population))
+    ]
