@@ -18,6 +18,7 @@ from cosmosbi.simulators.camels import (
 from cosmosbi.simulators.lss import make_cosmology, matter_power, power_spectrum
 
 FAST = {"transfer_function": "eisenstein_hu"}
+DIRECT = {**FAST, "spectra": "direct"}  # physics tests; the spectra emulator is tested at the end
 NO_FEEDBACK = [0.3, 0.8, 0.0, 0.0, 0.0, 0.0]
 FIDUCIAL = [0.3, 0.8, 1.0, 1.0, 1.0, 1.0]
 
@@ -51,8 +52,8 @@ def test_both_models_reduce_to_the_dark_matter_only_spectrum():
     for model in ("tng_like", "simba_like"):
         np.testing.assert_allclose(baryonic_power(model, NO_FEEDBACK, k, **FAST), dmo, rtol=1e-12)
     # and the maps are identical for the same seeds
-    a = CamelsLike("tng_like", n_grid=32, **FAST).simulate(np.array([NO_FEEDBACK] * 2), np.random.default_rng(5))["Mtot"]
-    b = CamelsLike("simba_like", n_grid=32, **FAST).simulate(np.array([NO_FEEDBACK] * 2), np.random.default_rng(5))["Mtot"]
+    a = CamelsLike("tng_like", n_grid=32, **DIRECT).simulate(np.array([NO_FEEDBACK] * 2), np.random.default_rng(5))["Mtot"]
+    b = CamelsLike("simba_like", n_grid=32, **DIRECT).simulate(np.array([NO_FEEDBACK] * 2), np.random.default_rng(5))["Mtot"]
     np.testing.assert_array_equal(a, b)
 
 
@@ -80,7 +81,7 @@ def test_models_differ_measurably_on_small_scales_at_fiducial_feedback():
     theta = np.array([FIDUCIAL] * 2)
     results = {}
     for model, seed in (("tng_like", 11), ("simba_like", 12)):
-        sim = CamelsLike(model, n_grid=64, field="gaussian", **FAST)
+        sim = CamelsLike(model, n_grid=64, field="gaussian", **DIRECT)
         results[model] = band_power(sim, sim.simulate(theta, np.random.default_rng(seed))["Mtot"], FIDUCIAL)
     (m_t, e_t, s_t), (m_s, e_s, s_s) = results["tng_like"], results["simba_like"]
     # each matches its own input spectrum within 4 sigma ...
@@ -91,7 +92,7 @@ def test_models_differ_measurably_on_small_scales_at_fiducial_feedback():
 
 @pytest.mark.parametrize("model", ["tng_like", "simba_like"])
 def test_gaussian_maps_match_input_spectrum_within_sampling_error(model):
-    sim = CamelsLike(model, n_grid=32, field="gaussian", **FAST)
+    sim = CamelsLike(model, n_grid=32, field="gaussian", **DIRECT)
     theta_row = [0.25, 0.85, 2.0, 0.5, 1.5, 0.7]
     maps = sim.simulate(np.array([theta_row] * 4), np.random.default_rng(3))["Mtot"]
     delta = maps.astype(float) / sim.mean_surface_density(0.25) - 1
@@ -105,7 +106,7 @@ def test_gaussian_maps_match_input_spectrum_within_sampling_error(model):
 
 
 def test_lognormal_maps_are_positive_surface_densities():
-    sim = CamelsLike("tng_like", n_grid=32, **FAST)
+    sim = CamelsLike("tng_like", n_grid=32, **DIRECT)
     theta = camels_prior().sample(3, np.random.default_rng(0))
     maps = sim.simulate(theta, np.random.default_rng(1))["Mtot"]
     assert maps.shape == (3, 32, 32) and maps.dtype == np.float32
@@ -115,7 +116,7 @@ def test_lognormal_maps_are_positive_surface_densities():
 
 
 def test_projection_of_the_whole_box_keeps_only_kz_zero():
-    sim = CamelsLike("tng_like", n_grid=16, slab_depth=25.0, **FAST)
+    sim = CamelsLike("tng_like", n_grid=16, slab_depth=25.0, **DIRECT)
     k = sim.grid.k[sim.grid.k > 0]
     expected = baryonic_power("tng_like", FIDUCIAL, k, **FAST) / 25.0
     np.testing.assert_allclose(sim.power_2d(FIDUCIAL)[sim.grid.k > 0], expected, rtol=5e-3)
@@ -137,14 +138,14 @@ def test_bad_options_are_rejected(options, message):
 
 def test_rejects_negative_feedback_amplitudes():
     with pytest.raises(ValueError, match="A_SN1"):
-        CamelsLike(n_grid=8, **FAST).simulate(np.array([[0.3, 0.8, -1.0, 1, 1, 1]]), np.random.default_rng(0))
+        CamelsLike(n_grid=8, **DIRECT).simulate(np.array([[0.3, 0.8, -1.0, 1, 1, 1]]), np.random.default_rng(0))
 
 
 def test_runs_through_the_runner(tmp_path):
     from cosmosbi.simulators.runner import run_simulations
     from cosmosbi.simulators.store import SimulationDataset
 
-    sim = make_simulator("camels_like", {"model": "simba_like", "n_grid": 16, **FAST})
+    sim = make_simulator("camels_like", {"model": "simba_like", "n_grid": 16, **DIRECT})
     run_simulations(sim, 3, tmp_path / "sims", seed=9, batch_size=2, progress=False)
     ds = SimulationDataset(tmp_path / "sims")
     assert len(ds) == 3 and ds.parameter_names == CAMELS_PARAMETERS and ds.output_names == ("Mtot",)
