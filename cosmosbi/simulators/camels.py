@@ -8,7 +8,9 @@ name and units of the CAMELS Multifield Dataset's total-matter maps, so simulate
 maps (:mod:`cosmosbi.simulators.camels_data`) share one schema.
 
 Construction: P_bar(k) = P_DMO(k) S(k; A), with P_DMO the halofit nonlinear matter spectrum
-(pyccl) and S the baryonic suppression of the chosen feedback model; the slab-averaged
+(pyccl; by default from a cached :class:`~cosmosbi.simulators.lss.MatterPowerTable` over the
+prior box of Omega_m and sigma_8, the only parameters it depends on) and S the baryonic
+suppression of the chosen feedback model, computed exactly for each map; the slab-averaged
 density contrast has the 2D spectrum
 
     P_2D(k) = (1 / L) sum_j P_bar(sqrt(k^2 + k_j^2)) sinc^2(k_j D / 2),   k_j = 2 pi j / L,
@@ -136,7 +138,9 @@ def baryonic_power(model: str, theta_row, k: np.ndarray, redshift: float = 0.0, 
     return feedback_power(model, theta_row[2:], k, p_dmo, p_lin, cosmo, redshift)
 
 
-def feedback_power(model: str, amplitudes, k: np.ndarray, p_dmo: np.ndarray, p_lin: np.ndarray | None, cosmo, redshift: float = 0.0) -> np.ndarray:
+def feedback_power(
+    model: str, amplitudes, k: np.ndarray, p_dmo: np.ndarray, p_lin: np.ndarray | None, cosmo, redshift: float = 0.0
+) -> np.ndarray:
     """P_bar(k) = P_DMO(k) S(k; A) in (Mpc/h)^3 of a feedback model (module docstring).
 
     amplitudes: (4,) A_SN1, A_AGN1, A_SN2, A_AGN2; k: (K,) in h/Mpc; p_dmo, p_lin: (K,) the
@@ -159,7 +163,9 @@ def feedback_power(model: str, amplitudes, k: np.ndarray, p_dmo: np.ndarray, p_l
     return p_lin + amod * (p_dmo - p_lin)
 
 
-def projection_matrix(k_table: np.ndarray, k_perp: np.ndarray, box_size: float, depth: float, n_terms: int) -> np.ndarray:
+def projection_matrix(
+    k_table: np.ndarray, k_perp: np.ndarray, box_size: float, depth: float, n_terms: int
+) -> np.ndarray:
     """Linear map from a tabulated 3D spectrum to the 2D spectrum of a slab through a periodic box.
 
     P_2D(k_perp) = (1 / L) sum_{|j| <= n_terms} P(sqrt(k_perp^2 + k_j^2)) sinc^2(k_j depth / 2),
@@ -170,7 +176,9 @@ def projection_matrix(k_table: np.ndarray, k_perp: np.ndarray, box_size: float, 
     k_perp = np.asarray(k_perp, dtype=float)
     j = np.arange(n_terms + 1)
     kz = 2 * math.pi * j / box_size
-    window = np.where(j == 0, 1.0, 2.0) * np.sinc(kz * depth / (2 * math.pi)) ** 2  # +-j together; np.sinc(x) = sin(pi x) / (pi x)
+    window = (
+        np.where(j == 0, 1.0, 2.0) * np.sinc(kz * depth / (2 * math.pi)) ** 2
+    )  # +-j together; np.sinc(x) = sin(pi x) / (pi x)
     x = np.clip(np.log(np.hypot(k_perp[:, None], kz[None, :])), math.log(k_table[0]), math.log(k_table[-1]))
     x_table = np.log(k_table)
     index = np.clip(np.searchsorted(x_table, x, side="right") - 1, 0, k_table.size - 2)
@@ -182,7 +190,9 @@ def projection_matrix(k_table: np.ndarray, k_perp: np.ndarray, box_size: float, 
     return matrix / box_size
 
 
-def projected_power(k_table: np.ndarray, p_table: np.ndarray, k_perp: np.ndarray, box_size: float, depth: float, n_terms: int) -> np.ndarray:
+def projected_power(
+    k_table: np.ndarray, p_table: np.ndarray, k_perp: np.ndarray, box_size: float, depth: float, n_terms: int
+) -> np.ndarray:
     """2D spectrum (Mpc/h)^2 of a slab of ``depth`` through a periodic box, at k_perp: (K,).
 
     Sums the 3D spectrum (tabulated, (Mpc/h)^3) over k_j = 2 pi j / L, |j| <= n_terms, with the
@@ -267,16 +277,30 @@ class CamelsLike:
         kz_max = 2 * math.pi * n_terms / self.grid.box_size
         self._k3_table = np.geomspace(0.5 * self.grid.fundamental, 1.05 * math.hypot(self.grid.k.max(), kz_max), 400)
         self._k2_table = np.geomspace(self.grid.fundamental, 1.01 * self.grid.k.max(), 200)
-        self._projection = projection_matrix(self._k3_table, self._k2_table, self.grid.box_size, self.slab_depth, n_terms)
+        self._projection = projection_matrix(
+            self._k3_table, self._k2_table, self.grid.box_size, self.slab_depth, n_terms
+        )
         self._to_grid = LogLogInterpolator(self._k2_table, self.grid.k)
 
     def power_emulator(self) -> MatterPowerTable:
-        """The dark-matter-only spectra table over the current prior's box of Omega_m and sigma_8 (built or loaded on first use)."""
-        bounds = {n: (lo, hi) for n, lo, hi in zip(self.prior.names, self.prior.low, self.prior.high) if n in ("Omega_m", "sigma_8")}
+        """The dark-matter-only spectra table over the prior box of Omega_m and sigma_8 (built on first use)."""
+        bounds = {
+            n: (lo, hi)
+            for n, lo, hi in zip(self.prior.names, self.prior.low, self.prior.high)
+            if n in ("Omega_m", "sigma_8")
+        }
         if self._table is None or self._table.bounds != bounds:
-            # both spectra for both models (one table serves tng_like and simba_like; the linear one costs nothing extra)
+            # both spectra: one table serves tng_like and simba_like (the linear one costs nothing extra)
             kinds = ("linear", "nonlinear")
-            table = MatterPowerTable(self._k3_table, bounds, CAMELS_COSMOLOGY, kinds, self.redshift, self.transfer_function, self.emulator_nodes)
+            table = MatterPowerTable(
+                self._k3_table,
+                bounds,
+                CAMELS_COSMOLOGY,
+                kinds,
+                self.redshift,
+                self.transfer_function,
+                self.emulator_nodes,
+            )
             self._table = table.build(self.cache_dir)
         return self._table
 
@@ -284,11 +308,23 @@ class CamelsLike:
         """P_bar(k) in (Mpc/h)^3 on the simulator's 3D wavenumber table for one row theta: (6,)."""
         if self.spectra == "direct":
             return baryonic_power(self.model, theta_row, self._k3_table, self.redshift, self.transfer_function)
-        spectra = self.power_emulator()(dict(CAMELS_COSMOLOGY, Omega_m=float(theta_row[0]), sigma_8=float(theta_row[1])))
+        spectra = self.power_emulator()(
+            dict(CAMELS_COSMOLOGY, Omega_m=float(theta_row[0]), sigma_8=float(theta_row[1]))
+        )
         if self._boost_cosmology is None:  # the feedback boost reads h only
             c = CAMELS_COSMOLOGY
-            self._boost_cosmology = make_cosmology(0.3, 0.8, c["h"], c["n_s"], c["Omega_b"], transfer_function="eisenstein_hu")
-        return feedback_power(self.model, theta_row[2:], self._k3_table, spectra["nonlinear"], spectra["linear"], self._boost_cosmology, self.redshift)
+            self._boost_cosmology = make_cosmology(
+                0.3, 0.8, c["h"], c["n_s"], c["Omega_b"], transfer_function="eisenstein_hu"
+            )
+        return feedback_power(
+            self.model,
+            theta_row[2:],
+            self._k3_table,
+            spectra["nonlinear"],
+            spectra["linear"],
+            self._boost_cosmology,
+            self.redshift,
+        )
 
     def power_2d(self, theta_row) -> np.ndarray:
         """Input 2D spectrum of delta_2D on the half-space grid modes, (n, n // 2 + 1), (Mpc/h)^2."""

@@ -376,7 +376,11 @@ class SpectraTable:
             self.data = self._compute(progress)
             return self
         path = Path(cache_dir) / f"weak_lensing_table_{self.key()}.npz"
-        self.data = load_or_build(path, lambda heartbeat: self._compute(progress, heartbeat), poll_seconds=poll_seconds, stale_seconds=stale_seconds)
+
+        def compute(heartbeat):
+            return self._compute(progress, heartbeat)
+
+        self.data = load_or_build(path, compute, poll_seconds=poll_seconds, stale_seconds=stale_seconds)
         return self
 
     def _compute(self, progress: bool = False, heartbeat=None) -> dict[str, np.ndarray]:
@@ -401,7 +405,10 @@ class SpectraTable:
         if self.data is None:
             raise RuntimeError("the spectra table is not built yet; call build() first")
         if self._interp is None or self._interp[0] is not self.data:
-            self._interp = (self.data, {k: _to_smooth(v, self.theory.pairs) if k != "shifts" else np.log(v) for k, v in self.data.items()})
+            self._interp = (
+                self.data,
+                {k: _to_smooth(v, self.theory.pairs) if k != "shifts" else np.log(v) for k, v in self.data.items()},
+            )
         weights = [barycentric_weights(g, float(t)) for g, t in zip(self.grid, theta)]
         out = {}
         for key, table in self._interp[1].items():
@@ -462,4 +469,3 @@ def spectra_relative_error(test: np.ndarray, reference: np.ndarray, pairs) -> np
         scale = np.sqrt(auto[i] * auto[j])
         err[k] = np.max(np.abs(test[k, 2:] - reference[k, 2:]) / scale)
     return err
-

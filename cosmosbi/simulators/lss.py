@@ -28,6 +28,13 @@ first m cells along the last axis; its 2D spectrum (in (Mpc/h)^2) is
 
 over the n grid values j, with the Fejer window F_m(j) = sin^2(pi j m / n) / (m^2 sin^2(pi j / n))
 (F_m(0) = 1); for m = n only j = 0 contributes and P_2D = P / L.
+
+Spectra: pyccl computes P(k) (CAMB or a fitting function, linear or halofit) on a log-spaced
+wavenumber table, which is interpolated linearly in (ln k, ln P) onto the grid modes. By default
+(``spectra: emulator``) the table comes from a :class:`MatterPowerTable`, a Chebyshev
+interpolation of ln P over the prior box of the varied cosmological parameters, built once and
+cached on disk, so a box costs little more than its FFTs; ``spectra: direct`` calls pyccl for
+every parameter point.
 """
 
 from __future__ import annotations
@@ -241,14 +248,24 @@ def interpolate_power(k_table: np.ndarray, p_table: np.ndarray, k: np.ndarray) -
     return LogLogInterpolator(k_table, k)(p_table)
 
 
-def direct_matter_power(values: dict, k: np.ndarray, kinds=("linear",), redshift: float = 0.0, transfer_function: str = "boltzmann_camb") -> dict[str, np.ndarray]:
+def direct_matter_power(
+    values: dict, k: np.ndarray, kinds=("linear",), redshift: float = 0.0, transfer_function: str = "boltzmann_camb"
+) -> dict[str, np.ndarray]:
     """Matter power spectra from pyccl for one set of cosmological parameters.
 
     values: Omega_m, sigma_8, h, n_s and Omega_b; k: (K,) in h/Mpc; kinds: ``"linear"`` and/or
     ``"nonlinear"`` (halofit). Returns kind -> P(k): (K,) in (Mpc/h)^3.
     """
     nonlinear = "nonlinear" in kinds
-    cosmo = make_cosmology(values["Omega_m"], values["sigma_8"], values["h"], values["n_s"], values["Omega_b"], transfer_function=transfer_function, nonlinear=nonlinear)
+    cosmo = make_cosmology(
+        values["Omega_m"],
+        values["sigma_8"],
+        values["h"],
+        values["n_s"],
+        values["Omega_b"],
+        transfer_function=transfer_function,
+        nonlinear=nonlinear,
+    )
     return {kind: matter_power(cosmo, k, redshift, nonlinear=kind == "nonlinear") for kind in kinds}
 
 
@@ -275,7 +292,16 @@ class MatterPowerTable:
             take :data:`EMULATOR_NODES`).
     """
 
-    def __init__(self, k, bounds: dict, fixed: dict, kinds=("linear",), redshift: float = 0.0, transfer_function: str = "boltzmann_camb", nodes: int | dict | None = None):
+    def __init__(
+        self,
+        k,
+        bounds: dict,
+        fixed: dict,
+        kinds=("linear",),
+        redshift: float = 0.0,
+        transfer_function: str = "boltzmann_camb",
+        nodes: int | dict | None = None,
+    ):
         self.k = np.asarray(k, dtype=float)
         self.kinds = tuple(kinds)
         if not self.kinds or any(kind not in POWER_KINDS for kind in self.kinds):
@@ -286,7 +312,10 @@ class MatterPowerTable:
         self.bounds = {n: (float(bounds[n][0]), float(bounds[n][1])) for n in COSMOLOGY_PARAMETERS if n in bounds}
         for name, (lo, hi) in self.bounds.items():
             if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-                raise ValueError(f"spectra emulator: the prior of {name} needs finite bounds with high > low, got [{lo}, {hi}]; use a bounded prior or spectra: direct")
+                raise ValueError(
+                    f"spectra emulator: the prior of {name} needs finite bounds with high > low, got [{lo}, {hi}]; "
+                    "use a bounded prior or spectra: direct"
+                )
         missing = [n for n in ("Omega_b", *COSMOLOGY_PARAMETERS) if n not in fixed and n not in self.bounds]
         if missing:
             raise ValueError(f"fixed: missing values for {missing}")
@@ -300,7 +329,9 @@ class MatterPowerTable:
         per_name = nodes if isinstance(nodes, dict) else {n: nodes for n in self.names} if nodes is not None else {}
         self.nodes = tuple(int(per_name.get(n, EMULATOR_NODES[n])) for n in self.names)
         if any(n < 2 for n in self.nodes):
-            raise ValueError(f"emulator_nodes must be at least 2 per parameter, got {dict(zip(self.names, self.nodes))}")
+            raise ValueError(
+                f"emulator_nodes must be at least 2 per parameter, got {dict(zip(self.names, self.nodes))}"
+            )
         self.grid = [chebyshev_nodes(*self.bounds[n], m) for n, m in zip(self.names, self.nodes)]
         self.data: dict[str, np.ndarray] | None = None
 
@@ -352,7 +383,14 @@ class MatterPowerTable:
             spectra = direct_matter_power(values, self.k, self.kinds, self.redshift, self.transfer_function)
             return {f"log_power_{kind}": np.log(p) - 2 * math.log(values["sigma_8"]) for kind, p in spectra.items()}
 
-        return tabulate(tensor_points(self.grid), evaluate, self.nodes, progress=progress, heartbeat=heartbeat, description="matter power table")
+        return tabulate(
+            tensor_points(self.grid),
+            evaluate,
+            self.nodes,
+            progress=progress,
+            heartbeat=heartbeat,
+            description="matter power table",
+        )
 
     def contains(self, values: dict) -> bool:
         """Whether the cosmological parameters ``values`` lie in the box."""
@@ -366,9 +404,17 @@ class MatterPowerTable:
         if self.data is None:
             raise RuntimeError("the matter power table is not built yet; call build() first")
         if not self.contains(values):
-            log.warning("cosmology %s is outside the matter power table's box; using pyccl directly", {n: values[n] for n in self.bounds})
+            log.warning(
+                "cosmology %s is outside the matter power table's box; using pyccl directly",
+                {n: values[n] for n in self.bounds},
+            )
             full = dict(self.reference, **{n: values[n] for n in self.bounds})
-            return {kind: np.log(p) for kind, p in direct_matter_power(full, self.k, self.kinds, self.redshift, self.transfer_function).items()}
+            return {
+                kind: np.log(p)
+                for kind, p in direct_matter_power(
+                    full, self.k, self.kinds, self.redshift, self.transfer_function
+                ).items()
+            }
         x = [values[n] for n in self.names]
         shift = 2 * math.log(values["sigma_8"] if "sigma_8" in self.bounds else self.reference["sigma_8"])
         return {kind: interpolate(self.data[f"log_power_{kind}"], self.grid, x) + shift for kind in self.kinds}
@@ -600,11 +646,17 @@ class LSSField:
 
     def power_emulator(self) -> MatterPowerTable:
         """The matter power table over the current prior's box (built or loaded on first use)."""
-        bounds = {n: (lo, hi) for n, lo, hi in zip(self.prior.names, self.prior.low, self.prior.high) if n in COSMOLOGY_PARAMETERS}
+        bounds = {
+            n: (lo, hi)
+            for n, lo, hi in zip(self.prior.names, self.prior.low, self.prior.high)
+            if n in COSMOLOGY_PARAMETERS
+        }
         if self._table is None or self._table.bounds != bounds:
             kind = "nonlinear" if self.nonlinear else "linear"
             fixed = {n: v for n, v in self.fixed.items() if n != "bias"}
-            table = MatterPowerTable(self._k_table, bounds, fixed, (kind,), self.redshift, self.transfer_function, self.emulator_nodes)
+            table = MatterPowerTable(
+                self._k_table, bounds, fixed, (kind,), self.redshift, self.transfer_function, self.emulator_nodes
+            )
             self._table = table.build(self.cache_dir)
         return self._table
 
@@ -613,7 +665,9 @@ class LSSField:
         kind = "nonlinear" if self.nonlinear else "linear"
         if self.spectra == "emulator":
             return self.power_emulator()(self.values(theta_row))[kind]
-        return direct_matter_power(self.values(theta_row), self._k_table, (kind,), self.redshift, self.transfer_function)[kind]
+        return direct_matter_power(
+            self.values(theta_row), self._k_table, (kind,), self.redshift, self.transfer_function
+        )[kind]
 
     def power_grid(self, theta_row: np.ndarray) -> np.ndarray:
         """The input spectrum on the half-space grid modes for one row theta: (D,)."""

@@ -232,13 +232,20 @@ def pyccl_linear_power(values: dict, k: np.ndarray, transfer_function: str) -> n
 
     h = values["h"]
     cosmo = pyccl.Cosmology(
-        Omega_c=values["Omega_m"] - 0.049, Omega_b=0.049, h=h, n_s=values["n_s"], sigma8=values["sigma_8"],
-        transfer_function=transfer_function, matter_power_spectrum="linear",
+        Omega_c=values["Omega_m"] - 0.049,
+        Omega_b=0.049,
+        h=h,
+        n_s=values["n_s"],
+        sigma8=values["sigma_8"],
+        transfer_function=transfer_function,
+        matter_power_spectrum="linear",
     )
     return pyccl.linear_matter_power(cosmo, k * h, 1.0) * h**3
 
 
-@pytest.mark.parametrize("parameters", [("Omega_m", "sigma_8"), pytest.param(("Omega_m", "sigma_8", "h", "n_s"), marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "parameters", [("Omega_m", "sigma_8"), pytest.param(("Omega_m", "sigma_8", "h", "n_s"), marks=pytest.mark.slow)]
+)
 def test_emulator_matches_pyccl_over_the_prior(parameters):
     sim = LSSField(parameters, transfer_function="eisenstein_hu", n_grid=16, box_size=200.0)
     theta = sim.prior.sample(6, np.random.default_rng(11))
@@ -250,7 +257,9 @@ def test_emulator_matches_pyccl_over_the_prior(parameters):
 def test_emulator_table_is_reused_and_rebuilt_when_its_inputs_change(tmp_path, monkeypatch):
     import cosmosbi.simulators.lss as lss
 
-    options = dict(transfer_function="eisenstein_hu", n_grid=8, box_size=100.0, cache_dir=str(tmp_path), emulator_nodes=5)
+    options = dict(
+        transfer_function="eisenstein_hu", n_grid=8, box_size=100.0, cache_dir=str(tmp_path), emulator_nodes=5
+    )
     first = LSSField(**options)
     first.power_table([0.3, 0.8])
     files = list(tmp_path.glob("matter_power_table_*.npz"))
@@ -261,7 +270,11 @@ def test_emulator_table_is_reused_and_rebuilt_when_its_inputs_change(tmp_path, m
     np.testing.assert_array_equal(again.power_table([0.33, 0.7]), first.power_table([0.33, 0.7]))
     monkeypatch.undo()
     # anything the table depends on changes its key (and so its file)
-    base = dict(k=first._k_table, bounds={"Omega_m": (0.1, 0.5)}, fixed={"sigma_8": 0.8, "h": 0.7, "n_s": 0.96, "Omega_b": 0.049})
+    base = dict(
+        k=first._k_table,
+        bounds={"Omega_m": (0.1, 0.5)},
+        fixed={"sigma_8": 0.8, "h": 0.7, "n_s": 0.96, "Omega_b": 0.049},
+    )
     key = MatterPowerTable(**base).key()
     changed = [
         dict(base, k=first._k_table * 1.01),
@@ -287,7 +300,13 @@ def stats_uniform(low, high):
 
 
 def test_emulator_and_direct_spectra_give_nearly_the_same_boxes():
-    options = dict(transfer_function="eisenstein_hu", n_grid=16, box_size=200.0, outputs=("delta", "counts", "slab"), number_density=0.05)
+    options = dict(
+        transfer_function="eisenstein_hu",
+        n_grid=16,
+        box_size=200.0,
+        outputs=("delta", "counts", "slab"),
+        number_density=0.05,
+    )
     theta = LSSField().prior.sample(3, np.random.default_rng(2))
     emulated = LSSField(**options).simulate(theta, np.random.default_rng(4))
     direct = LSSField(spectra="direct", **options).simulate(theta, np.random.default_rng(4))
@@ -299,3 +318,11 @@ def test_emulator_and_direct_spectra_give_nearly_the_same_boxes():
     # 4 sigma of two independent Poisson totals
     totals = [c.reshape(len(theta), -1).sum(axis=1) for c in (emulated["counts"], direct["counts"])]
     assert np.all(np.abs(totals[0] - totals[1]) < 4 * np.sqrt(2 * totals[1]))
+
+
+def test_emulator_falls_back_to_pyccl_outside_its_box(caplog):
+    sim = LSSField(transfer_function="eisenstein_hu", n_grid=8, box_size=100.0)
+    row = [0.6, 0.8]  # Omega_m above the prior box
+    direct = LSSField(transfer_function="eisenstein_hu", n_grid=8, box_size=100.0, spectra="direct").power_table(row)
+    np.testing.assert_allclose(sim.power_table(row), direct, rtol=1e-12)
+    assert "outside the matter power table" in caplog.text
