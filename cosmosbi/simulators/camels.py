@@ -70,6 +70,7 @@ from cosmosbi.simulators.lss import (
     lognormal_power,
     make_cosmology,
     matter_power,
+    prior_box,
 )
 from cosmosbi.simulators.priors import LogUniform, Prior, Uniform
 
@@ -284,11 +285,7 @@ class CamelsLike:
 
     def power_emulator(self) -> MatterPowerTable:
         """The dark-matter-only spectra table over the prior box of Omega_m and sigma_8 (built on first use)."""
-        bounds = {
-            n: (lo, hi)
-            for n, lo, hi in zip(self.prior.names, self.prior.low, self.prior.high)
-            if n in ("Omega_m", "sigma_8")
-        }
+        bounds = prior_box(self.prior, ("Omega_m", "sigma_8"))
         if self._table is None or self._table.bounds != bounds:
             # both spectra: one table serves tng_like and simba_like (the linear one costs nothing extra)
             kinds = ("linear", "nonlinear")

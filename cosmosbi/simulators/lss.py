@@ -66,6 +66,7 @@ __all__ = [
     "direct_matter_power",
     "MatterPowerTable",
     "LogLogInterpolator",
+    "prior_box",
     "gaussian_field",
     "lognormal_power",
     "lognormal_field",
@@ -269,6 +270,11 @@ def direct_matter_power(
     return {kind: matter_power(cosmo, k, redshift, nonlinear=kind == "nonlinear") for kind in kinds}
 
 
+def prior_box(prior: Prior, names) -> dict[str, tuple[float, float]]:
+    """name -> (low, high) of the prior's marginals for those of ``names`` it has."""
+    return {n: (float(m.low), float(m.high)) for n, m in prior.marginals.items() if n in names}
+
+
 class MatterPowerTable:
     """Emulator of the matter power spectrum: a Chebyshev table of ln P(k) over a box of cosmologies.
 
@@ -334,6 +340,7 @@ class MatterPowerTable:
             )
         self.grid = [chebyshev_nodes(*self.bounds[n], m) for n, m in zip(self.names, self.nodes)]
         self.data: dict[str, np.ndarray] | None = None
+        self._stacked = None
 
     @property
     def n_points(self) -> int:
@@ -415,9 +422,12 @@ class MatterPowerTable:
                     full, self.k, self.kinds, self.redshift, self.transfer_function
                 ).items()
             }
+        if self._stacked is None or self._stacked[0] is not self.data:  # all kinds in one array: one interpolation
+            self._stacked = (self.data, np.stack([self.data[f"log_power_{kind}"] for kind in self.kinds], axis=-2))
         x = [values[n] for n in self.names]
         shift = 2 * math.log(values["sigma_8"] if "sigma_8" in self.bounds else self.reference["sigma_8"])
-        return {kind: interpolate(self.data[f"log_power_{kind}"], self.grid, x) + shift for kind in self.kinds}
+        log_p = interpolate(self._stacked[1], self.grid, x) + shift
+        return dict(zip(self.kinds, log_p))
 
     def __call__(self, values: dict) -> dict[str, np.ndarray]:
         """kind -> P(k): (K,) in (Mpc/h)^3 (see :meth:`log_power`)."""
@@ -646,11 +656,7 @@ class LSSField:
 
     def power_emulator(self) -> MatterPowerTable:
         """The matter power table over the current prior's box (built or loaded on first use)."""
-        bounds = {
-            n: (lo, hi)
-            for n, lo, hi in zip(self.prior.names, self.prior.low, self.prior.high)
-            if n in COSMOLOGY_PARAMETERS
-        }
+        bounds = prior_box(self.prior, COSMOLOGY_PARAMETERS)
         if self._table is None or self._table.bounds != bounds:
             kind = "nonlinear" if self.nonlinear else "linear"
             fixed = {n: v for n, v in self.fixed.items() if n != "bias"}
