@@ -52,10 +52,9 @@ so S(k) = [P_lin + A_mod (P_DMO - P_lin)] / P_DMO.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
-
-from pathlib import Path
 
 from cosmosbi.simulators.base import OutputSpec, register_simulator, row_generators
 from cosmosbi.simulators.chebyshev import default_cache_dir
@@ -177,9 +176,8 @@ def projection_matrix(
     k_perp = np.asarray(k_perp, dtype=float)
     j = np.arange(n_terms + 1)
     kz = 2 * math.pi * j / box_size
-    window = (
-        np.where(j == 0, 1.0, 2.0) * np.sinc(kz * depth / (2 * math.pi)) ** 2
-    )  # +-j together; np.sinc(x) = sin(pi x) / (pi x)
+    # +j and -j together; np.sinc(x) = sin(pi x) / (pi x)
+    window = np.where(j == 0, 1.0, 2.0) * np.sinc(kz * depth / (2 * math.pi)) ** 2
     x = np.clip(np.log(np.hypot(k_perp[:, None], kz[None, :])), math.log(k_table[0]), math.log(k_table[-1]))
     x_table = np.log(k_table)
     index = np.clip(np.searchsorted(x_table, x, side="right") - 1, 0, k_table.size - 2)
