@@ -8,7 +8,9 @@ name and units of the CAMELS Multifield Dataset's total-matter maps, so simulate
 maps (:mod:`cosmosbi.simulators.camels_data`) share one schema.
 
 Construction: P_bar(k) = P_DMO(k) S(k; A), with P_DMO the halofit nonlinear matter spectrum
-(pyccl) and S the baryonic suppression of the chosen feedback model; the slab-averaged
+(pyccl; by default from a cached :class:`~cosmosbi.simulators.lss.MatterPowerTable` over the
+prior box of Omega_m and sigma_8, the only parameters it depends on) and S the baryonic
+suppression of the chosen feedback model, computed exactly for each map; the slab-averaged
 density contrast has the 2D spectrum
 
     P_2D(k) = (1 / L) sum_j P_bar(sqrt(k^2 + k_j^2)) sinc^2(k_j D / 2),   k_j = 2 pi j / L,
@@ -50,19 +52,24 @@ so S(k) = [P_lin + A_mod (P_DMO - P_lin)] / P_DMO.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
 from cosmosbi.simulators.base import OutputSpec, register_simulator, row_generators
+from cosmosbi.simulators.chebyshev import default_cache_dir
 from cosmosbi.simulators.lss import (
+    SPECTRA,
     TRANSFER_FUNCTIONS,
     FourierGrid,
+    LogLogInterpolator,
+    MatterPowerTable,
     gaussian_field,
-    interpolate_power,
     lognormal_field,
     lognormal_power,
     make_cosmology,
     matter_power,
+    prior_box,
 )
 from cosmosbi.simulators.priors import LogUniform, Prior, Uniform
 
@@ -74,6 +81,8 @@ __all__ = [
     "tng_like_parameters",
     "simba_like_amod",
     "baryonic_power",
+    "feedback_power",
+    "projection_matrix",
     "projected_power",
     "CamelsLike",
 ]
@@ -117,39 +126,78 @@ def simba_like_amod(A_SN1: float, A_AGN1: float, A_SN2: float, A_AGN2: float) ->
 
 
 def baryonic_power(model: str, theta_row, k: np.ndarray, redshift: float = 0.0, transfer_function: str = "boltzmann_camb") -> np.ndarray:
-    """P_bar(k) in (Mpc/h)^3 at k: (K,) in h/Mpc for one CAMELS parameter row theta: (6,)."""
-    import pyccl
-
+    """P_bar(k) in (Mpc/h)^3 at k: (K,) in h/Mpc for one CAMELS parameter row theta: (6,), from pyccl."""
     if model not in FEEDBACK_MODELS:
         raise ValueError(f"model must be one of {FEEDBACK_MODELS}, got {model!r}")
-    Om, s8, a_sn1, a_agn1, a_sn2, a_agn2 = (float(v) for v in theta_row)
-    if min(a_sn1, a_agn1, a_sn2, a_agn2) < 0:
-        raise ValueError(f"feedback amplitudes A_SN1, A_AGN1, A_SN2, A_AGN2 must be >= 0, got {list(theta_row[2:])}")
+    Om, s8 = (float(v) for v in theta_row[:2])
     c = CAMELS_COSMOLOGY
     cosmo = make_cosmology(Om, s8, c["h"], c["n_s"], c["Omega_b"], transfer_function=transfer_function, nonlinear=True)
     k = np.asarray(k, dtype=float)
     p_dmo = matter_power(cosmo, k, redshift, nonlinear=True)
+    p_lin = matter_power(cosmo, k, redshift, nonlinear=False) if model == "simba_like" else None
+    return feedback_power(model, theta_row[2:], k, p_dmo, p_lin, cosmo, redshift)
+
+
+def feedback_power(
+    model: str, amplitudes, k: np.ndarray, p_dmo: np.ndarray, p_lin: np.ndarray | None, cosmo, redshift: float = 0.0
+) -> np.ndarray:
+    """P_bar(k) = P_DMO(k) S(k; A) in (Mpc/h)^3 of a feedback model (module docstring).
+
+    amplitudes: (4,) A_SN1, A_AGN1, A_SN2, A_AGN2; k: (K,) in h/Mpc; p_dmo, p_lin: (K,) the
+    halofit and linear spectra (p_lin is needed by ``simba_like`` only); cosmo: a pyccl
+    Cosmology with the spectra's h (the Schneider & Teyssier boost depends on it only through h).
+    """
+    if model not in FEEDBACK_MODELS:
+        raise ValueError(f"model must be one of {FEEDBACK_MODELS}, got {model!r}")
+    a_sn1, a_agn1, a_sn2, a_agn2 = (float(v) for v in amplitudes)
+    if min(a_sn1, a_agn1, a_sn2, a_agn2) < 0:
+        raise ValueError(f"feedback amplitudes A_SN1, A_AGN1, A_SN2, A_AGN2 must be >= 0, got {list(amplitudes)}")
     if model == "tng_like":
+        import pyccl
+
         bcm = pyccl.baryons.BaryonsSchneider15(**tng_like_parameters(a_sn1, a_agn1, a_sn2, a_agn2))
-        return p_dmo * bcm.boost_factor(cosmo, k * c["h"], 1.0 / (1.0 + redshift))
+        return p_dmo * bcm.boost_factor(cosmo, k * cosmo["h"], 1.0 / (1.0 + redshift))
     amod = simba_like_amod(a_sn1, a_agn1, a_sn2, a_agn2)
     if amod == 1.0:
         return p_dmo
-    p_lin = matter_power(cosmo, k, redshift, nonlinear=False)
     return p_lin + amod * (p_dmo - p_lin)
 
 
-def projected_power(k_table: np.ndarray, p_table: np.ndarray, k_perp: np.ndarray, box_size: float, depth: float, n_terms: int) -> np.ndarray:
+def projection_matrix(
+    k_table: np.ndarray, k_perp: np.ndarray, box_size: float, depth: float, n_terms: int
+) -> np.ndarray:
+    """Linear map from a tabulated 3D spectrum to the 2D spectrum of a slab through a periodic box.
+
+    P_2D(k_perp) = (1 / L) sum_{|j| <= n_terms} P(sqrt(k_perp^2 + k_j^2)) sinc^2(k_j depth / 2),
+    k_j = 2 pi j / L, with P interpolated linearly in ln k between the table's wavenumbers
+    (k_table: (K,) in h/Mpc, increasing; end values beyond it). Returns (len(k_perp), K) in 1 / (Mpc/h).
+    """
+    k_table = np.asarray(k_table, dtype=float)
+    k_perp = np.asarray(k_perp, dtype=float)
+    j = np.arange(n_terms + 1)
+    kz = 2 * math.pi * j / box_size
+    # +j and -j together; np.sinc(x) = sin(pi x) / (pi x)
+    window = np.where(j == 0, 1.0, 2.0) * np.sinc(kz * depth / (2 * math.pi)) ** 2
+    x = np.clip(np.log(np.hypot(k_perp[:, None], kz[None, :])), math.log(k_table[0]), math.log(k_table[-1]))
+    x_table = np.log(k_table)
+    index = np.clip(np.searchsorted(x_table, x, side="right") - 1, 0, k_table.size - 2)
+    fraction = (x - x_table[index]) / (x_table[index + 1] - x_table[index])
+    rows = np.broadcast_to(np.arange(k_perp.size)[:, None], x.shape)
+    matrix = np.zeros((k_perp.size, k_table.size))
+    np.add.at(matrix, (rows, index), window * (1 - fraction))
+    np.add.at(matrix, (rows, index + 1), window * fraction)
+    return matrix / box_size
+
+
+def projected_power(
+    k_table: np.ndarray, p_table: np.ndarray, k_perp: np.ndarray, box_size: float, depth: float, n_terms: int
+) -> np.ndarray:
     """2D spectrum (Mpc/h)^2 of a slab of ``depth`` through a periodic box, at k_perp: (K,).
 
     Sums the 3D spectrum (tabulated, (Mpc/h)^3) over k_j = 2 pi j / L, |j| <= n_terms, with the
-    slab window sinc^2(k_j depth / 2).
+    slab window sinc^2(k_j depth / 2) (see :func:`projection_matrix`).
     """
-    j = np.arange(-n_terms, n_terms + 1)
-    kz = 2 * math.pi * j / box_size
-    window = np.sinc(kz * depth / (2 * math.pi)) ** 2  # np.sinc(x) = sin(pi x) / (pi x)
-    k3 = np.sqrt(np.asarray(k_perp, dtype=float)[:, None] ** 2 + kz[None, :] ** 2)
-    return interpolate_power(k_table, p_table, k3) @ window / box_size
+    return projection_matrix(k_table, k_perp, box_size, depth, n_terms) @ np.asarray(p_table, dtype=float)
 
 
 @register_simulator("camels_like")
@@ -168,6 +216,14 @@ class CamelsLike:
         redshift: redshift of the spectrum.
         transfer_function: pyccl transfer function (``boltzmann_camb``, ``eisenstein_hu``, ``bbks``).
         dtype: stored dtype of the maps.
+        spectra: ``"emulator"``: the dark-matter-only spectra (halofit and linear) from a
+            :class:`~cosmosbi.simulators.lss.MatterPowerTable` over the prior box of Omega_m
+            and sigma_8 (built on first use, cached in ``cache_dir``; one table serves both
+            models), the feedback factor applied exactly; ``"direct"``: pyccl for every
+            parameter point.
+        emulator_nodes: Chebyshev nodes per table axis (int, or name -> int; default
+            :data:`~cosmosbi.simulators.lss.EMULATOR_NODES`).
+        cache_dir: folder of the cached tables (default ``$COSMOSBI_CACHE`` or ``~/.cache/cosmosbi``).
     """
 
     parameter_names = CAMELS_PARAMETERS
@@ -182,6 +238,9 @@ class CamelsLike:
         redshift: float = 0.0,
         transfer_function: str = "boltzmann_camb",
         dtype: str = "float32",
+        spectra: str = "emulator",
+        emulator_nodes: int | dict | None = None,
+        cache_dir: str | None = None,
     ):
         if model not in FEEDBACK_MODELS:
             raise ValueError(f"model must be one of {FEEDBACK_MODELS}, got {model!r}")
@@ -195,6 +254,8 @@ class CamelsLike:
             raise ValueError(f"redshift must be >= 0, got {redshift}")
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        if spectra not in SPECTRA:
+            raise ValueError(f"spectra must be one of {SPECTRA}, got {spectra!r}")
         self.model = model
         self.grid = FourierGrid(int(n_grid), float(box_size), 2)
         self.slab_depth = float(slab_depth)
@@ -205,17 +266,64 @@ class CamelsLike:
         self.prior = camels_prior()
         n = self.grid.n
         self.output_spec = {"Mtot": OutputSpec((n, n), dtype)}
-        # theta-independent pieces: 3D and 2D wavenumber tables and the slab sum's length
-        self._n_terms = 4 * n
-        kz_max = 2 * math.pi * self._n_terms / self.grid.box_size
+        self.spectra = spectra
+        self.emulator_nodes = emulator_nodes
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._table: MatterPowerTable | None = None
+        self._boost_cosmology = None
+        # theta-independent pieces: 3D and 2D wavenumber tables, the slab projection, the grid interpolation
+        n_terms = 4 * n
+        kz_max = 2 * math.pi * n_terms / self.grid.box_size
         self._k3_table = np.geomspace(0.5 * self.grid.fundamental, 1.05 * math.hypot(self.grid.k.max(), kz_max), 400)
         self._k2_table = np.geomspace(self.grid.fundamental, 1.01 * self.grid.k.max(), 200)
+        self._projection = projection_matrix(
+            self._k3_table, self._k2_table, self.grid.box_size, self.slab_depth, n_terms
+        )
+        self._to_grid = LogLogInterpolator(self._k2_table, self.grid.k)
+
+    def power_emulator(self) -> MatterPowerTable:
+        """The dark-matter-only spectra table over the prior box of Omega_m and sigma_8 (built on first use)."""
+        bounds = prior_box(self.prior, ("Omega_m", "sigma_8"))
+        if self._table is None or self._table.bounds != bounds:
+            # both spectra: one table serves tng_like and simba_like (the linear one costs nothing extra)
+            kinds = ("linear", "nonlinear")
+            table = MatterPowerTable(
+                self._k3_table,
+                bounds,
+                CAMELS_COSMOLOGY,
+                kinds,
+                self.redshift,
+                self.transfer_function,
+                self.emulator_nodes,
+            )
+            self._table = table.build(self.cache_dir)
+        return self._table
+
+    def power_3d(self, theta_row) -> np.ndarray:
+        """P_bar(k) in (Mpc/h)^3 on the simulator's 3D wavenumber table for one row theta: (6,)."""
+        if self.spectra == "direct":
+            return baryonic_power(self.model, theta_row, self._k3_table, self.redshift, self.transfer_function)
+        spectra = self.power_emulator()(
+            dict(CAMELS_COSMOLOGY, Omega_m=float(theta_row[0]), sigma_8=float(theta_row[1]))
+        )
+        if self._boost_cosmology is None:  # the feedback boost reads h only
+            c = CAMELS_COSMOLOGY
+            self._boost_cosmology = make_cosmology(
+                0.3, 0.8, c["h"], c["n_s"], c["Omega_b"], transfer_function="eisenstein_hu"
+            )
+        return feedback_power(
+            self.model,
+            theta_row[2:],
+            self._k3_table,
+            spectra["nonlinear"],
+            spectra["linear"],
+            self._boost_cosmology,
+            self.redshift,
+        )
 
     def power_2d(self, theta_row) -> np.ndarray:
         """Input 2D spectrum of delta_2D on the half-space grid modes, (n, n // 2 + 1), (Mpc/h)^2."""
-        p3 = baryonic_power(self.model, theta_row, self._k3_table, self.redshift, self.transfer_function)
-        p2 = projected_power(self._k3_table, p3, self._k2_table, self.grid.box_size, self.slab_depth, self._n_terms)
-        return interpolate_power(self._k2_table, p2, self.grid.k)
+        return self._to_grid(self._projection @ self.power_3d(theta_row))
 
     def mean_surface_density(self, Omega_m: float) -> float:
         """Mean Sigma = Omega_m rho_crit depth, (M_sun/h)/(Mpc/h)^2."""

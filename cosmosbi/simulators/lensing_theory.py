@@ -19,15 +19,21 @@ Parameters (``PARAMETERS``; those not varied take the values in ``FIDUCIAL``):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from cosmosbi.simulators.chebyshev import (
+    barycentric_weights,
+    chebyshev_nodes,
+    load_or_build,
+    table_key,
+    tabulate,
+    tensor_points,
+)
 
 __all__ = [
     "PARAMETERS",
@@ -39,7 +45,6 @@ __all__ = [
     "LensingTheory",
     "SpectraTable",
     "s8",
-    "chebyshev_nodes",
     "spectra_relative_error",
 ]
 
@@ -303,33 +308,6 @@ class LensingTheory:
 # --------------------------------------------------------------------------- emulator
 
 
-def chebyshev_nodes(low: float, high: float, n: int) -> np.ndarray:
-    """n Chebyshev points of the second kind (including the end points) on [low, high]."""
-    if n == 1:
-        return np.array([0.5 * (low + high)])
-    x = -np.cos(np.pi * np.arange(n) / (n - 1))
-    return 0.5 * (low + high) + 0.5 * (high - low) * x
-
-
-def _barycentric_weights(nodes: np.ndarray, x: float) -> np.ndarray:
-    """Lagrange interpolation weights at x for Chebyshev points of the second kind. Returns (n,)."""
-    n = nodes.size
-    if n == 1:
-        return np.ones(1)
-    w = np.ones(n)
-    w[1::2] = -1
-    w[0] *= 0.5
-    w[-1] *= 0.5
-    diff = x - nodes
-    hit = np.isclose(diff, 0.0, atol=1e-14 * max(1.0, abs(x)))
-    if hit.any():
-        out = np.zeros(n)
-        out[np.argmax(hit)] = 1.0
-        return out
-    q = w / diff
-    return q / q.sum()
-
-
 class SpectraTable:
     """Tensor-product Chebyshev interpolation of theory outputs over a box of parameters.
 
@@ -378,7 +356,7 @@ class SpectraTable:
             "fiducial": {k: self.fiducial[k] for k in sorted(self.fiducial)},
             "nodes": self.nodes,
         }
-        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
+        return table_key(blob)
 
     def params_at(self, theta: np.ndarray) -> dict:
         """Full parameter dict for one row theta: (D,)."""
@@ -398,49 +376,23 @@ class SpectraTable:
             self.data = self._compute(progress)
             return self
         path = Path(cache_dir) / f"weak_lensing_table_{self.key()}.npz"
-        lock = path.with_name(path.name + ".lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            if path.exists():
-                with np.load(path, allow_pickle=False) as f:
-                    self.data = {k: f[k] for k in ("cls", "gls", "shifts")}
-                log.info("loaded weak-lensing spectra table %s", path)
-                return self
-            try:
-                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                try:
-                    age = time.time() - lock.stat().st_mtime
-                except FileNotFoundError:
-                    continue
-                if age > stale_seconds:
-                    log.warning("removing stale spectra-table lock %s (untouched for %.0f s)", lock, age)
-                    lock.unlink(missing_ok=True)
-                    continue
-                time.sleep(poll_seconds)
-                continue
-            try:
-                self.data = self._compute(progress, heartbeat=lock)
-                _atomic_savez(path, self.data)
-            finally:
-                lock.unlink(missing_ok=True)
-            return self
 
-    def _compute(self, progress: bool = False, heartbeat: Path | None = None) -> dict[str, np.ndarray]:
-        points = np.stack(np.meshgrid(*self.grid, indexing="ij"), axis=-1).reshape(-1, len(self.names))
+        def compute(heartbeat):
+            return self._compute(progress, heartbeat)
+
+        self.data = load_or_build(path, compute, poll_seconds=poll_seconds, stale_seconds=stale_seconds)
+        return self
+
+    def _compute(self, progress: bool = False, heartbeat=None) -> dict[str, np.ndarray]:
+        points = tensor_points(self.grid)
         log.info("building weak-lensing spectra table: %d cosmologies", len(points))
-        iterator = points
-        if progress:
-            from tqdm import tqdm
 
-            iterator = tqdm(points, desc="spectra table", leave=False)
-        rows = []
-        for p in iterator:
-            rows.append(self.theory.evaluate(self.params_at(p), lognormal=True))
-            if heartbeat is not None:
-                os.utime(heartbeat)
+        def evaluate(p):
+            out = self.theory.evaluate(self.params_at(p), lognormal=True)
+            return {k: out[k] for k in ("cls", "gls", "shifts")}
+
         shape = (self.nodes,) * len(self.names)
-        return {k: np.stack([r[k] for r in rows]).reshape(*shape, *rows[0][k].shape) for k in ("cls", "gls", "shifts")}
+        return tabulate(points, evaluate, shape, progress=progress, heartbeat=heartbeat, description="spectra table")
 
     def contains(self, theta: np.ndarray) -> np.ndarray:
         """Whether rows of theta: (N, D) lie in the box. Returns (N,) bool."""
@@ -453,8 +405,11 @@ class SpectraTable:
         if self.data is None:
             raise RuntimeError("the spectra table is not built yet; call build() first")
         if self._interp is None or self._interp[0] is not self.data:
-            self._interp = (self.data, {k: _to_smooth(v, self.theory.pairs) if k != "shifts" else np.log(v) for k, v in self.data.items()})
-        weights = [_barycentric_weights(g, float(t)) for g, t in zip(self.grid, theta)]
+            self._interp = (
+                self.data,
+                {k: _to_smooth(v, self.theory.pairs) if k != "shifts" else np.log(v) for k, v in self.data.items()},
+            )
+        weights = [barycentric_weights(g, float(t)) for g, t in zip(self.grid, theta)]
         out = {}
         for key, table in self._interp[1].items():
             value = table
@@ -501,22 +456,6 @@ def _from_smooth(values: np.ndarray, pairs) -> np.ndarray:
     return out
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an npz file atomically (temp file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def spectra_relative_error(test: np.ndarray, reference: np.ndarray, pairs) -> np.ndarray:
     """Relative error of spectra, cross-spectra measured against sqrt(C_ii C_jj).
 
@@ -530,4 +469,3 @@ def spectra_relative_error(test: np.ndarray, reference: np.ndarray, pairs) -> np
         scale = np.sqrt(auto[i] * auto[j])
         err[k] = np.max(np.abs(test[k, 2:] - reference[k, 2:]) / scale)
     return err
-

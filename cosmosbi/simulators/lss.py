@@ -28,22 +28,45 @@ first m cells along the last axis; its 2D spectrum (in (Mpc/h)^2) is
 
 over the n grid values j, with the Fejer window F_m(j) = sin^2(pi j m / n) / (m^2 sin^2(pi j / n))
 (F_m(0) = 1); for m = n only j = 0 contributes and P_2D = P / L.
+
+Spectra: pyccl computes P(k) (CAMB or a fitting function, linear or halofit) on a log-spaced
+wavenumber table, which is interpolated linearly in (ln k, ln P) onto the grid modes. By default
+(``spectra: emulator``) the table comes from a :class:`MatterPowerTable`, a Chebyshev
+interpolation of ln P over the prior box of the varied cosmological parameters, built once and
+cached on disk, so a box costs little more than its FFTs; ``spectra: direct`` calls pyccl for
+every parameter point.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
 
 import numpy as np
 
 from cosmosbi.simulators.base import OutputSpec, register_simulator, row_generators
+from cosmosbi.simulators.chebyshev import (
+    chebyshev_nodes,
+    default_cache_dir,
+    interpolate,
+    load_or_build,
+    table_key,
+    tabulate,
+    tensor_points,
+)
 from cosmosbi.simulators.priors import Prior, Uniform
 
 __all__ = [
     "FourierGrid",
     "make_cosmology",
     "matter_power",
+    "direct_matter_power",
+    "MatterPowerTable",
+    "LogLogInterpolator",
+    "prior_box",
     "gaussian_field",
     "lognormal_power",
     "lognormal_field",
@@ -54,7 +77,14 @@ __all__ = [
     "LSSField",
 ]
 
+log = logging.getLogger(__name__)
+
 TRANSFER_FUNCTIONS = ("boltzmann_camb", "eisenstein_hu", "bbks")
+SPECTRA = ("emulator", "direct")
+COSMOLOGY_PARAMETERS = ("Omega_m", "sigma_8", "h", "n_s")
+POWER_KINDS = ("linear", "nonlinear")
+EMULATOR_NODES = {"Omega_m": 12, "sigma_8": 6, "h": 6, "n_s": 4}
+TABLE_FORMAT = 1
 
 
 # --------------------------------------------------------------------------- Fourier grid
@@ -181,13 +211,227 @@ def log_k_table(k_min: float, k_max: float, n: int = 256) -> np.ndarray:
     return np.geomspace(0.5 * k_min, 1.05 * k_max, n)
 
 
+class LogLogInterpolator:
+    """Linear interpolation in (ln k, ln P) from a fixed table of wavenumbers to fixed targets.
+
+    The brackets and weights are computed once, so each spectrum costs one gather and one exp.
+    Targets outside the table take its end values; targets k = 0 get P = 0.
+
+    Args:
+        k_table: (K,) increasing wavenumbers > 0.
+        k: target wavenumbers, any shape.
+    """
+
+    def __init__(self, k_table: np.ndarray, k: np.ndarray):
+        x_table = np.log(np.asarray(k_table, dtype=float))
+        k = np.asarray(k, dtype=float)
+        self.shape = k.shape
+        self.positive = k.ravel() > 0
+        unique, self.inverse = np.unique(k.ravel()[self.positive], return_inverse=True)
+        x = np.clip(np.log(unique), x_table[0], x_table[-1])
+        self.index = np.clip(np.searchsorted(x_table, x, side="right") - 1, 0, x_table.size - 2)
+        self.fraction = (x - x_table[self.index]) / (x_table[self.index + 1] - x_table[self.index])
+
+    def log_power(self, log_p_table: np.ndarray) -> np.ndarray:
+        """ln P at the distinct positive targets from ln P on the table: (K,). Returns (U,)."""
+        lo = log_p_table[self.index]
+        return lo + self.fraction * (log_p_table[self.index + 1] - lo)
+
+    def __call__(self, p_table: np.ndarray) -> np.ndarray:
+        """P at the targets (their shape) from P on the table: (K,), P > 0."""
+        out = np.zeros(self.positive.size)
+        out[self.positive] = np.exp(self.log_power(np.log(p_table)))[self.inverse]
+        return out.reshape(self.shape)
+
+
 def interpolate_power(k_table: np.ndarray, p_table: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Log-log interpolation of a tabulated spectrum; zero at k = 0."""
-    k = np.asarray(k, dtype=float)
-    out = np.zeros_like(k)
-    pos = k > 0
-    out[pos] = np.exp(np.interp(np.log(k[pos]), np.log(k_table), np.log(p_table)))
-    return out
+    """Log-log interpolation of a tabulated spectrum; zero at k = 0 (see :class:`LogLogInterpolator`)."""
+    return LogLogInterpolator(k_table, k)(p_table)
+
+
+def direct_matter_power(
+    values: dict, k: np.ndarray, kinds=("linear",), redshift: float = 0.0, transfer_function: str = "boltzmann_camb"
+) -> dict[str, np.ndarray]:
+    """Matter power spectra from pyccl for one set of cosmological parameters.
+
+    values: Omega_m, sigma_8, h, n_s and Omega_b; k: (K,) in h/Mpc; kinds: ``"linear"`` and/or
+    ``"nonlinear"`` (halofit). Returns kind -> P(k): (K,) in (Mpc/h)^3.
+    """
+    nonlinear = "nonlinear" in kinds
+    cosmo = make_cosmology(
+        values["Omega_m"],
+        values["sigma_8"],
+        values["h"],
+        values["n_s"],
+        values["Omega_b"],
+        transfer_function=transfer_function,
+        nonlinear=nonlinear,
+    )
+    return {kind: matter_power(cosmo, k, redshift, nonlinear=kind == "nonlinear") for kind in kinds}
+
+
+def prior_box(prior: Prior, names) -> dict[str, tuple[float, float]]:
+    """name -> (low, high) of the prior's marginals for those of ``names`` it has."""
+    return {n: (float(m.low), float(m.high)) for n, m in prior.marginals.items() if n in names}
+
+
+class MatterPowerTable:
+    """Emulator of the matter power spectrum: a Chebyshev table of ln P(k) over a box of cosmologies.
+
+    The table holds ln P(k) - 2 ln sigma_8 on the wavenumbers ``k`` at the tensor product of
+    Chebyshev nodes of the box of the varied cosmological parameters
+    (:mod:`cosmosbi.simulators.chebyshev`) and interpolates it with a polynomial of degree
+    n - 1 per parameter. The linear spectrum is exactly proportional to sigma_8^2, so sigma_8
+    is a table axis only when the nonlinear (halofit) spectrum is tabulated. Points outside
+    the box are computed with pyccl directly (with a warning).
+
+    Args:
+        k: (K,) increasing wavenumbers in h/Mpc.
+        bounds: name -> (low, high) of the varied cosmological parameters (a subset of
+            Omega_m, sigma_8, h, n_s; finite, high > low).
+        fixed: values of the other cosmological parameters (Omega_b and those of Omega_m,
+            sigma_8, h, n_s that are not varied).
+        kinds: which spectra: ``"linear"`` and/or ``"nonlinear"``.
+        redshift: redshift of the spectra.
+        transfer_function: pyccl transfer function.
+        nodes: Chebyshev nodes per table axis: an int for all, or name -> int (missing names
+            take :data:`EMULATOR_NODES`).
+    """
+
+    def __init__(
+        self,
+        k,
+        bounds: dict,
+        fixed: dict,
+        kinds=("linear",),
+        redshift: float = 0.0,
+        transfer_function: str = "boltzmann_camb",
+        nodes: int | dict | None = None,
+    ):
+        self.k = np.asarray(k, dtype=float)
+        self.kinds = tuple(kinds)
+        if not self.kinds or any(kind not in POWER_KINDS for kind in self.kinds):
+            raise ValueError(f"kinds: expected a non-empty subset of {list(POWER_KINDS)}, got {list(self.kinds)}")
+        unknown = [n for n in bounds if n not in COSMOLOGY_PARAMETERS]
+        if unknown:
+            raise ValueError(f"bounds: unknown parameters {unknown}; expected names from {list(COSMOLOGY_PARAMETERS)}")
+        self.bounds = {n: (float(bounds[n][0]), float(bounds[n][1])) for n in COSMOLOGY_PARAMETERS if n in bounds}
+        for name, (lo, hi) in self.bounds.items():
+            if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+                raise ValueError(
+                    f"spectra emulator: the prior of {name} needs finite bounds with high > low, got [{lo}, {hi}]; "
+                    "use a bounded prior or spectra: direct"
+                )
+        missing = [n for n in ("Omega_b", *COSMOLOGY_PARAMETERS) if n not in fixed and n not in self.bounds]
+        if missing:
+            raise ValueError(f"fixed: missing values for {missing}")
+        self.names = tuple(n for n in self.bounds if n != "sigma_8" or "nonlinear" in self.kinds)
+        # the parameters held at one value in the table; a varied sigma_8 off the axes is rescaled analytically
+        self.reference = {n: float(v) for n, v in fixed.items() if n not in self.bounds}
+        if "sigma_8" in self.bounds and "sigma_8" not in self.names:
+            self.reference["sigma_8"] = 0.5 * sum(self.bounds["sigma_8"])
+        self.redshift = float(redshift)
+        self.transfer_function = transfer_function
+        per_name = nodes if isinstance(nodes, dict) else {n: nodes for n in self.names} if nodes is not None else {}
+        self.nodes = tuple(int(per_name.get(n, EMULATOR_NODES[n])) for n in self.names)
+        if any(n < 2 for n in self.nodes):
+            raise ValueError(
+                f"emulator_nodes must be at least 2 per parameter, got {dict(zip(self.names, self.nodes))}"
+            )
+        self.grid = [chebyshev_nodes(*self.bounds[n], m) for n, m in zip(self.names, self.nodes)]
+        self.data: dict[str, np.ndarray] | None = None
+        self._stacked = None
+
+    @property
+    def n_points(self) -> int:
+        """Number of cosmologies in the table."""
+        return int(np.prod(self.nodes))
+
+    def key(self) -> str:
+        """Hash of everything the table depends on."""
+        import pyccl
+
+        blob = {
+            "format": TABLE_FORMAT,
+            "quantity": "matter_power",
+            "k": hashlib.sha256(self.k.tobytes()).hexdigest(),
+            "names": list(self.names),
+            "bounds": {n: list(self.bounds[n]) for n in self.names},
+            "nodes": list(self.nodes),
+            "reference": {n: self.reference[n] for n in sorted(self.reference)},
+            "kinds": list(self.kinds),
+            "redshift": self.redshift,
+            "transfer_function": self.transfer_function,
+            "pyccl": pyccl.__version__,
+        }
+        return table_key(blob)
+
+    def values_at(self, point) -> dict[str, float]:
+        """Cosmological parameters at one table point: (D,)."""
+        return dict(self.reference, **{n: float(v) for n, v in zip(self.names, point)})
+
+    def build(self, cache_dir: str | Path | None = None, progress: bool = True) -> MatterPowerTable:
+        """Load the table from ``cache_dir`` if present, else compute it (and save it there).
+
+        Processes sharing ``cache_dir`` compute it once (:func:`~cosmosbi.simulators.chebyshev.load_or_build`).
+        """
+        if cache_dir is None:
+            self.data = self._compute(progress)
+            return self
+        path = Path(cache_dir) / f"matter_power_table_{self.key()}.npz"
+        self.data = load_or_build(path, lambda heartbeat: self._compute(progress, heartbeat))
+        return self
+
+    def _compute(self, progress: bool, heartbeat=None) -> dict[str, np.ndarray]:
+        log.info("building the matter power table: %d cosmologies (%s)", self.n_points, self.transfer_function)
+
+        def evaluate(point):
+            values = self.values_at(point)
+            spectra = direct_matter_power(values, self.k, self.kinds, self.redshift, self.transfer_function)
+            return {f"log_power_{kind}": np.log(p) - 2 * math.log(values["sigma_8"]) for kind, p in spectra.items()}
+
+        return tabulate(
+            tensor_points(self.grid),
+            evaluate,
+            self.nodes,
+            progress=progress,
+            heartbeat=heartbeat,
+            description="matter power table",
+        )
+
+    def contains(self, values: dict) -> bool:
+        """Whether the cosmological parameters ``values`` lie in the box."""
+        return all(lo - 1e-12 * (hi - lo) <= values[n] <= hi + 1e-12 * (hi - lo) for n, (lo, hi) in self.bounds.items())
+
+    def log_power(self, values: dict) -> dict[str, np.ndarray]:
+        """kind -> ln P(k): (K,) for the cosmological parameters ``values`` (those of the box and Omega_b).
+
+        Interpolated inside the box, from pyccl outside it.
+        """
+        if self.data is None:
+            raise RuntimeError("the matter power table is not built yet; call build() first")
+        if not self.contains(values):
+            log.warning(
+                "cosmology %s is outside the matter power table's box; using pyccl directly",
+                {n: values[n] for n in self.bounds},
+            )
+            full = dict(self.reference, **{n: values[n] for n in self.bounds})
+            return {
+                kind: np.log(p)
+                for kind, p in direct_matter_power(
+                    full, self.k, self.kinds, self.redshift, self.transfer_function
+                ).items()
+            }
+        if self._stacked is None or self._stacked[0] is not self.data:  # all kinds in one array: one interpolation
+            self._stacked = (self.data, np.stack([self.data[f"log_power_{kind}"] for kind in self.kinds], axis=-2))
+        x = [values[n] for n in self.names]
+        shift = 2 * math.log(values["sigma_8"] if "sigma_8" in self.bounds else self.reference["sigma_8"])
+        log_p = interpolate(self._stacked[1], self.grid, x) + shift
+        return dict(zip(self.kinds, log_p))
+
+    def __call__(self, values: dict) -> dict[str, np.ndarray]:
+        """kind -> P(k): (K,) in (Mpc/h)^3 (see :meth:`log_power`)."""
+        return {kind: np.exp(lp) for kind, lp in self.log_power(values).items()}
 
 
 # --------------------------------------------------------------------------- fields
@@ -209,25 +453,30 @@ def lognormal_power(grid: FourierGrid, power: np.ndarray, max_iter: int = 100) -
 
     g has no k = 0 mode (the box mean of g is zero), so its correlation function is
     xi_g = ln(1 + s xi) minus its grid mean mu; exp(xi_g) - 1 then has the spectrum
-    s exp(-mu) P, and the scale s is solved for so that s exp(-mu(s)) = 1. Negative P_g are
-    set to zero (they occur only for very nonlinear targets).
+    s exp(-mu) P, and the scale s is solved for so that s exp(-mu(s)) = 1 (Newton's method in
+    ln s from s = 1: xi has zero mean, so d mu / d ln s <= 0 by Jensen's inequality and
+    ln s - mu(s) is strictly increasing, with a single root). Negative P_g are set to zero
+    (they occur only for very nonlinear targets).
 
     Returns (P_g on the half-space grid, sigma_g^2 = the cell variance of g).
     """
     p = np.array(power, dtype=float)
     p.flat[0] = 0.0
     xi = np.fft.irfftn(p / grid.cell_volume, s=grid.shape, axes=tuple(range(grid.ndim)))
-    scale = 1.0
+    log_scale = 0.0
     for _ in range(max_iter):
-        if (scale * xi).min() <= -1.0:
+        t = math.exp(log_scale) * xi
+        if t.min() <= -1.0:
             raise ValueError("the target spectrum has a correlation function <= -1; no lognormal field has it")
-        mu = float(np.log1p(scale * xi).mean())
-        if abs(scale * math.exp(-mu) - 1.0) < 1e-12:
+        xi_g = np.log1p(t)
+        mu = float(xi_g.mean())
+        if abs(math.expm1(log_scale - mu)) < 1e-12:
             break
-        scale = math.exp(mu)
+        slope = float(np.mean(t / (1.0 + t)))  # d mu / d ln s
+        log_scale -= (log_scale - mu) / (1.0 - slope)
     else:
         raise ValueError(f"lognormal_power: the spectrum normalisation did not converge in {max_iter} iterations")
-    pg = np.fft.rfftn(np.log1p(scale * xi), axes=tuple(range(grid.ndim))).real * grid.cell_volume
+    pg = np.fft.rfftn(xi_g, axes=tuple(range(grid.ndim))).real * grid.cell_volume
     pg = np.clip(pg, 0.0, None)
     pg.flat[0] = 0.0
     sigma2 = float(np.sum(grid.weights * pg) / grid.volume)
@@ -325,6 +574,12 @@ class LSSField:
         number_density: mean galaxy density nbar in (h/Mpc)^3.
         slab_cells: depth of the projected slab in cells (default: the whole box).
         outputs: which of ``delta``, ``counts``, ``slab`` to return.
+        spectra: ``"emulator"``: P(k) from a :class:`MatterPowerTable` over the prior box of the
+            varied cosmological parameters (built on first use, cached in ``cache_dir``);
+            ``"direct"``: pyccl for every parameter point.
+        emulator_nodes: Chebyshev nodes per table axis (int, or name -> int; default
+            :data:`EMULATOR_NODES`).
+        cache_dir: folder of the cached tables (default ``$COSMOSBI_CACHE`` or ``~/.cache/cosmosbi``).
     """
 
     def __init__(
@@ -340,6 +595,9 @@ class LSSField:
         number_density: float = 1e-3,
         slab_cells: int | None = None,
         outputs: tuple[str, ...] = ("counts", "slab"),
+        spectra: str = "emulator",
+        emulator_nodes: int | dict | None = None,
+        cache_dir: str | None = None,
     ):
         parameters = tuple(parameters)
         unknown = [p for p in parameters if p not in LSS_DEFAULTS]
@@ -360,6 +618,8 @@ class LSSField:
             raise ValueError(f"number_density must be positive ((h/Mpc)^3), got {number_density}")
         if redshift < 0:
             raise ValueError(f"redshift must be >= 0, got {redshift}")
+        if spectra not in SPECTRA:
+            raise ValueError(f"spectra must be one of {SPECTRA}, got {spectra!r}")
         outputs = tuple(outputs)
         if not outputs or any(o not in LSS_OUTPUTS for o in outputs):
             raise ValueError(f"outputs: expected a non-empty subset of {list(LSS_OUTPUTS)}, got {list(outputs)}")
@@ -380,8 +640,13 @@ class LSSField:
         n = self.grid.n
         specs = {"delta": OutputSpec((n, n, n)), "counts": OutputSpec((n, n, n), "int32"), "slab": OutputSpec((n, n))}
         self.output_spec = {o: specs[o] for o in outputs}
-        # theta-independent: the tabulation wavenumbers and the grid |k|
+        self.spectra = spectra
+        self.emulator_nodes = emulator_nodes
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._table: MatterPowerTable | None = None
+        # theta-independent: the tabulation wavenumbers and their interpolation onto the grid |k|
         self._k_table = log_k_table(self.grid.fundamental, self.grid.k.max())
+        self._to_grid = LogLogInterpolator(self._k_table, self.grid.k)
 
     def values(self, theta_row: np.ndarray) -> dict[str, float]:
         """All parameter values (free and fixed) for one row theta: (D,)."""
@@ -389,15 +654,30 @@ class LSSField:
         out.update({name: float(v) for name, v in zip(self.parameter_names, theta_row)})
         return out
 
+    def power_emulator(self) -> MatterPowerTable:
+        """The matter power table over the current prior's box (built or loaded on first use)."""
+        bounds = prior_box(self.prior, COSMOLOGY_PARAMETERS)
+        if self._table is None or self._table.bounds != bounds:
+            kind = "nonlinear" if self.nonlinear else "linear"
+            fixed = {n: v for n, v in self.fixed.items() if n != "bias"}
+            table = MatterPowerTable(
+                self._k_table, bounds, fixed, (kind,), self.redshift, self.transfer_function, self.emulator_nodes
+            )
+            self._table = table.build(self.cache_dir)
+        return self._table
+
     def power_table(self, theta_row: np.ndarray) -> np.ndarray:
         """P(k) in (Mpc/h)^3 on the simulator's log-k table for one row theta: (D,)."""
-        v = self.values(theta_row)
-        cosmo = make_cosmology(v["Omega_m"], v["sigma_8"], v["h"], v["n_s"], v["Omega_b"], transfer_function=self.transfer_function, nonlinear=self.nonlinear)
-        return matter_power(cosmo, self._k_table, self.redshift, nonlinear=self.nonlinear)
+        kind = "nonlinear" if self.nonlinear else "linear"
+        if self.spectra == "emulator":
+            return self.power_emulator()(self.values(theta_row))[kind]
+        return direct_matter_power(
+            self.values(theta_row), self._k_table, (kind,), self.redshift, self.transfer_function
+        )[kind]
 
     def power_grid(self, theta_row: np.ndarray) -> np.ndarray:
         """The input spectrum on the half-space grid modes for one row theta: (D,)."""
-        return interpolate_power(self._k_table, self.power_table(theta_row), self.grid.k)
+        return self._to_grid(self.power_table(theta_row))
 
     def slab_power(self, theta_row: np.ndarray) -> np.ndarray:
         """Expected 2D spectrum of the ``slab`` output on the 2D half-space grid, (n, n // 2 + 1), (Mpc/h)^2."""

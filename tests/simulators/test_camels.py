@@ -16,10 +16,20 @@ from cosmosbi.simulators.camels import (
     tng_like_parameters,
 )
 from cosmosbi.simulators.lss import make_cosmology, matter_power, power_spectrum
+from cosmosbi.simulators.priors import Prior, Uniform
 
 FAST = {"transfer_function": "eisenstein_hu"}
+DIRECT = {**FAST, "spectra": "direct"}  # physics tests; the spectra emulator is tested at the end
 NO_FEEDBACK = [0.3, 0.8, 0.0, 0.0, 0.0, 0.0]
 FIDUCIAL = [0.3, 0.8, 1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.fixture(autouse=True)
+def table_cache(tmp_path_factory, monkeypatch):
+    """The simulators' spectra tables go to a folder of this test session (not ~/.cache)."""
+    path = tmp_path_factory.getbasetemp() / "spectra_tables"
+    monkeypatch.setenv("COSMOSBI_CACHE", str(path))
+    return path
 
 
 def test_prior_is_the_camels_latin_hypercube():
@@ -51,8 +61,12 @@ def test_both_models_reduce_to_the_dark_matter_only_spectrum():
     for model in ("tng_like", "simba_like"):
         np.testing.assert_allclose(baryonic_power(model, NO_FEEDBACK, k, **FAST), dmo, rtol=1e-12)
     # and the maps are identical for the same seeds
-    a = CamelsLike("tng_like", n_grid=32, **FAST).simulate(np.array([NO_FEEDBACK] * 2), np.random.default_rng(5))["Mtot"]
-    b = CamelsLike("simba_like", n_grid=32, **FAST).simulate(np.array([NO_FEEDBACK] * 2), np.random.default_rng(5))["Mtot"]
+    a = CamelsLike("tng_like", n_grid=32, **DIRECT).simulate(np.array([NO_FEEDBACK] * 2), np.random.default_rng(5))[
+        "Mtot"
+    ]
+    b = CamelsLike("simba_like", n_grid=32, **DIRECT).simulate(np.array([NO_FEEDBACK] * 2), np.random.default_rng(5))[
+        "Mtot"
+    ]
     np.testing.assert_array_equal(a, b)
 
 
@@ -80,7 +94,7 @@ def test_models_differ_measurably_on_small_scales_at_fiducial_feedback():
     theta = np.array([FIDUCIAL] * 2)
     results = {}
     for model, seed in (("tng_like", 11), ("simba_like", 12)):
-        sim = CamelsLike(model, n_grid=64, field="gaussian", **FAST)
+        sim = CamelsLike(model, n_grid=64, field="gaussian", **DIRECT)
         results[model] = band_power(sim, sim.simulate(theta, np.random.default_rng(seed))["Mtot"], FIDUCIAL)
     (m_t, e_t, s_t), (m_s, e_s, s_s) = results["tng_like"], results["simba_like"]
     # each matches its own input spectrum within 4 sigma ...
@@ -91,7 +105,7 @@ def test_models_differ_measurably_on_small_scales_at_fiducial_feedback():
 
 @pytest.mark.parametrize("model", ["tng_like", "simba_like"])
 def test_gaussian_maps_match_input_spectrum_within_sampling_error(model):
-    sim = CamelsLike(model, n_grid=32, field="gaussian", **FAST)
+    sim = CamelsLike(model, n_grid=32, field="gaussian", **DIRECT)
     theta_row = [0.25, 0.85, 2.0, 0.5, 1.5, 0.7]
     maps = sim.simulate(np.array([theta_row] * 4), np.random.default_rng(3))["Mtot"]
     delta = maps.astype(float) / sim.mean_surface_density(0.25) - 1
@@ -105,7 +119,7 @@ def test_gaussian_maps_match_input_spectrum_within_sampling_error(model):
 
 
 def test_lognormal_maps_are_positive_surface_densities():
-    sim = CamelsLike("tng_like", n_grid=32, **FAST)
+    sim = CamelsLike("tng_like", n_grid=32, **DIRECT)
     theta = camels_prior().sample(3, np.random.default_rng(0))
     maps = sim.simulate(theta, np.random.default_rng(1))["Mtot"]
     assert maps.shape == (3, 32, 32) and maps.dtype == np.float32
@@ -115,7 +129,7 @@ def test_lognormal_maps_are_positive_surface_densities():
 
 
 def test_projection_of_the_whole_box_keeps_only_kz_zero():
-    sim = CamelsLike("tng_like", n_grid=16, slab_depth=25.0, **FAST)
+    sim = CamelsLike("tng_like", n_grid=16, slab_depth=25.0, **DIRECT)
     k = sim.grid.k[sim.grid.k > 0]
     expected = baryonic_power("tng_like", FIDUCIAL, k, **FAST) / 25.0
     np.testing.assert_allclose(sim.power_2d(FIDUCIAL)[sim.grid.k > 0], expected, rtol=5e-3)
@@ -137,14 +151,14 @@ def test_bad_options_are_rejected(options, message):
 
 def test_rejects_negative_feedback_amplitudes():
     with pytest.raises(ValueError, match="A_SN1"):
-        CamelsLike(n_grid=8, **FAST).simulate(np.array([[0.3, 0.8, -1.0, 1, 1, 1]]), np.random.default_rng(0))
+        CamelsLike(n_grid=8, **DIRECT).simulate(np.array([[0.3, 0.8, -1.0, 1, 1, 1]]), np.random.default_rng(0))
 
 
 def test_runs_through_the_runner(tmp_path):
     from cosmosbi.simulators.runner import run_simulations
     from cosmosbi.simulators.store import SimulationDataset
 
-    sim = make_simulator("camels_like", {"model": "simba_like", "n_grid": 16, **FAST})
+    sim = make_simulator("camels_like", {"model": "simba_like", "n_grid": 16, **DIRECT})
     run_simulations(sim, 3, tmp_path / "sims", seed=9, batch_size=2, progress=False)
     ds = SimulationDataset(tmp_path / "sims")
     assert len(ds) == 3 and ds.parameter_names == CAMELS_PARAMETERS and ds.output_names == ("Mtot",)
@@ -164,3 +178,62 @@ def test_example_config_builds():
     np.testing.assert_allclose(sim.prior.low, camels_prior().low)
     np.testing.assert_allclose(sim.prior.high, camels_prior().high)
     assert config.dataset_theta("fiducial", sim.prior).shape == (150, 6)
+
+
+# --------------------------------------------------------------------------- spectra emulator
+
+# a small box of the cosmological parameters keeps the default-suite table small (12 cosmologies)
+SMALL_BOX = {"Omega_m": Uniform(0.25, 0.35), "sigma_8": Uniform(0.75, 0.85)}
+SMALL_NODES = {"Omega_m": 4, "sigma_8": 3}
+
+
+def emulated(model: str, box: dict, nodes=None, n_grid: int = 16) -> CamelsLike:
+    sim = CamelsLike(model, n_grid=n_grid, emulator_nodes=nodes, **FAST)
+    sim.prior = Prior({**camels_prior().marginals, **box})
+    return sim
+
+
+def pyccl_baryonic_power(row, k: np.ndarray) -> dict[str, np.ndarray]:
+    """model -> P_bar(k) in (Mpc/h)^3 straight from pyccl (independent of the simulator's spectrum helpers)."""
+    import pyccl
+
+    h = 0.6711
+    cosmo = pyccl.Cosmology(
+        Omega_c=row[0] - 0.049, Omega_b=0.049, h=h, n_s=0.9624, sigma8=row[1],
+        transfer_function="eisenstein_hu", matter_power_spectrum="halofit",
+    )
+    p_nl = pyccl.nonlin_matter_power(cosmo, k * h, 1.0) * h**3
+    p_lin = pyccl.linear_matter_power(cosmo, k * h, 1.0) * h**3
+    bcm = pyccl.baryons.BaryonsSchneider15(**tng_like_parameters(*row[2:]))
+    return {
+        "tng_like": p_nl * bcm.boost_factor(cosmo, k * h, 1.0),
+        "simba_like": p_lin + simba_like_amod(*row[2:]) * (p_nl - p_lin),
+    }
+
+
+def check_emulator_against_pyccl(box: dict, nodes, n_points: int):
+    sims = {model: emulated(model, box, nodes) for model in ("tng_like", "simba_like")}
+    for row in sims["tng_like"].prior.sample(n_points, np.random.default_rng(21)):
+        direct = pyccl_baryonic_power(row, sims["tng_like"]._k3_table)
+        for model, sim in sims.items():
+            assert np.max(np.abs(sim.power_3d(row) / direct[model] - 1)) < 5e-3, (model, row)
+
+
+def test_emulator_matches_pyccl_with_feedback_in_a_small_box():
+    check_emulator_against_pyccl(SMALL_BOX, SMALL_NODES, 3)
+
+
+@pytest.mark.slow
+def test_emulator_matches_pyccl_with_feedback_over_the_camels_prior():
+    check_emulator_against_pyccl({}, None, 8)
+
+
+def test_emulator_and_direct_spectra_give_nearly_the_same_maps():
+    sim = emulated("simba_like", SMALL_BOX, SMALL_NODES)
+    theta = sim.prior.sample(3, np.random.default_rng(8))
+    maps = sim.simulate(theta, np.random.default_rng(9))["Mtot"].astype(float)
+    direct = (
+        CamelsLike("simba_like", n_grid=16, **DIRECT).simulate(theta, np.random.default_rng(9))["Mtot"].astype(float)
+    )
+    # same white noise, spectra within 0.5%: the maps differ by well under 1% of their scatter
+    assert np.max(np.abs(maps - direct)) < 5e-3 * direct.std()

@@ -10,12 +10,21 @@ from cosmosbi.simulators import make_simulator
 from cosmosbi.simulators.lss import (
     FourierGrid,
     LSSField,
+    MatterPowerTable,
     gaussian_field,
     lognormal_power,
     make_cosmology,
     matter_power,
     power_spectrum,
 )
+
+
+@pytest.fixture(autouse=True)
+def table_cache(tmp_path_factory, monkeypatch):
+    """The simulators' spectra tables go to a folder of this test session (not ~/.cache)."""
+    path = tmp_path_factory.getbasetemp() / "spectra_tables"
+    monkeypatch.setenv("COSMOSBI_CACHE", str(path))
+    return path
 
 
 def spectrum_chi2(grid: FourierGrid, fields: np.ndarray, power: np.ndarray) -> tuple[float, int]:
@@ -212,3 +221,108 @@ def test_example_config_builds():
     assert isinstance(sim, LSSField) and sim.parameter_names == ("Omega_m", "sigma_8", "bias")
     assert set(sim.output_spec) == {"counts", "slab"} and sim.slab_cells == 16
     assert config.dataset_theta("fiducial", sim.prior).shape == (100, 3)
+
+
+# --------------------------------------------------------------------------- spectra emulator
+
+
+def pyccl_linear_power(values: dict, k: np.ndarray, transfer_function: str) -> np.ndarray:
+    """Linear P(k) in (Mpc/h)^3 straight from pyccl (independent of the simulator's helpers)."""
+    import pyccl
+
+    h = values["h"]
+    cosmo = pyccl.Cosmology(
+        Omega_c=values["Omega_m"] - 0.049,
+        Omega_b=0.049,
+        h=h,
+        n_s=values["n_s"],
+        sigma8=values["sigma_8"],
+        transfer_function=transfer_function,
+        matter_power_spectrum="linear",
+    )
+    return pyccl.linear_matter_power(cosmo, k * h, 1.0) * h**3
+
+
+@pytest.mark.parametrize(
+    "parameters", [("Omega_m", "sigma_8"), pytest.param(("Omega_m", "sigma_8", "h", "n_s"), marks=pytest.mark.slow)]
+)
+def test_emulator_matches_pyccl_over_the_prior(parameters):
+    sim = LSSField(parameters, transfer_function="eisenstein_hu", n_grid=16, box_size=200.0)
+    theta = sim.prior.sample(6, np.random.default_rng(11))
+    for row in theta:
+        direct = pyccl_linear_power(sim.values(row), sim._k_table, "eisenstein_hu")
+        assert np.max(np.abs(sim.power_table(row) / direct - 1)) < 5e-3
+
+
+def test_emulator_table_is_reused_and_rebuilt_when_its_inputs_change(tmp_path, monkeypatch):
+    import cosmosbi.simulators.lss as lss
+
+    options = dict(
+        transfer_function="eisenstein_hu", n_grid=8, box_size=100.0, cache_dir=str(tmp_path), emulator_nodes=5
+    )
+    first = LSSField(**options)
+    first.power_table([0.3, 0.8])
+    files = list(tmp_path.glob("matter_power_table_*.npz"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.lock"))
+    # a second simulator with the same options loads the table
+    monkeypatch.setattr(lss, "direct_matter_power", lambda *a, **k: pytest.fail("the cached table was recomputed"))
+    again = LSSField(**options)
+    np.testing.assert_array_equal(again.power_table([0.33, 0.7]), first.power_table([0.33, 0.7]))
+    monkeypatch.undo()
+    # anything the table depends on changes its key (and so its file)
+    base = dict(
+        k=first._k_table,
+        bounds={"Omega_m": (0.1, 0.5)},
+        fixed={"sigma_8": 0.8, "h": 0.7, "n_s": 0.96, "Omega_b": 0.049},
+    )
+    key = MatterPowerTable(**base).key()
+    changed = [
+        dict(base, k=first._k_table * 1.01),
+        dict(base, bounds={"Omega_m": (0.1, 0.45)}),
+        dict(base, fixed=dict(base["fixed"], h=0.68)),
+        dict(base, kinds=("nonlinear",)),
+        dict(base, redshift=0.5),
+        dict(base, transfer_function="bbks"),
+        dict(base, nodes=7),
+    ]
+    assert len({key} | {MatterPowerTable(**c).key() for c in changed}) == len(changed) + 1
+    # a changed prior box builds a new table
+    narrower = LSSField(**options)
+    narrower.prior = type(narrower.prior)({"Omega_m": stats_uniform(0.2, 0.4), "sigma_8": stats_uniform(0.6, 1.0)})
+    narrower.power_table([0.3, 0.8])
+    assert len(list(tmp_path.glob("matter_power_table_*.npz"))) == 2
+
+
+def stats_uniform(low, high):
+    from cosmosbi.simulators.priors import Uniform
+
+    return Uniform(low, high)
+
+
+def test_emulator_and_direct_spectra_give_nearly_the_same_boxes():
+    options = dict(
+        transfer_function="eisenstein_hu",
+        n_grid=16,
+        box_size=200.0,
+        outputs=("delta", "counts", "slab"),
+        number_density=0.05,
+    )
+    theta = LSSField().prior.sample(3, np.random.default_rng(2))
+    emulated = LSSField(**options).simulate(theta, np.random.default_rng(4))
+    direct = LSSField(spectra="direct", **options).simulate(theta, np.random.default_rng(4))
+    # same white noise, spectra within 0.5%: the fields differ by well under 1% of their scatter
+    for name in ("delta", "slab"):
+        assert np.max(np.abs(emulated[name] - direct[name])) < 5e-3 * direct[name].std()
+    # Poisson draws with nearly equal means (numpy's rejection sampler may draw different numbers
+    # of variates once a mean changes, so the counts agree statistically): totals per box within
+    # 4 sigma of two independent Poisson totals
+    totals = [c.reshape(len(theta), -1).sum(axis=1) for c in (emulated["counts"], direct["counts"])]
+    assert np.all(np.abs(totals[0] - totals[1]) < 4 * np.sqrt(2 * totals[1]))
+
+
+def test_emulator_falls_back_to_pyccl_outside_its_box(caplog):
+    sim = LSSField(transfer_function="eisenstein_hu", n_grid=8, box_size=100.0)
+    row = [0.6, 0.8]  # Omega_m above the prior box
+    direct = LSSField(transfer_function="eisenstein_hu", n_grid=8, box_size=100.0, spectra="direct").power_table(row)
+    np.testing.assert_allclose(sim.power_table(row), direct, rtol=1e-12)
+    assert "outside the matter power table" in caplog.text

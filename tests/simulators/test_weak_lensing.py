@@ -231,7 +231,7 @@ def test_table_lock_waits_for_a_live_builder_and_takes_over_a_stale_one(tmp_path
     import threading
     import time
 
-    from cosmosbi.simulators.lensing_theory import _atomic_savez
+    from cosmosbi.simulators.chebyshev import atomic_savez
 
     z = np.linspace(0, 3.5, 351)
     theory = LensingTheory(z, tomographic_nz(z, smail_nz(z), 1), 32, transfer_function="eisenstein_hu")
@@ -248,7 +248,7 @@ def test_table_lock_waits_for_a_live_builder_and_takes_over_a_stale_one(tmp_path
     waiter.start()
     time.sleep(0.3)
     assert waiter.is_alive() and not path.exists()
-    _atomic_savez(path, data)
+    atomic_savez(path, data)
     lock.unlink()
     waiter.join(10)
     np.testing.assert_array_equal(result["t"].data["cls"], data["cls"])
