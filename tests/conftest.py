@@ -9,6 +9,14 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def table_cache(tmp_path_factory, monkeypatch):
+    """The simulators' spectra tables go to a folder of this test session (never ~/.cache)."""
+    path = tmp_path_factory.getbasetemp() / "spectra_tables"
+    monkeypatch.setenv("COSMOSBI_CACHE", str(path))
+    return path
+
+
 @pytest.fixture
 def mpiexec():
     """Path of mpiexec, or skip when no MPI launcher (and mpi4py) is installed."""

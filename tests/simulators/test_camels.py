@@ -24,14 +24,6 @@ NO_FEEDBACK = [0.3, 0.8, 0.0, 0.0, 0.0, 0.0]
 FIDUCIAL = [0.3, 0.8, 1.0, 1.0, 1.0, 1.0]
 
 
-@pytest.fixture(autouse=True)
-def table_cache(tmp_path_factory, monkeypatch):
-    """The simulators' spectra tables go to a folder of this test session (not ~/.cache)."""
-    path = tmp_path_factory.getbasetemp() / "spectra_tables"
-    monkeypatch.setenv("COSMOSBI_CACHE", str(path))
-    return path
-
-
 def test_prior_is_the_camels_latin_hypercube():
     prior = camels_prior()
     assert prior.names == CAMELS_PARAMETERS

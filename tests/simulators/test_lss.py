@@ -19,14 +19,6 @@ from cosmosbi.simulators.lss import (
 )
 
 
-@pytest.fixture(autouse=True)
-def table_cache(tmp_path_factory, monkeypatch):
-    """The simulators' spectra tables go to a folder of this test session (not ~/.cache)."""
-    path = tmp_path_factory.getbasetemp() / "spectra_tables"
-    monkeypatch.setenv("COSMOSBI_CACHE", str(path))
-    return path
-
-
 def spectrum_chi2(grid: FourierGrid, fields: np.ndarray, power: np.ndarray) -> tuple[float, int]:
     """chi^2 of the summed power per |k| bin of R Gaussian fields against the input spectrum.
 

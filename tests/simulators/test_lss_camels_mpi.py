@@ -15,8 +15,9 @@ from cosmosbi.simulators.runner import simulation_seeds
 from cosmosbi.simulators.store import SimulationDataset
 
 CASES = {
-    "lss_field": {"n_grid": 8, "box_size": 100.0, "transfer_function": "eisenstein_hu", "outputs": ["delta", "counts", "slab"]},
-    "camels_like": {"model": "tng_like", "n_grid": 16, "transfer_function": "eisenstein_hu"},
+    "lss_field": {"n_grid": 8, "box_size": 100.0, "transfer_function": "eisenstein_hu", "outputs": ["delta", "counts", "slab"],
+                  "emulator_nodes": 3},
+    "camels_like": {"model": "tng_like", "n_grid": 16, "transfer_function": "eisenstein_hu", "emulator_nodes": 3},
 }
 
 
