@@ -11,8 +11,8 @@ bin, with the correct cross-bin correlations:
 2. fields: correlated Gaussian a_lm per bin from the Cholesky factor of G_ell (Gaussian
    fields use C_ell directly), one ``healpy.alm2map`` per bin, then the lognormal transform
    kappa = lambda [exp(x - sigma_G^2 / 2) - 1] (the transform of ``glass.grf.Lognormal``);
-3. shear (optional): gamma_lm = -sqrt((ell + 2)(ell - 1) / (ell (ell + 1))) kappa_lm, spin-2
-   synthesis, HEALPix polarisation convention (gamma1, gamma2);
+3. shear (optional): E-mode a_lm = sqrt(f_ell) kappa_lm with f_ell = (ell + 2)(ell - 1) / (ell (ell + 1)),
+   no B mode, spin-2 synthesis (``healpy.alm2map_spin``); the shear sign convention is below;
 4. shape noise: Gaussian, per pixel and per component (kappa, gamma1, gamma2) with variance
    sigma_e^2 / (2 N), where sigma_e is the rms of the total ellipticity (sigma_e / sqrt(2)
    per component) and N the pixel's galaxy count in the bin: its mean n_gal A_pix
@@ -20,7 +20,22 @@ bin, with the correct cross-bin correlations:
    without galaxies hold 0 in every map);
 5. footprint: maps restricted to the footprint pixels, NESTED ordering, float32.
 
-Maps are band-limited at ``lmax`` (no pixel window function is applied).
+Maps are band-limited at ``lmax`` and sampled at the pixel centres (no pixel window function
+is applied): their spectra are the theory's ``C^kappa-kappa`` without a pixel window.
+
+Spectra: the convergence maps carry C_ell^kappa-kappa; the shear's E-mode spectrum is
+f_ell C_ell^kappa-kappa, which is pyccl's shear spectrum (``WeakLensingTracer``).
+
+Shear sign conventions (``shear_convention``):
+
+- ``"healpix"`` (default): the HEALPix/healpy polarisation convention. gamma1 > 0 stretches
+  along the meridian (north-south, e_theta), gamma2 > 0 along the diagonal between e_theta and
+  e_phi, as for healpy's Q and U; the E mode that ``healpy.map2alm`` (``pol=True``) or
+  ``healpy.map2alm_spin`` returns from (gamma1, gamma2) is +sqrt(f_ell) kappa_lm, so healpy's
+  kappa x E cross-spectrum is +sqrt(f_ell) C^kappa-kappa, and a positive convergence blob has
+  tangential shear around it (gamma1 < 0 to its north and south, > 0 to its east and west).
+- ``"glass"``: GLASS's convention (``glass.lensing.from_convergence``), the negative of both
+  components: E = -sqrt(f_ell) kappa_lm in healpy's transforms.
 
 All randomness of simulation i comes from its own Generator (the a_lm draws, then the
 noise), so datasets do not depend on batching or MPI ranks.
@@ -44,12 +59,21 @@ from cosmosbi.simulators.lensing_theory import (
     LensingTheory,
     SpectraTable,
     s8,
+    shear_e_mode_factor,
     smail_nz,
     tomographic_nz,
 )
 from cosmosbi.simulators.priors import BoxUniform
 
-__all__ = ["WeakLensingSimulator", "footprint_mask", "load_nz", "default_cache_dir", "gaussian_alm", "shear_from_convergence"]
+__all__ = [
+    "SHEAR_CONVENTIONS",
+    "WeakLensingSimulator",
+    "default_cache_dir",
+    "footprint_mask",
+    "gaussian_alm",
+    "load_nz",
+    "shear_from_convergence",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +85,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("COSMOSBI_CACHE", Path.home() / ".cache" / "cosmosbi"))
 
 
-def footprint_mask(nside: int, mask: str = "full", cap_area_deg2: float = 5000.0, cap_center_deg=(0.0, 90.0)) -> np.ndarray:
+def footprint_mask(
+    nside: int, mask: str = "full", cap_area_deg2: float = 5000.0, cap_center_deg=(0.0, 90.0)
+) -> np.ndarray:
     """Boolean footprint in NESTED ordering. Returns (12 nside^2,).
 
     Args:
@@ -185,15 +211,22 @@ def _alm2map(alm: np.ndarray, nside: int, lmax: int) -> np.ndarray:
         logger.setLevel(level)
 
 
-def shear_from_convergence(kappa_ring: np.ndarray, lmax: int) -> np.ndarray:
-    """Shear (gamma1, gamma2) of a RING-ordered convergence map. Returns (2, npix), RING."""
+SHEAR_CONVENTIONS = {"healpix": 1.0, "glass": -1.0}  # sign of E_lm / (sqrt(f_ell) kappa_lm) in healpy's transforms
+
+
+def shear_from_convergence(kappa_ring: np.ndarray, lmax: int, convention: str = "healpix") -> np.ndarray:
+    """Shear (gamma1, gamma2) of a RING-ordered convergence map. Returns (2, npix), RING.
+
+    E_lm = s sqrt(f_ell) kappa_lm, B_lm = 0, with s = +1 in the HEALPix convention and -1 in
+    GLASS's (``convention``; see the module docstring).
+    """
     import healpy as hp
 
+    if convention not in SHEAR_CONVENTIONS:
+        raise ValueError(f"shear_convention: expected one of {list(SHEAR_CONVENTIONS)}, got {convention!r}")
     nside = hp.npix2nside(kappa_ring.size)
     alm = hp.map2alm(kappa_ring, lmax=lmax, iter=1, use_weights=True)
-    ell = np.arange(lmax + 1, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        factor = np.where(ell >= 2, -np.sqrt((ell + 2) * (ell - 1) / (ell * (ell + 1))), 0.0)
+    factor = SHEAR_CONVENTIONS[convention] * np.sqrt(shear_e_mode_factor(np.arange(lmax + 1)))
     elm = hp.almxfl(alm, factor)
     return np.asarray(hp.alm2map_spin([elm, np.zeros_like(elm)], nside, 2, lmax))
 
@@ -205,6 +238,11 @@ class WeakLensingSimulator:
     Outputs (per simulation; P = number of footprint pixels, NESTED order ``self.pixels``):
     ``kappa``: (n_bins, P) float32; ``gamma`` (with ``shear=True``): (n_bins, 2, P) float32;
     ``S_8``: (1,) the derived parameter sigma_8 sqrt(Omega_m / 0.3).
+
+    ``kappa`` carries the convergence spectrum C^kappa-kappa (plus shape noise); ``gamma`` has the
+    E-mode spectrum f_ell C^kappa-kappa and the sign of ``shear_convention``: by default the
+    HEALPix/healpy convention (healpy's kappa x E cross-spectrum is +sqrt(f_ell) C^kappa-kappa,
+    tangential shear around positive convergence); ``"glass"`` gives GLASS's, the negative.
 
     Args:
         nside: HEALPix resolution (power of two).
@@ -228,6 +266,8 @@ class WeakLensingSimulator:
         field: ``"lognormal"`` or ``"gaussian"``.
         shift: lognormal shift model (see :class:`~cosmosbi.simulators.lensing_theory.LensingTheory`).
         shear: also output shear maps (gamma1, gamma2).
+        shear_convention: ``"healpix"`` (default) or ``"glass"``: the sign convention of the
+            shear maps (see the module docstring).
         mask: ``"full"``, ``"cap"`` or a mask file path (see :func:`footprint_mask`).
         cap_area_deg2, cap_center_deg: size and centre (lon, lat) of the ``"cap"`` footprint.
         baryon_model: ``"schneider15"`` (pyccl), ``"hmcode2020"`` (CAMB) or ``"none"``.
@@ -256,6 +296,7 @@ class WeakLensingSimulator:
         field: str = "lognormal",
         shift: str = "scaled_hilbert2011",
         shear: bool = False,
+        shear_convention: str = "healpix",
         mask: str = "full",
         cap_area_deg2: float = 5000.0,
         cap_center_deg: tuple[float, float] = (0.0, 90.0),
@@ -283,12 +324,18 @@ class WeakLensingSimulator:
             raise ValueError(f"galaxy_counts must be 'mean' or 'poisson', got {galaxy_counts!r}")
         if shape_noise < 0:
             raise ValueError(f"shape_noise must be non-negative, got {shape_noise}")
+        if shear_convention not in SHEAR_CONVENTIONS:
+            raise ValueError(f"shear_convention must be one of {list(SHEAR_CONVENTIONS)}, got {shear_convention!r}")
+        self.shear_convention = shear_convention
 
         allowed = [p for p in PARAMETERS if p not in ("log10_Mc", "log10_T_AGN") or p == BARYON_PARAMETER[baryon_model]]
         parameters = tuple(parameters)
         for name in parameters:
             if name not in allowed:
-                raise ValueError(f"parameters: {name!r} cannot vary with baryon_model={baryon_model!r}; expected names from {allowed}")
+                raise ValueError(
+                    f"parameters: {name!r} cannot vary with baryon_model={baryon_model!r}; "
+                    f"expected names from {allowed}"
+                )
         if len(set(parameters)) != len(parameters) or not parameters:
             raise ValueError(f"parameters must be a non-empty list of distinct names, got {list(parameters)}")
         self.fiducial = dict(FIDUCIAL)
@@ -313,7 +360,9 @@ class WeakLensingSimulator:
         self.pairs = self.theory.pairs
 
         self.parameter_names = parameters
-        self.prior = BoxUniform(parameters, [DEFAULT_BOUNDS[p][0] for p in parameters], [DEFAULT_BOUNDS[p][1] for p in parameters])
+        self.prior = BoxUniform(
+            parameters, [DEFAULT_BOUNDS[p][0] for p in parameters], [DEFAULT_BOUNDS[p][1] for p in parameters]
+        )
         self.lognormal = field == "lognormal"
         self.field = field
         self.shear = bool(shear)
@@ -393,7 +442,10 @@ class WeakLensingSimulator:
         ["counts": (N, n_bins, P)], "S_8": (N, 1)}."""
         theta = np.atleast_2d(np.asarray(theta, dtype=float))
         if theta.shape[1] != len(self.parameter_names):
-            raise ValueError(f"theta has {theta.shape[1]} columns; expected {len(self.parameter_names)} ({list(self.parameter_names)})")
+            raise ValueError(
+                f"theta has {theta.shape[1]} columns; "
+                f"expected {len(self.parameter_names)} ({list(self.parameter_names)})"
+            )
         rngs = row_generators(rng, len(theta))
         n, P = len(theta), self.pixels.size
         out = {"kappa": np.empty((n, self.n_bins, P), dtype=np.float32)}
@@ -407,7 +459,6 @@ class WeakLensingSimulator:
         return out
 
     def _simulate_one(self, theta_row: np.ndarray, rng: np.random.Generator, out: dict, i: int) -> None:
-        import healpy as hp
 
         th = self.theory_at(theta_row)
         spectra = th["gls"] if self.lognormal else th["cls"]
@@ -428,7 +479,9 @@ class WeakLensingSimulator:
                 x *= float(th["shifts"][b])
             kappa = x[self._ring_index].astype(np.float32)
             if self.shear:
-                gamma = shear_from_convergence(x, self.lmax)[:, self._ring_index].astype(np.float32)
+                gamma = shear_from_convergence(x, self.lmax, self.shear_convention)[:, self._ring_index].astype(
+                    np.float32
+                )
             if self.noise and self.shape_noise > 0:
                 s_b = sigma[b] if self.poisson_counts else sigma
                 kappa += rng.standard_normal(kappa.shape, dtype=np.float32) * s_b
