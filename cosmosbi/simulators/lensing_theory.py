@@ -21,7 +21,9 @@ Parameters (``PARAMETERS``; those not varied take the values in ``FIDUCIAL``):
 - ``log10_Mc``: baryonic feedback of the Schneider & Teyssier (2015) model
   (``baryon_model="schneider15"``, pyccl ``BaryonsSchneider15``);
 - ``log10_T_AGN``: AGN feedback temperature of HMCode2020 through CAMB
-  (``baryon_model="hmcode2020"``).
+  (``baryon_model="hmcode2020"``);
+- ``delta_z_1``, ..., ``delta_z_n`` (optional, 0 if absent): photo-z shifts of the bins,
+  n_i(z) -> n_i(z - delta_z_i) (:meth:`LensingTheory.bin_nz`).
 """
 
 from __future__ import annotations
@@ -276,15 +278,28 @@ class LensingTheory:
             pk = ccl.BaryonsSchneider15(log10Mc=float(params["log10_Mc"])).include_baryonic_effects(cosmo, pk)
         return pk
 
+    def bin_nz(self, params: dict) -> np.ndarray:
+        """Redshift distributions with the photo-z shifts ``delta_z_i`` of ``params`` (0 if absent):
+        n_i(z - delta_z_i) on the z grid (linear interpolation; the part moved below the grid is
+        dropped), normalised to unit integral. Returns (n_bins, Z)."""
+        out = np.array(self.nz_bins)
+        for i, nz in enumerate(self.nz_bins):
+            dz = float(params.get(f"delta_z_{i + 1}", 0.0))
+            if dz != 0.0:
+                shifted = np.interp(self.z - dz, self.z, nz, left=0.0, right=0.0)
+                out[i] = shifted / np.trapezoid(shifted, self.z)
+        return out
+
     def shear_spectra(self, params: dict, ell: np.ndarray) -> np.ndarray:
         """Shear E-mode spectra ``C^EE`` (lensing + NLA intrinsic alignments) from pyccl's
-        ``WeakLensingTracer`` at multipoles ell: (L,). Returns (n_spectra, L) in GLASS order."""
+        ``WeakLensingTracer`` for the n(z) of :meth:`bin_nz` at multipoles ell: (L,).
+        Returns (n_spectra, L) in GLASS order."""
         import pyccl as ccl
 
         cosmo = self.cosmology(params)
         pk = self.matter_power(params, cosmo)
         ia = (self.z, np.full_like(self.z, float(params["A_IA"])))
-        tracers = [ccl.WeakLensingTracer(cosmo, dndz=(self.z, nz), ia_bias=ia) for nz in self.nz_bins]
+        tracers = [ccl.WeakLensingTracer(cosmo, dndz=(self.z, nz), ia_bias=ia) for nz in self.bin_nz(params)]
         return np.array(
             [
                 ccl.angular_cl(cosmo, tracers[i], tracers[j], ell, p_of_k_a=pk, limber_integration_method="spline")
@@ -348,7 +363,7 @@ class LensingTheory:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = np.where(lam_ref > 0, lam / lam_ref, 1.0)
                 lam = _hilbert2011(self.z) * ratio
-        return np.trapezoid(self.nz_bins * lam[None, :], self.z, axis=1)
+        return np.trapezoid(self.bin_nz(params) * lam[None, :], self.z, axis=1)
 
     def gaussian_spectra(self, cls: np.ndarray, shifts: np.ndarray) -> np.ndarray:
         """Spectra of the Gaussian fields whose lognormal transforms have spectra ``cls``.

@@ -45,44 +45,26 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from cosmosbi.simulators.base import OutputSpec, register_simulator, row_generators
-from cosmosbi.simulators.lensing_theory import (
-    BARYON_PARAMETER,
-    DEFAULT_BOUNDS,
-    FIDUCIAL,
-    PARAMETERS,
-    LensingTheory,
-    SpectraTable,
-    s8,
-    shear_e_mode_factor,
-    smail_nz,
-    tomographic_nz,
+from cosmosbi.simulators.lensing_survey import (
+    ARCMIN2_PER_SR,
+    TomographicLensingSurvey,
+    cholesky_spectra,
+    lognormal_transform,
 )
-from cosmosbi.simulators.priors import BoxUniform
+from cosmosbi.simulators.lensing_theory import shear_e_mode_factor
 
 __all__ = [
     "SHEAR_CONVENTIONS",
     "WeakLensingSimulator",
-    "default_cache_dir",
     "footprint_mask",
     "gaussian_alm",
-    "load_nz",
     "shear_from_convergence",
 ]
-
-log = logging.getLogger(__name__)
-
-ARCMIN2_PER_SR = (180 * 60 / math.pi) ** 2
-
-
-def default_cache_dir() -> Path:
-    """Folder of the spectra tables: ``$COSMOSBI_CACHE`` or ``~/.cache/cosmosbi``."""
-    return Path(os.environ.get("COSMOSBI_CACHE", Path.home() / ".cache" / "cosmosbi"))
 
 
 def footprint_mask(
@@ -129,53 +111,6 @@ def footprint_mask(
     return out
 
 
-def load_nz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read user n(z): an ``.npz`` with arrays ``z`` (Z,) and ``nz`` (n_bins, Z), or a text
-    file whose first column is z and whose other columns are the bins. Returns (z, nz)."""
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"nz_file: {path!r} does not exist")
-    if p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as f:
-            if "z" not in f or "nz" not in f:
-                raise ValueError(f"nz_file {path!r} must hold arrays 'z' and 'nz', has {sorted(f.files)}")
-            z, nz = np.asarray(f["z"], float), np.atleast_2d(np.asarray(f["nz"], float))
-    else:
-        table = np.loadtxt(p, ndmin=2)
-        z, nz = table[:, 0], table[:, 1:].T
-    if nz.shape[-1] != z.size or nz.shape[0] < 1:
-        raise ValueError(f"nz_file {path!r}: n(z) shape {nz.shape} does not match {z.size} redshifts")
-    if np.any(np.diff(z) <= 0) or np.any(nz < 0):
-        raise ValueError(f"nz_file {path!r}: z must increase and n(z) must be non-negative")
-    return z, nz / np.trapezoid(nz, z, axis=1)[:, None]
-
-
-def _cholesky_spectra(spectra: np.ndarray, pairs, n_bins: int) -> np.ndarray:
-    """Lower Cholesky factors of the bin covariance per ell. spectra: (n_spectra, L). Returns (L, n, n).
-
-    Multipoles whose matrix is not positive definite (ell < 2, where everything is zero) use
-    the symmetric square root with negative eigenvalues clipped to zero.
-    """
-    L = spectra.shape[1]
-    cov = np.zeros((L, n_bins, n_bins))
-    for k, (i, j) in enumerate(pairs):
-        cov[:, i, j] = cov[:, j, i] = spectra[k]
-    out = np.zeros_like(cov)
-    for ell in range(L):
-        if ell == 2:
-            try:  # all multipoles >= 2 at once in the usual, positive-definite case
-                out[ell:] = np.linalg.cholesky(cov[ell:])
-                return out
-            except np.linalg.LinAlgError:
-                pass  # some multipole is not positive definite: factor them one at a time below
-        try:
-            out[ell] = np.linalg.cholesky(cov[ell])
-        except np.linalg.LinAlgError:
-            vals, vecs = np.linalg.eigh(cov[ell])
-            out[ell] = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-    return out
-
-
 def gaussian_alm(spectra: np.ndarray, pairs, n_bins: int, lmax: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Correlated Gaussian a_lm (healpy ordering) with spectra C_ell^{ij} between bins.
 
@@ -183,7 +118,7 @@ def gaussian_alm(spectra: np.ndarray, pairs, n_bins: int, lmax: int, rng: np.ran
     """
     import healpy as hp
 
-    chol = _cholesky_spectra(spectra, pairs, n_bins)
+    chol = cholesky_spectra(spectra, pairs, n_bins)
     n_alm = hp.Alm.getsize(lmax)
     # complex unit-variance white noise: real and imaginary parts N(0, 1/2); m = 0 modes real N(0, 1)
     white = rng.standard_normal((n_bins, 2 * n_alm)).view(np.complex128)
@@ -232,7 +167,7 @@ def shear_from_convergence(kappa_ring: np.ndarray, lmax: int, convention: str = 
 
 
 @register_simulator("weak_lensing")
-class WeakLensingSimulator:
+class WeakLensingSimulator(TomographicLensingSurvey):
     """Tomographic weak-lensing survey: convergence (and shear) maps on the HEALPix sphere.
 
     Outputs (per simulation; P = number of footprint pixels, NESTED order ``self.pixels``):
@@ -250,14 +185,16 @@ class WeakLensingSimulator:
         n_bins: number of tomographic bins of the Smail n(z) (default 4; with ``nz_file``, the
             file's number of bins, which a given value must match).
         parameters: the varied parameters (columns of theta), a subset of
-            Omega_m, sigma_8, Omega_b, h, n_s, w0, A_IA and the baryon model's parameter
-            (log10_Mc for ``schneider15``, log10_T_AGN for ``hmcode2020``).
+            Omega_m, sigma_8, Omega_b, h, n_s, w0, A_IA, the baryon model's parameter
+            (log10_Mc for ``schneider15``, log10_T_AGN for ``hmcode2020``) and the survey
+            systematics of bin i = 1..n_bins: photo-z shift ``delta_z_i`` and shear bias ``m_i``
+            (see :mod:`cosmosbi.simulators.lensing_survey`).
         fiducial: values of the parameters that are not varied (defaults in
-            ``lensing_theory.FIDUCIAL``).
+            ``lensing_theory.FIDUCIAL``; the systematics 0).
         nz_z0, nz_alpha: Smail n(z) ~ z^2 exp(-(z / z0)^alpha) (LSST-Y10 defaults).
         photo_z_sigma: Gaussian photo-z scatter sigma_z (1 + z) of the tomographic split.
         z_max: upper end of the redshift grid of the Smail n(z).
-        nz_file: user n(z) (see :func:`load_nz`) instead of the Smail bins.
+        nz_file: user n(z) (see :func:`~cosmosbi.simulators.lensing_survey.load_nz`) instead of the Smail bins.
         galaxy_density: galaxies per arcmin^2 over all bins (split equally between bins).
         shape_noise: sigma_e, rms of the total intrinsic ellipticity.
         noise: add shape noise.
@@ -272,9 +209,11 @@ class WeakLensingSimulator:
         cap_area_deg2, cap_center_deg: size and centre (lon, lat) of the ``"cap"`` footprint.
         baryon_model: ``"schneider15"`` (pyccl), ``"hmcode2020"`` (CAMB) or ``"none"``.
         transfer_function: pyccl transfer function.
-        emulator: use the cached spectra table (else pyccl and the GLASS solver per row).
+        emulator: use the cached spectra table (else pyccl and the GLASS solver per new theta);
+            the table has an axis per varied parameter except the m_i, which act on the maps.
         emulator_nodes: Chebyshev nodes per varied parameter (the table has nodes^D entries).
-        cache_dir: folder of the spectra tables (default :func:`default_cache_dir`).
+        cache_dir: folder of the spectra tables (default
+            :func:`~cosmosbi.simulators.lensing_survey.default_cache_dir`).
     """
 
     def __init__(
@@ -311,76 +250,39 @@ class WeakLensingSimulator:
         if not isinstance(nside, (int, np.integer)) or nside < 1 or nside & (nside - 1):
             raise ValueError(f"nside must be a power of two, got {nside!r}")
         self.nside = int(nside)
-        self.lmax = 2 * self.nside if lmax is None else int(lmax)
-        if not 2 <= self.lmax <= 3 * self.nside - 1:
+        lmax = 2 * self.nside if lmax is None else int(lmax)
+        if not 2 <= lmax <= 3 * self.nside - 1:
             raise ValueError(f"lmax must be in [2, 3 nside - 1] = [2, {3 * self.nside - 1}], got {lmax}")
-        if field not in ("lognormal", "gaussian"):
-            raise ValueError(f"field must be 'lognormal' or 'gaussian', got {field!r}")
-        if baryon_model not in BARYON_PARAMETER:
-            raise ValueError(f"baryon_model must be one of {sorted(BARYON_PARAMETER)}, got {baryon_model!r}")
-        if galaxy_density <= 0:
-            raise ValueError(f"galaxy_density must be positive (galaxies per arcmin^2), got {galaxy_density}")
-        if galaxy_counts not in ("mean", "poisson"):
-            raise ValueError(f"galaxy_counts must be 'mean' or 'poisson', got {galaxy_counts!r}")
-        if shape_noise < 0:
-            raise ValueError(f"shape_noise must be non-negative, got {shape_noise}")
         if shear_convention not in SHEAR_CONVENTIONS:
             raise ValueError(f"shear_convention must be one of {list(SHEAR_CONVENTIONS)}, got {shear_convention!r}")
-        self.shear_convention = shear_convention
-
-        allowed = [p for p in PARAMETERS if p not in ("log10_Mc", "log10_T_AGN") or p == BARYON_PARAMETER[baryon_model]]
-        parameters = tuple(parameters)
-        for name in parameters:
-            if name not in allowed:
-                raise ValueError(
-                    f"parameters: {name!r} cannot vary with baryon_model={baryon_model!r}; "
-                    f"expected names from {allowed}"
-                )
-        if len(set(parameters)) != len(parameters) or not parameters:
-            raise ValueError(f"parameters must be a non-empty list of distinct names, got {list(parameters)}")
-        self.fiducial = dict(FIDUCIAL)
-        for key, value in (fiducial or {}).items():
-            if key not in FIDUCIAL:
-                raise ValueError(f"fiducial: unknown parameter {key!r}; expected names from {list(FIDUCIAL)}")
-            self.fiducial[key] = float(value)
-
-        if nz_file is not None:
-            z, nz_bins = load_nz(nz_file)
-            if n_bins is not None and n_bins != len(nz_bins):
-                raise ValueError(f"n_bins={n_bins} but nz_file {nz_file!r} has {len(nz_bins)} bins")
-        else:
-            n_bins = 4 if n_bins is None else int(n_bins)
-            if n_bins < 1:
-                raise ValueError(f"n_bins must be at least 1, got {n_bins}")
-            z = np.linspace(0.0, float(z_max), 351)
-            nz_bins = tomographic_nz(z, smail_nz(z, nz_z0, nz_alpha), n_bins, photo_z_sigma)
-        self.z, self.nz_bins = z, nz_bins
-        self.n_bins = len(nz_bins)
-        self.theory = LensingTheory(z, nz_bins, self.lmax, baryon_model, transfer_function, shift)
-        self.pairs = self.theory.pairs
-
-        self.parameter_names = parameters
-        self.prior = BoxUniform(
-            parameters, [DEFAULT_BOUNDS[p][0] for p in parameters], [DEFAULT_BOUNDS[p][1] for p in parameters]
+        super().__init__(
+            lmax=lmax,
+            pixel_area_arcmin2=hp.nside2pixarea(self.nside) * ARCMIN2_PER_SR,
+            n_bins=n_bins,
+            parameters=parameters,
+            fiducial=fiducial,
+            nz_z0=nz_z0,
+            nz_alpha=nz_alpha,
+            photo_z_sigma=photo_z_sigma,
+            z_max=z_max,
+            nz_file=nz_file,
+            galaxy_density=galaxy_density,
+            shape_noise=shape_noise,
+            noise=noise,
+            galaxy_counts=galaxy_counts,
+            field=field,
+            shift=shift,
+            baryon_model=baryon_model,
+            transfer_function=transfer_function,
+            emulator=emulator,
+            emulator_nodes=emulator_nodes,
+            cache_dir=cache_dir,
         )
-        self.lognormal = field == "lognormal"
-        self.field = field
         self.shear = bool(shear)
-        self.noise = bool(noise)
-        self.poisson_counts = galaxy_counts == "poisson"
-        self.shape_noise = float(shape_noise)
-        self.galaxy_density = float(galaxy_density)
-        self.emulator = bool(emulator)
-        self.emulator_nodes = int(emulator_nodes)
-        if self.emulator_nodes < 2:
-            raise ValueError(f"emulator_nodes must be at least 2, got {emulator_nodes}")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._table: SpectraTable | None = None
-
+        self.shear_convention = shear_convention
         footprint = footprint_mask(self.nside, mask, cap_area_deg2, cap_center_deg)
         self.pixels = np.flatnonzero(footprint)  # NESTED indices of the footprint
         self._ring_index = hp.nest2ring(self.nside, self.pixels)
-        self.pixel_area_arcmin2 = hp.nside2pixarea(self.nside) * ARCMIN2_PER_SR
         self.output_spec = {"kappa": OutputSpec((self.n_bins, self.pixels.size), "float32")}
         if self.shear:
             self.output_spec["gamma"] = OutputSpec((self.n_bins, 2, self.pixels.size), "float32")
@@ -388,64 +290,10 @@ class WeakLensingSimulator:
             self.output_spec["counts"] = OutputSpec((self.n_bins, self.pixels.size), "float32")
         self.output_spec["S_8"] = OutputSpec((1,), "float32")
 
-    # ------------------------------------------------------------------ theory
-
-    @property
-    def galaxies_per_pixel(self) -> float:
-        """Mean galaxy count per pixel and bin, n_gal A_pix / n_bins."""
-        return self.galaxy_density / self.n_bins * self.pixel_area_arcmin2
-
-    @property
-    def noise_sigma(self) -> float:
-        """Standard deviation of the shape noise per pixel and component for the mean count:
-        sigma_e / sqrt(2 n_gal A_pix / n_bins)."""
-        return self.shape_noise / math.sqrt(2 * self.galaxies_per_pixel)
-
-    def params(self, theta_row: np.ndarray) -> dict:
-        """Full parameter dict for one row theta: (D,)."""
-        params = dict(self.fiducial)
-        params.update({n: float(v) for n, v in zip(self.parameter_names, theta_row)})
-        return params
-
-    def derived_parameters(self, theta: np.ndarray) -> dict[str, np.ndarray]:
-        """Derived parameters (S_8) for theta: (N, D). Returns name -> (N,)."""
-        theta = np.atleast_2d(np.asarray(theta, dtype=float))
-        rows = [self.params(t) for t in theta]
-        return {"S_8": s8([r["Omega_m"] for r in rows], [r["sigma_8"] for r in rows])}
-
-    def table(self) -> SpectraTable:
-        """The spectra table over the current prior's box (built or loaded on first use)."""
-        low, high = np.asarray(self.prior.low, float), np.asarray(self.prior.high, float)
-        if self._table is not None and np.array_equal(self._table.low, low) and np.array_equal(self._table.high, high):
-            return self._table
-        table = SpectraTable(self.theory, self.parameter_names, low, high, self.fiducial, self.emulator_nodes)
-        self._table = table.build(self.cache_dir)
-        return self._table
-
-    def theory_at(self, theta_row: np.ndarray) -> dict[str, np.ndarray]:
-        """``cls``, ``gls`` (n_spectra, lmax + 1) and ``shifts`` (n_bins,) for one row theta: (D,).
-
-        From the spectra table when theta is inside its box, else from pyccl directly.
-        """
-        theta_row = np.asarray(theta_row, dtype=float)
-        if self.emulator:
-            table = self.table()
-            if table.contains(theta_row[None])[0]:
-                return table(theta_row)
-            log.warning("theta %s is outside the spectra table's box; using pyccl directly", theta_row)
-        return self.theory.evaluate(self.params(theta_row), self.lognormal)
-
-    # ------------------------------------------------------------------ simulation
-
     def simulate(self, theta: np.ndarray, rng) -> dict[str, np.ndarray]:
         """theta: (N, D) -> {"kappa": (N, n_bins, P), ["gamma": (N, n_bins, 2, P)],
         ["counts": (N, n_bins, P)], "S_8": (N, 1)}."""
-        theta = np.atleast_2d(np.asarray(theta, dtype=float))
-        if theta.shape[1] != len(self.parameter_names):
-            raise ValueError(
-                f"theta has {theta.shape[1]} columns; "
-                f"expected {len(self.parameter_names)} ({list(self.parameter_names)})"
-            )
+        theta = self.check_theta(theta)
         rngs = row_generators(rng, len(theta))
         n, P = len(theta), self.pixels.size
         out = {"kappa": np.empty((n, self.n_bins, P), dtype=np.float32)}
@@ -453,14 +301,14 @@ class WeakLensingSimulator:
             out["gamma"] = np.empty((n, self.n_bins, 2, P), dtype=np.float32)
         if self.poisson_counts:
             out["counts"] = np.empty((n, self.n_bins, P), dtype=np.float32)
-        for i, (row, g) in enumerate(zip(theta, rngs)):
+        for i, (row, g) in enumerate(zip(theta, rngs, strict=True)):
             self._simulate_one(row, g, out, i)
         out["S_8"] = self.derived_parameters(theta)["S_8"].astype(np.float32)[:, None]
         return out
 
     def _simulate_one(self, theta_row: np.ndarray, rng: np.random.Generator, out: dict, i: int) -> None:
-
         th = self.theory_at(theta_row)
+        bias = self.shear_bias(theta_row)
         spectra = th["gls"] if self.lognormal else th["cls"]
         alms = gaussian_alm(spectra, self.pairs, self.n_bins, self.lmax, rng)
         ell = np.arange(self.lmax + 1)
@@ -472,16 +320,15 @@ class WeakLensingSimulator:
             out["counts"][i] = counts
         for b, alm in enumerate(alms):
             x = _alm2map(alm, self.nside, self.lmax)
-            if self.lognormal:  # kappa = lambda [exp(x - var / 2) - 1], in place
+            if self.lognormal:
                 var = float(np.sum((2 * ell + 1) * spectra[self.pairs.index((b, b))]) / (4 * math.pi))
-                x -= var / 2
-                np.expm1(x, out=x)
-                x *= float(th["shifts"][b])
+                lognormal_transform(x, var, float(th["shifts"][b]))
+            if bias[b] != 1.0:
+                x *= bias[b]
             kappa = x[self._ring_index].astype(np.float32)
             if self.shear:
-                gamma = shear_from_convergence(x, self.lmax, self.shear_convention)[:, self._ring_index].astype(
-                    np.float32
-                )
+                gamma = shear_from_convergence(x, self.lmax, self.shear_convention)[:, self._ring_index]
+                gamma = gamma.astype(np.float32)
             if self.noise and self.shape_noise > 0:
                 s_b = sigma[b] if self.poisson_counts else sigma
                 kappa += rng.standard_normal(kappa.shape, dtype=np.float32) * s_b
