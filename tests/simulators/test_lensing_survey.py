@@ -127,3 +127,36 @@ def map_spectrum(kappa, i, j):
         return hp.anafast(a, b)[2:]
     a, b = (np.fft.rfft2(kappa[k].astype(float)) for k in (i, j))
     return (a * np.conj(b)).real.ravel()[1:]
+
+
+def test_gaussian_priors_on_systematics_with_the_emulator(tmp_path):
+    """Systematics take Gaussian priors from the config: m_i an unbounded normal (it is not a table
+    axis), delta_z_i a truncated normal (its bounds are the table's box)."""
+    from cosmosbi.simulators import prior_from_config
+
+    sim = make_simulator(
+        "weak_lensing",
+        {
+            **COMMON,
+            "nside": 16,
+            "lmax": 32,
+            "emulator": True,
+            "emulator_nodes": 3,
+            "cache_dir": str(tmp_path),
+            "parameters": ["sigma_8", "delta_z_1", "m_1"],
+        },
+    )
+    sim.prior = prior_from_config(
+        {
+            "sigma_8": {"uniform": [0.7, 0.9]},
+            "delta_z_1": {"normal": [0.0, 0.002], "bounds": [-0.01, 0.01]},
+            "m_1": {"normal": [0.0, 0.005]},
+        }
+    )
+    theta = sim.prior.sample(3, np.random.default_rng(2))
+    out = sim.simulate(theta, np.random.default_rng(3))
+    table = sim.table()
+    assert table.names == ("sigma_8", "delta_z_1")
+    np.testing.assert_allclose(table.low, [0.7, -0.01])
+    np.testing.assert_allclose(table.high, [0.9, 0.01])
+    assert np.all(np.isfinite(out["kappa"]))
