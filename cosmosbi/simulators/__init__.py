@@ -28,6 +28,7 @@ from cosmosbi.simulators.camels import CamelsLike, camels_prior
 from cosmosbi.simulators.camels_data import CamelsMultifieldDataset
 from cosmosbi.simulators import weak_lensing  # noqa: F401  (registers weak_lensing)
 from cosmosbi.simulators.weak_lensing import WeakLensingSimulator
+from cosmosbi.simulators.weak_lensing_flat import FlatWeakLensingSimulator  # registers weak_lensing_flat
 from cosmosbi.simulators import strong_lens  # noqa: F401  (registers strong_lens)
 from cosmosbi.simulators.strong_lens import Instrument, StrongLensSimulator
 
@@ -35,6 +36,7 @@ __all__ = [
     "BoxUniform",
     "CamelsLike",
     "CamelsMultifieldDataset",
+    "FlatWeakLensingSimulator",
     "FunctionSimulator",
     "Gaussian",
     "GaussianField2D",

@@ -90,20 +90,23 @@ def tabulate(
     progress: bool = False,
     heartbeat: Callable[[], None] | None = None,
     description: str = "table",
+    order: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Evaluate ``evaluate`` (point (D,) -> name -> array) at every row of points: (M, D).
 
     Returns name -> array of shape ``shape + array shape`` (shape: the node counts, whose
     product is M). ``heartbeat`` is called after every point (it keeps a build lock fresh).
+    ``order`` (a permutation of the M rows) is the order of evaluation, for an ``evaluate``
+    that caches work shared by neighbouring points; the result does not depend on it.
     """
-    iterator = points
+    iterator = np.arange(len(points)) if order is None else np.asarray(order)
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(points, desc=description, leave=False, disable=None)
-    rows = []
-    for p in iterator:
-        rows.append(evaluate(p))
+        iterator = tqdm(iterator, desc=description, leave=False, disable=None)
+    rows: list[dict] = [{}] * len(points)
+    for index in iterator:
+        rows[index] = evaluate(points[index])
         if heartbeat is not None:
             heartbeat()
     return {k: np.stack([r[k] for r in rows]).reshape(*shape, *np.shape(rows[0][k])) for k in rows[0]}

@@ -1,6 +1,14 @@
 """Tomographic weak-lensing theory: redshift distributions, pyccl convergence spectra,
 lognormal shifts, and the cached interpolation table (emulator) of all three over a prior box.
 
+Spectrum kinds: the tables and maps carry the convergence spectrum ``C^kappa-kappa``
+(``SPECTRUM_KIND``). pyccl's ``WeakLensingTracer`` with ``angular_cl`` gives the spin-2 shear
+E-mode spectrum ``C^EE`` (ell prefactor sqrt((ell + 2)! / (ell - 2)!)); the convergence spectrum
+is C^kappa-kappa = C^EE / f_ell with f_ell = (ell + 2)(ell - 1) / (ell (ell + 1))
+(:func:`shear_e_mode_factor`), which equals pyccl's lensing kernel with the convergence prefactor
+ell (ell + 1) (``der_angles=1``). The intrinsic-alignment term is converted in the same way: the
+convergence map is the one whose spin-2 transform gives the total (lensing + IA) E-mode shear.
+
 Spectra are kept in GLASS order: for bins i = 0..n-1 and j = i, i-1, ..., 0 the pair
 (i, j), i.e. (0,0), (1,1), (1,0), (2,2), (2,1), (2,0), ... (``spectrum_pairs``).
 
@@ -13,12 +21,15 @@ Parameters (``PARAMETERS``; those not varied take the values in ``FIDUCIAL``):
 - ``log10_Mc``: baryonic feedback of the Schneider & Teyssier (2015) model
   (``baryon_model="schneider15"``, pyccl ``BaryonsSchneider15``);
 - ``log10_T_AGN``: AGN feedback temperature of HMCode2020 through CAMB
-  (``baryon_model="hmcode2020"``).
+  (``baryon_model="hmcode2020"``);
+- ``delta_z_1``, ..., ``delta_z_n`` (optional, 0 if absent): photo-z shifts of the bins,
+  n_i(z) -> n_i(z - delta_z_i) (:meth:`LensingTheory.bin_nz`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import warnings
@@ -36,16 +47,18 @@ from cosmosbi.simulators.chebyshev import (
 )
 
 __all__ = [
-    "PARAMETERS",
-    "FIDUCIAL",
     "DEFAULT_BOUNDS",
-    "smail_nz",
-    "tomographic_nz",
-    "spectrum_pairs",
+    "FIDUCIAL",
+    "PARAMETERS",
+    "SPECTRUM_KIND",
     "LensingTheory",
     "SpectraTable",
     "s8",
+    "shear_e_mode_factor",
+    "smail_nz",
     "spectra_relative_error",
+    "spectrum_pairs",
+    "tomographic_nz",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,7 +89,9 @@ DEFAULT_BOUNDS = {
 BARYON_PARAMETER = {"none": None, "schneider15": "log10_Mc", "hmcode2020": "log10_T_AGN"}
 SHIFTS = ("scaled_hilbert2011", "hilbert2011", "empty_beam")
 C_KM_S = 299792.458
-TABLE_FORMAT = 1
+SPECTRUM_KIND = "C^kappa-kappa"
+TABLE_FORMAT = 2  # 1: tables of the shear E-mode spectrum C^EE (before the convergence spectrum)
+COSMOLOGY_PARAMETERS = ("Omega_m", "sigma_8", "Omega_b", "h", "n_s", "w0")
 
 
 def s8(omega_m, sigma_8):
@@ -116,7 +131,7 @@ def tomographic_nz(z: np.ndarray, nz: np.ndarray, n_bins: int, sigma_z: float = 
     edges = np.interp(np.linspace(0, 1, n_bins + 1), cdf, z)
     edges[0], edges[-1] = -np.inf, np.inf  # photo-z outside the range joins the end bins
     bins = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         if sigma_z > 0:
             s = sigma_z * (1 + z)
             prob = ndtr((hi - z) / s) - ndtr((lo - z) / s)
@@ -125,6 +140,16 @@ def tomographic_nz(z: np.ndarray, nz: np.ndarray, n_bins: int, sigma_z: float = 
         b = nz * prob
         bins.append(b / np.trapezoid(b, z))
     return np.array(bins)
+
+
+def shear_e_mode_factor(ell: np.ndarray) -> np.ndarray:
+    """f_ell = (ell + 2)(ell - 1) / (ell (ell + 1)), the ratio C^EE / C^kappa-kappa (0 for ell < 2).
+
+    The shear E-mode a_lm is sqrt(f_ell) times the convergence a_lm. ell: any shape. Returns the same shape.
+    """
+    ell = np.asarray(ell, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ell >= 2, (ell + 2) * (ell - 1) / (ell * (ell + 1)), 0.0)
 
 
 def spectrum_pairs(n_bins: int) -> list[tuple[int, int]]:
@@ -138,7 +163,7 @@ def _hilbert2011(z):
 
 
 class LensingTheory:
-    """Convergence spectra and lognormal shifts from pyccl for given tomographic bins.
+    """Convergence spectra (``C^kappa-kappa``) and lognormal shifts from pyccl for given tomographic bins.
 
     Args:
         z: (Z,) redshift grid of the bins (starting near 0).
@@ -188,6 +213,8 @@ class LensingTheory:
         self.ell_sampled = np.unique(np.concatenate([ell_low, np.round(ell_high)])).astype(float)
         self.n_ell = n_ell
         self.pairs = spectrum_pairs(self.n_bins)
+        self._cosmology_cache: tuple[tuple, object] | None = None  # (key, cosmology without baryons)
+        self._millennium_beam: np.ndarray | None = None
 
     def fingerprint(self) -> dict:
         """Everything the theory's output depends on (for cache keys)."""
@@ -201,54 +228,107 @@ class LensingTheory:
             "transfer_function": self.transfer_function,
             "shift": self.shift,
             "n_ell": self.n_ell,
+            "spectrum": SPECTRUM_KIND,
             "limber_integration": "spline",
             "pyccl": pyccl.__version__,
         }
 
+    def _cosmology_key(self, params: dict) -> tuple:
+        names = COSMOLOGY_PARAMETERS + (("log10_T_AGN",) if self.baryon_model == "hmcode2020" else ())
+        return tuple(float(params[n]) for n in names)
+
     def cosmology(self, params: dict):
-        """A ``pyccl.Cosmology`` for a full parameter dict."""
+        """A ``pyccl.Cosmology`` for a full parameter dict (without the Schneider15 baryons, which
+        :meth:`matter_power` applies). The last one is reused while the cosmological parameters
+        repeat (as along the baryon and intrinsic-alignment axes of a spectra table)."""
         import pyccl as ccl
 
+        key = self._cosmology_key(params)
+        if self._cosmology_cache is not None and self._cosmology_cache[0] == key:
+            return self._cosmology_cache[1]
         om, ob = float(params["Omega_m"]), float(params["Omega_b"])
         if not 0 < ob < om:
             raise ValueError(f"need 0 < Omega_b < Omega_m, got Omega_b={ob}, Omega_m={om}")
-        kwargs = dict(
-            Omega_c=om - ob,
-            Omega_b=ob,
-            h=float(params["h"]),
-            n_s=float(params["n_s"]),
-            sigma8=float(params["sigma_8"]),
-            w0=float(params["w0"]),
-            transfer_function=self.transfer_function,
-        )
-        if self.baryon_model == "schneider15":
-            kwargs["baryonic_effects"] = ccl.BaryonsSchneider15(log10Mc=float(params["log10_Mc"]))
-        elif self.baryon_model == "hmcode2020":
+        kwargs = {
+            "Omega_c": om - ob,
+            "Omega_b": ob,
+            "h": float(params["h"]),
+            "n_s": float(params["n_s"]),
+            "sigma8": float(params["sigma_8"]),
+            "w0": float(params["w0"]),
+            "transfer_function": self.transfer_function,
+        }
+        if self.baryon_model == "hmcode2020":
             kwargs["transfer_function"] = "boltzmann_camb"
             kwargs["matter_power_spectrum"] = "camb"
             kwargs["extra_parameters"] = {
                 "camb": {"halofit_version": "mead2020_feedback", "HMCode_logT_AGN": float(params["log10_T_AGN"])}
             }
-        return ccl.Cosmology(**kwargs)
+        cosmo = ccl.Cosmology(**kwargs)
+        cosmo.compute_nonlin_power()
+        self._cosmology_cache = (key, cosmo)
+        return cosmo
 
-    def spectra(self, params: dict) -> np.ndarray:
-        """Convergence spectra (GG + IA) for one parameter dict. Returns (n_spectra, lmax + 1)."""
+    def matter_power(self, params: dict, cosmo=None):
+        """Non-linear matter power (``pyccl.Pk2D``) with the baryon model's feedback applied.
+
+        Schneider15 multiplies the non-linear power by its boost, as ``pyccl.Cosmology`` does with
+        ``baryonic_effects``; HMCode2020 feedback is already in CAMB's power.
+        """
         import pyccl as ccl
-        from scipy.interpolate import CubicSpline
+
+        cosmo = cosmo or self.cosmology(params)
+        pk = cosmo.get_nonlin_power()
+        if self.baryon_model == "schneider15":
+            pk = ccl.BaryonsSchneider15(log10Mc=float(params["log10_Mc"])).include_baryonic_effects(cosmo, pk)
+        return pk
+
+    def bin_nz(self, params: dict) -> np.ndarray:
+        """Redshift distributions with the photo-z shifts ``delta_z_i`` of ``params`` (0 if absent):
+        n_i(z - delta_z_i) on the z grid (linear interpolation; the part moved below the grid is
+        dropped), normalised to unit integral. Returns (n_bins, Z)."""
+        out = np.array(self.nz_bins)
+        for i, nz in enumerate(self.nz_bins):
+            dz = float(params.get(f"delta_z_{i + 1}", 0.0))
+            if dz != 0.0:
+                shifted = np.interp(self.z - dz, self.z, nz, left=0.0, right=0.0)
+                out[i] = shifted / np.trapezoid(shifted, self.z)
+        return out
+
+    def shear_spectra(self, params: dict, ell: np.ndarray) -> np.ndarray:
+        """Shear E-mode spectra ``C^EE`` (lensing + NLA intrinsic alignments) from pyccl's
+        ``WeakLensingTracer`` for the n(z) of :meth:`bin_nz` at multipoles ell: (L,).
+        Returns (n_spectra, L) in GLASS order."""
+        import pyccl as ccl
 
         cosmo = self.cosmology(params)
+        pk = self.matter_power(params, cosmo)
         ia = (self.z, np.full_like(self.z, float(params["A_IA"])))
-        tracers = [ccl.WeakLensingTracer(cosmo, dndz=(self.z, nz), ia_bias=ia) for nz in self.nz_bins]
+        tracers = [ccl.WeakLensingTracer(cosmo, dndz=(self.z, nz), ia_bias=ia) for nz in self.bin_nz(params)]
+        return np.array(
+            [
+                ccl.angular_cl(cosmo, tracers[i], tracers[j], ell, p_of_k_a=pk, limber_integration_method="spline")
+                for i, j in self.pairs
+            ]
+        )
+
+    def spectra(self, params: dict) -> np.ndarray:
+        """Convergence spectra ``C^kappa-kappa`` (lensing + IA) for one parameter dict.
+
+        C^kappa-kappa = C^EE / f_ell at the sampled multipoles, then a cubic spline in ln ell of
+        ell (ell + 1) C_ell fills the others. Returns (n_spectra, lmax + 1), zero at ell < 2.
+        """
+        from scipy.interpolate import CubicSpline
+
         ell = self.ell_sampled
+        cl = self.shear_spectra(params, ell) / shear_e_mode_factor(ell)
         out = np.zeros((len(self.pairs), self.lmax + 1))
         all_ell = np.arange(2, self.lmax + 1, dtype=float)
-        for k, (i, j) in enumerate(self.pairs):
-            cl = ccl.angular_cl(cosmo, tracers[i], tracers[j], ell, limber_integration_method="spline")
-            if ell.size == all_ell.size:
-                out[k, 2:] = cl
-            else:
-                spline = CubicSpline(np.log(ell), ell * (ell + 1) * cl)
-                out[k, 2:] = spline(np.log(all_ell)) / (all_ell * (all_ell + 1))
+        if ell.size == all_ell.size:
+            out[:, 2:] = cl
+        else:
+            spline = CubicSpline(np.log(ell), ell * (ell + 1) * cl, axis=1)
+            out[:, 2:] = spline(np.log(all_ell)) / (all_ell * (all_ell + 1))
         return out
 
     def _empty_beam(self, omega_m: float, h: float, chi: np.ndarray) -> np.ndarray:
@@ -261,6 +341,18 @@ class LensingTheory:
         integral = np.trapezoid(kernel, chi, axis=0)
         return 1.5 * omega_m * (100 * h / C_KM_S) ** 2 * integral
 
+    def _millennium_empty_beam(self) -> np.ndarray:
+        """:meth:`_empty_beam` in the Millennium cosmology of the Hilbert et al. fit (computed once). Returns (Z,)."""
+        import pyccl as ccl
+
+        if self._millennium_beam is None:
+            ref = ccl.Cosmology(
+                Omega_c=0.205, Omega_b=0.045, h=0.73, n_s=1.0, sigma8=0.9, transfer_function="eisenstein_hu"
+            )
+            chi_ref = ccl.comoving_radial_distance(ref, 1.0 / (1.0 + self.z))
+            self._millennium_beam = self._empty_beam(0.25, 0.73, chi_ref)
+        return self._millennium_beam
+
     def shifts(self, params: dict, cosmo=None) -> np.ndarray:
         """Lognormal shift parameter of each bin. Returns (n_bins,)."""
         import pyccl as ccl
@@ -272,13 +364,11 @@ class LensingTheory:
             chi = ccl.comoving_radial_distance(cosmo, 1.0 / (1.0 + self.z))
             lam = self._empty_beam(float(params["Omega_m"]), float(params["h"]), chi)
             if self.shift == "scaled_hilbert2011":
-                ref = ccl.Cosmology(Omega_c=0.205, Omega_b=0.045, h=0.73, n_s=1.0, sigma8=0.9, transfer_function="eisenstein_hu")
-                chi_ref = ccl.comoving_radial_distance(ref, 1.0 / (1.0 + self.z))
-                lam_ref = self._empty_beam(0.25, 0.73, chi_ref)
+                lam_ref = self._millennium_empty_beam()
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = np.where(lam_ref > 0, lam / lam_ref, 1.0)
                 lam = _hilbert2011(self.z) * ratio
-        return np.trapezoid(self.nz_bins * lam[None, :], self.z, axis=1)
+        return np.trapezoid(self.bin_nz(params) * lam[None, :], self.z, axis=1)
 
     def gaussian_spectra(self, cls: np.ndarray, shifts: np.ndarray) -> np.ndarray:
         """Spectra of the Gaussian fields whose lognormal transforms have spectra ``cls``.
@@ -297,7 +387,8 @@ class LensingTheory:
         return gls
 
     def evaluate(self, params: dict, lognormal: bool = True) -> dict[str, np.ndarray]:
-        """Spectra ``cls``, shifts and (for lognormal fields) Gaussian spectra ``gls``."""
+        """Convergence spectra ``cls`` (``C^kappa-kappa``, (n_spectra, lmax + 1)), lognormal ``shifts``
+        (n_bins,) and (for lognormal fields) the Gaussian fields' spectra ``gls`` (else ``cls``)."""
         cosmo = self.cosmology(params)
         cls = self.spectra(params)
         shifts = self.shifts(params, cosmo)
@@ -364,7 +455,13 @@ class SpectraTable:
         params.update({n: float(v) for n, v in zip(self.names, theta)})
         return params
 
-    def build(self, cache_dir: str | os.PathLike | None = None, progress: bool = False, poll_seconds: float = 2.0, stale_seconds: float = 900.0) -> "SpectraTable":
+    def build(
+        self,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = False,
+        poll_seconds: float = 2.0,
+        stale_seconds: float = 900.0,
+    ) -> SpectraTable:
         """Load the table from ``cache_dir`` if present, else compute it (and save it there).
 
         Processes that share ``cache_dir`` (MPI ranks, concurrent jobs) build a table once:
@@ -385,14 +482,19 @@ class SpectraTable:
 
     def _compute(self, progress: bool = False, heartbeat=None) -> dict[str, np.ndarray]:
         points = tensor_points(self.grid)
-        log.info("building weak-lensing spectra table: %d cosmologies", len(points))
+        # visit the nodes with the cosmological parameters varying slowest, so that the theory
+        # computes one matter power spectrum per cosmology and reuses it along the other axes
+        cosmological = [k for k, n in enumerate(self.names) if n in COSMOLOGY_PARAMETERS or n == "log10_T_AGN"]
+        order = np.lexsort([points[:, k] for k in cosmological[::-1]]) if cosmological else None
+        log.info("building weak-lensing spectra table: %d parameter points", len(points))
 
         def evaluate(p):
             out = self.theory.evaluate(self.params_at(p), lognormal=True)
             return {k: out[k] for k in ("cls", "gls", "shifts")}
 
         shape = (self.nodes,) * len(self.names)
-        return tabulate(points, evaluate, shape, progress=progress, heartbeat=heartbeat, description="spectra table")
+        return tabulate(points, evaluate, shape, order=order, progress=progress, heartbeat=heartbeat,
+                        description="spectra table")
 
     def contains(self, theta: np.ndarray) -> np.ndarray:
         """Whether rows of theta: (N, D) lie in the box. Returns (N,) bool."""

@@ -11,8 +11,8 @@ bin, with the correct cross-bin correlations:
 2. fields: correlated Gaussian a_lm per bin from the Cholesky factor of G_ell (Gaussian
    fields use C_ell directly), one ``healpy.alm2map`` per bin, then the lognormal transform
    kappa = lambda [exp(x - sigma_G^2 / 2) - 1] (the transform of ``glass.grf.Lognormal``);
-3. shear (optional): gamma_lm = -sqrt((ell + 2)(ell - 1) / (ell (ell + 1))) kappa_lm, spin-2
-   synthesis, HEALPix polarisation convention (gamma1, gamma2);
+3. shear (optional): E-mode a_lm = sqrt(f_ell) kappa_lm with f_ell = (ell + 2)(ell - 1) / (ell (ell + 1)),
+   no B mode, spin-2 synthesis (``healpy.alm2map_spin``); the shear sign convention is below;
 4. shape noise: Gaussian, per pixel and per component (kappa, gamma1, gamma2) with variance
    sigma_e^2 / (2 N), where sigma_e is the rms of the total ellipticity (sigma_e / sqrt(2)
    per component) and N the pixel's galaxy count in the bin: its mean n_gal A_pix
@@ -20,7 +20,22 @@ bin, with the correct cross-bin correlations:
    without galaxies hold 0 in every map);
 5. footprint: maps restricted to the footprint pixels, NESTED ordering, float32.
 
-Maps are band-limited at ``lmax`` (no pixel window function is applied).
+Maps are band-limited at ``lmax`` and sampled at the pixel centres (no pixel window function
+is applied): their spectra are the theory's ``C^kappa-kappa`` without a pixel window.
+
+Spectra: the convergence maps carry C_ell^kappa-kappa; the shear's E-mode spectrum is
+f_ell C_ell^kappa-kappa, which is pyccl's shear spectrum (``WeakLensingTracer``).
+
+Shear sign conventions (``shear_convention``):
+
+- ``"healpix"`` (default): the HEALPix/healpy polarisation convention. gamma1 > 0 stretches
+  along the meridian (north-south, e_theta), gamma2 > 0 along the diagonal between e_theta and
+  e_phi, as for healpy's Q and U; the E mode that ``healpy.map2alm`` (``pol=True``) or
+  ``healpy.map2alm_spin`` returns from (gamma1, gamma2) is +sqrt(f_ell) kappa_lm, so healpy's
+  kappa x E cross-spectrum is +sqrt(f_ell) C^kappa-kappa, and a positive convergence blob has
+  tangential shear around it (gamma1 < 0 to its north and south, > 0 to its east and west).
+- ``"glass"``: GLASS's convention (``glass.lensing.from_convergence``), the negative of both
+  components: E = -sqrt(f_ell) kappa_lm in healpy's transforms.
 
 All randomness of simulation i comes from its own Generator (the a_lm draws, then the
 noise), so datasets do not depend on batching or MPI ranks.
@@ -30,38 +45,31 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from cosmosbi.simulators.base import OutputSpec, register_simulator, row_generators
-from cosmosbi.simulators.lensing_theory import (
-    BARYON_PARAMETER,
-    DEFAULT_BOUNDS,
-    FIDUCIAL,
-    PARAMETERS,
-    LensingTheory,
-    SpectraTable,
-    s8,
-    smail_nz,
-    tomographic_nz,
+from cosmosbi.simulators.lensing_survey import (
+    ARCMIN2_PER_SR,
+    TomographicLensingSurvey,
+    cholesky_spectra,
+    lognormal_transform,
 )
-from cosmosbi.simulators.priors import BoxUniform
+from cosmosbi.simulators.lensing_theory import shear_e_mode_factor
 
-__all__ = ["WeakLensingSimulator", "footprint_mask", "load_nz", "default_cache_dir", "gaussian_alm", "shear_from_convergence"]
-
-log = logging.getLogger(__name__)
-
-ARCMIN2_PER_SR = (180 * 60 / math.pi) ** 2
-
-
-def default_cache_dir() -> Path:
-    """Folder of the spectra tables: ``$COSMOSBI_CACHE`` or ``~/.cache/cosmosbi``."""
-    return Path(os.environ.get("COSMOSBI_CACHE", Path.home() / ".cache" / "cosmosbi"))
+__all__ = [
+    "SHEAR_CONVENTIONS",
+    "WeakLensingSimulator",
+    "footprint_mask",
+    "gaussian_alm",
+    "shear_from_convergence",
+]
 
 
-def footprint_mask(nside: int, mask: str = "full", cap_area_deg2: float = 5000.0, cap_center_deg=(0.0, 90.0)) -> np.ndarray:
+def footprint_mask(
+    nside: int, mask: str = "full", cap_area_deg2: float = 5000.0, cap_center_deg=(0.0, 90.0)
+) -> np.ndarray:
     """Boolean footprint in NESTED ordering. Returns (12 nside^2,).
 
     Args:
@@ -103,53 +111,6 @@ def footprint_mask(nside: int, mask: str = "full", cap_area_deg2: float = 5000.0
     return out
 
 
-def load_nz(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read user n(z): an ``.npz`` with arrays ``z`` (Z,) and ``nz`` (n_bins, Z), or a text
-    file whose first column is z and whose other columns are the bins. Returns (z, nz)."""
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"nz_file: {path!r} does not exist")
-    if p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as f:
-            if "z" not in f or "nz" not in f:
-                raise ValueError(f"nz_file {path!r} must hold arrays 'z' and 'nz', has {sorted(f.files)}")
-            z, nz = np.asarray(f["z"], float), np.atleast_2d(np.asarray(f["nz"], float))
-    else:
-        table = np.loadtxt(p, ndmin=2)
-        z, nz = table[:, 0], table[:, 1:].T
-    if nz.shape[-1] != z.size or nz.shape[0] < 1:
-        raise ValueError(f"nz_file {path!r}: n(z) shape {nz.shape} does not match {z.size} redshifts")
-    if np.any(np.diff(z) <= 0) or np.any(nz < 0):
-        raise ValueError(f"nz_file {path!r}: z must increase and n(z) must be non-negative")
-    return z, nz / np.trapezoid(nz, z, axis=1)[:, None]
-
-
-def _cholesky_spectra(spectra: np.ndarray, pairs, n_bins: int) -> np.ndarray:
-    """Lower Cholesky factors of the bin covariance per ell. spectra: (n_spectra, L). Returns (L, n, n).
-
-    Multipoles whose matrix is not positive definite (ell < 2, where everything is zero) use
-    the symmetric square root with negative eigenvalues clipped to zero.
-    """
-    L = spectra.shape[1]
-    cov = np.zeros((L, n_bins, n_bins))
-    for k, (i, j) in enumerate(pairs):
-        cov[:, i, j] = cov[:, j, i] = spectra[k]
-    out = np.zeros_like(cov)
-    for ell in range(L):
-        if ell == 2:
-            try:  # all multipoles >= 2 at once in the usual, positive-definite case
-                out[ell:] = np.linalg.cholesky(cov[ell:])
-                return out
-            except np.linalg.LinAlgError:
-                pass  # some multipole is not positive definite: factor them one at a time below
-        try:
-            out[ell] = np.linalg.cholesky(cov[ell])
-        except np.linalg.LinAlgError:
-            vals, vecs = np.linalg.eigh(cov[ell])
-            out[ell] = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-    return out
-
-
 def gaussian_alm(spectra: np.ndarray, pairs, n_bins: int, lmax: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Correlated Gaussian a_lm (healpy ordering) with spectra C_ell^{ij} between bins.
 
@@ -157,7 +118,7 @@ def gaussian_alm(spectra: np.ndarray, pairs, n_bins: int, lmax: int, rng: np.ran
     """
     import healpy as hp
 
-    chol = _cholesky_spectra(spectra, pairs, n_bins)
+    chol = cholesky_spectra(spectra, pairs, n_bins)
     n_alm = hp.Alm.getsize(lmax)
     # complex unit-variance white noise: real and imaginary parts N(0, 1/2); m = 0 modes real N(0, 1)
     white = rng.standard_normal((n_bins, 2 * n_alm)).view(np.complex128)
@@ -185,26 +146,38 @@ def _alm2map(alm: np.ndarray, nside: int, lmax: int) -> np.ndarray:
         logger.setLevel(level)
 
 
-def shear_from_convergence(kappa_ring: np.ndarray, lmax: int) -> np.ndarray:
-    """Shear (gamma1, gamma2) of a RING-ordered convergence map. Returns (2, npix), RING."""
+SHEAR_CONVENTIONS = {"healpix": 1.0, "glass": -1.0}  # sign of E_lm / (sqrt(f_ell) kappa_lm) in healpy's transforms
+
+
+def shear_from_convergence(kappa_ring: np.ndarray, lmax: int, convention: str = "healpix") -> np.ndarray:
+    """Shear (gamma1, gamma2) of a RING-ordered convergence map. Returns (2, npix), RING.
+
+    E_lm = s sqrt(f_ell) kappa_lm, B_lm = 0, with s = +1 in the HEALPix convention and -1 in
+    GLASS's (``convention``; see the module docstring).
+    """
     import healpy as hp
 
+    if convention not in SHEAR_CONVENTIONS:
+        raise ValueError(f"shear_convention: expected one of {list(SHEAR_CONVENTIONS)}, got {convention!r}")
     nside = hp.npix2nside(kappa_ring.size)
     alm = hp.map2alm(kappa_ring, lmax=lmax, iter=1, use_weights=True)
-    ell = np.arange(lmax + 1, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        factor = np.where(ell >= 2, -np.sqrt((ell + 2) * (ell - 1) / (ell * (ell + 1))), 0.0)
+    factor = SHEAR_CONVENTIONS[convention] * np.sqrt(shear_e_mode_factor(np.arange(lmax + 1)))
     elm = hp.almxfl(alm, factor)
     return np.asarray(hp.alm2map_spin([elm, np.zeros_like(elm)], nside, 2, lmax))
 
 
 @register_simulator("weak_lensing")
-class WeakLensingSimulator:
+class WeakLensingSimulator(TomographicLensingSurvey):
     """Tomographic weak-lensing survey: convergence (and shear) maps on the HEALPix sphere.
 
     Outputs (per simulation; P = number of footprint pixels, NESTED order ``self.pixels``):
     ``kappa``: (n_bins, P) float32; ``gamma`` (with ``shear=True``): (n_bins, 2, P) float32;
     ``S_8``: (1,) the derived parameter sigma_8 sqrt(Omega_m / 0.3).
+
+    ``kappa`` carries the convergence spectrum C^kappa-kappa (plus shape noise); ``gamma`` has the
+    E-mode spectrum f_ell C^kappa-kappa and the sign of ``shear_convention``: by default the
+    HEALPix/healpy convention (healpy's kappa x E cross-spectrum is +sqrt(f_ell) C^kappa-kappa,
+    tangential shear around positive convergence); ``"glass"`` gives GLASS's, the negative.
 
     Args:
         nside: HEALPix resolution (power of two).
@@ -212,14 +185,16 @@ class WeakLensingSimulator:
         n_bins: number of tomographic bins of the Smail n(z) (default 4; with ``nz_file``, the
             file's number of bins, which a given value must match).
         parameters: the varied parameters (columns of theta), a subset of
-            Omega_m, sigma_8, Omega_b, h, n_s, w0, A_IA and the baryon model's parameter
-            (log10_Mc for ``schneider15``, log10_T_AGN for ``hmcode2020``).
+            Omega_m, sigma_8, Omega_b, h, n_s, w0, A_IA, the baryon model's parameter
+            (log10_Mc for ``schneider15``, log10_T_AGN for ``hmcode2020``) and the survey
+            systematics of bin i = 1..n_bins: photo-z shift ``delta_z_i`` and shear bias ``m_i``
+            (see :mod:`cosmosbi.simulators.lensing_survey`).
         fiducial: values of the parameters that are not varied (defaults in
-            ``lensing_theory.FIDUCIAL``).
+            ``lensing_theory.FIDUCIAL``; the systematics 0).
         nz_z0, nz_alpha: Smail n(z) ~ z^2 exp(-(z / z0)^alpha) (LSST-Y10 defaults).
         photo_z_sigma: Gaussian photo-z scatter sigma_z (1 + z) of the tomographic split.
         z_max: upper end of the redshift grid of the Smail n(z).
-        nz_file: user n(z) (see :func:`load_nz`) instead of the Smail bins.
+        nz_file: user n(z) (see :func:`~cosmosbi.simulators.lensing_survey.load_nz`) instead of the Smail bins.
         galaxy_density: galaxies per arcmin^2 over all bins (split equally between bins).
         shape_noise: sigma_e, rms of the total intrinsic ellipticity.
         noise: add shape noise.
@@ -228,13 +203,17 @@ class WeakLensingSimulator:
         field: ``"lognormal"`` or ``"gaussian"``.
         shift: lognormal shift model (see :class:`~cosmosbi.simulators.lensing_theory.LensingTheory`).
         shear: also output shear maps (gamma1, gamma2).
+        shear_convention: ``"healpix"`` (default) or ``"glass"``: the sign convention of the
+            shear maps (see the module docstring).
         mask: ``"full"``, ``"cap"`` or a mask file path (see :func:`footprint_mask`).
         cap_area_deg2, cap_center_deg: size and centre (lon, lat) of the ``"cap"`` footprint.
         baryon_model: ``"schneider15"`` (pyccl), ``"hmcode2020"`` (CAMB) or ``"none"``.
         transfer_function: pyccl transfer function.
-        emulator: use the cached spectra table (else pyccl and the GLASS solver per row).
+        emulator: use the cached spectra table (else pyccl and the GLASS solver per new theta);
+            the table has an axis per varied parameter except the m_i, which act on the maps.
         emulator_nodes: Chebyshev nodes per varied parameter (the table has nodes^D entries).
-        cache_dir: folder of the spectra tables (default :func:`default_cache_dir`).
+        cache_dir: folder of the spectra tables (default
+            :func:`~cosmosbi.simulators.chebyshev.default_cache_dir`).
     """
 
     def __init__(
@@ -256,6 +235,7 @@ class WeakLensingSimulator:
         field: str = "lognormal",
         shift: str = "scaled_hilbert2011",
         shear: bool = False,
+        shear_convention: str = "healpix",
         mask: str = "full",
         cap_area_deg2: float = 5000.0,
         cap_center_deg: tuple[float, float] = (0.0, 90.0),
@@ -270,68 +250,39 @@ class WeakLensingSimulator:
         if not isinstance(nside, (int, np.integer)) or nside < 1 or nside & (nside - 1):
             raise ValueError(f"nside must be a power of two, got {nside!r}")
         self.nside = int(nside)
-        self.lmax = 2 * self.nside if lmax is None else int(lmax)
-        if not 2 <= self.lmax <= 3 * self.nside - 1:
+        lmax = 2 * self.nside if lmax is None else int(lmax)
+        if not 2 <= lmax <= 3 * self.nside - 1:
             raise ValueError(f"lmax must be in [2, 3 nside - 1] = [2, {3 * self.nside - 1}], got {lmax}")
-        if field not in ("lognormal", "gaussian"):
-            raise ValueError(f"field must be 'lognormal' or 'gaussian', got {field!r}")
-        if baryon_model not in BARYON_PARAMETER:
-            raise ValueError(f"baryon_model must be one of {sorted(BARYON_PARAMETER)}, got {baryon_model!r}")
-        if galaxy_density <= 0:
-            raise ValueError(f"galaxy_density must be positive (galaxies per arcmin^2), got {galaxy_density}")
-        if galaxy_counts not in ("mean", "poisson"):
-            raise ValueError(f"galaxy_counts must be 'mean' or 'poisson', got {galaxy_counts!r}")
-        if shape_noise < 0:
-            raise ValueError(f"shape_noise must be non-negative, got {shape_noise}")
-
-        allowed = [p for p in PARAMETERS if p not in ("log10_Mc", "log10_T_AGN") or p == BARYON_PARAMETER[baryon_model]]
-        parameters = tuple(parameters)
-        for name in parameters:
-            if name not in allowed:
-                raise ValueError(f"parameters: {name!r} cannot vary with baryon_model={baryon_model!r}; expected names from {allowed}")
-        if len(set(parameters)) != len(parameters) or not parameters:
-            raise ValueError(f"parameters must be a non-empty list of distinct names, got {list(parameters)}")
-        self.fiducial = dict(FIDUCIAL)
-        for key, value in (fiducial or {}).items():
-            if key not in FIDUCIAL:
-                raise ValueError(f"fiducial: unknown parameter {key!r}; expected names from {list(FIDUCIAL)}")
-            self.fiducial[key] = float(value)
-
-        if nz_file is not None:
-            z, nz_bins = load_nz(nz_file)
-            if n_bins is not None and n_bins != len(nz_bins):
-                raise ValueError(f"n_bins={n_bins} but nz_file {nz_file!r} has {len(nz_bins)} bins")
-        else:
-            n_bins = 4 if n_bins is None else int(n_bins)
-            if n_bins < 1:
-                raise ValueError(f"n_bins must be at least 1, got {n_bins}")
-            z = np.linspace(0.0, float(z_max), 351)
-            nz_bins = tomographic_nz(z, smail_nz(z, nz_z0, nz_alpha), n_bins, photo_z_sigma)
-        self.z, self.nz_bins = z, nz_bins
-        self.n_bins = len(nz_bins)
-        self.theory = LensingTheory(z, nz_bins, self.lmax, baryon_model, transfer_function, shift)
-        self.pairs = self.theory.pairs
-
-        self.parameter_names = parameters
-        self.prior = BoxUniform(parameters, [DEFAULT_BOUNDS[p][0] for p in parameters], [DEFAULT_BOUNDS[p][1] for p in parameters])
-        self.lognormal = field == "lognormal"
-        self.field = field
+        if shear_convention not in SHEAR_CONVENTIONS:
+            raise ValueError(f"shear_convention must be one of {list(SHEAR_CONVENTIONS)}, got {shear_convention!r}")
+        super().__init__(
+            lmax=lmax,
+            pixel_area_arcmin2=hp.nside2pixarea(self.nside) * ARCMIN2_PER_SR,
+            n_bins=n_bins,
+            parameters=parameters,
+            fiducial=fiducial,
+            nz_z0=nz_z0,
+            nz_alpha=nz_alpha,
+            photo_z_sigma=photo_z_sigma,
+            z_max=z_max,
+            nz_file=nz_file,
+            galaxy_density=galaxy_density,
+            shape_noise=shape_noise,
+            noise=noise,
+            galaxy_counts=galaxy_counts,
+            field=field,
+            shift=shift,
+            baryon_model=baryon_model,
+            transfer_function=transfer_function,
+            emulator=emulator,
+            emulator_nodes=emulator_nodes,
+            cache_dir=cache_dir,
+        )
         self.shear = bool(shear)
-        self.noise = bool(noise)
-        self.poisson_counts = galaxy_counts == "poisson"
-        self.shape_noise = float(shape_noise)
-        self.galaxy_density = float(galaxy_density)
-        self.emulator = bool(emulator)
-        self.emulator_nodes = int(emulator_nodes)
-        if self.emulator_nodes < 2:
-            raise ValueError(f"emulator_nodes must be at least 2, got {emulator_nodes}")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self._table: SpectraTable | None = None
-
+        self.shear_convention = shear_convention
         footprint = footprint_mask(self.nside, mask, cap_area_deg2, cap_center_deg)
         self.pixels = np.flatnonzero(footprint)  # NESTED indices of the footprint
         self._ring_index = hp.nest2ring(self.nside, self.pixels)
-        self.pixel_area_arcmin2 = hp.nside2pixarea(self.nside) * ARCMIN2_PER_SR
         self.output_spec = {"kappa": OutputSpec((self.n_bins, self.pixels.size), "float32")}
         if self.shear:
             self.output_spec["gamma"] = OutputSpec((self.n_bins, 2, self.pixels.size), "float32")
@@ -339,61 +290,10 @@ class WeakLensingSimulator:
             self.output_spec["counts"] = OutputSpec((self.n_bins, self.pixels.size), "float32")
         self.output_spec["S_8"] = OutputSpec((1,), "float32")
 
-    # ------------------------------------------------------------------ theory
-
-    @property
-    def galaxies_per_pixel(self) -> float:
-        """Mean galaxy count per pixel and bin, n_gal A_pix / n_bins."""
-        return self.galaxy_density / self.n_bins * self.pixel_area_arcmin2
-
-    @property
-    def noise_sigma(self) -> float:
-        """Standard deviation of the shape noise per pixel and component for the mean count:
-        sigma_e / sqrt(2 n_gal A_pix / n_bins)."""
-        return self.shape_noise / math.sqrt(2 * self.galaxies_per_pixel)
-
-    def params(self, theta_row: np.ndarray) -> dict:
-        """Full parameter dict for one row theta: (D,)."""
-        params = dict(self.fiducial)
-        params.update({n: float(v) for n, v in zip(self.parameter_names, theta_row)})
-        return params
-
-    def derived_parameters(self, theta: np.ndarray) -> dict[str, np.ndarray]:
-        """Derived parameters (S_8) for theta: (N, D). Returns name -> (N,)."""
-        theta = np.atleast_2d(np.asarray(theta, dtype=float))
-        rows = [self.params(t) for t in theta]
-        return {"S_8": s8([r["Omega_m"] for r in rows], [r["sigma_8"] for r in rows])}
-
-    def table(self) -> SpectraTable:
-        """The spectra table over the current prior's box (built or loaded on first use)."""
-        low, high = np.asarray(self.prior.low, float), np.asarray(self.prior.high, float)
-        if self._table is not None and np.array_equal(self._table.low, low) and np.array_equal(self._table.high, high):
-            return self._table
-        table = SpectraTable(self.theory, self.parameter_names, low, high, self.fiducial, self.emulator_nodes)
-        self._table = table.build(self.cache_dir)
-        return self._table
-
-    def theory_at(self, theta_row: np.ndarray) -> dict[str, np.ndarray]:
-        """``cls``, ``gls`` (n_spectra, lmax + 1) and ``shifts`` (n_bins,) for one row theta: (D,).
-
-        From the spectra table when theta is inside its box, else from pyccl directly.
-        """
-        theta_row = np.asarray(theta_row, dtype=float)
-        if self.emulator:
-            table = self.table()
-            if table.contains(theta_row[None])[0]:
-                return table(theta_row)
-            log.warning("theta %s is outside the spectra table's box; using pyccl directly", theta_row)
-        return self.theory.evaluate(self.params(theta_row), self.lognormal)
-
-    # ------------------------------------------------------------------ simulation
-
     def simulate(self, theta: np.ndarray, rng) -> dict[str, np.ndarray]:
         """theta: (N, D) -> {"kappa": (N, n_bins, P), ["gamma": (N, n_bins, 2, P)],
         ["counts": (N, n_bins, P)], "S_8": (N, 1)}."""
-        theta = np.atleast_2d(np.asarray(theta, dtype=float))
-        if theta.shape[1] != len(self.parameter_names):
-            raise ValueError(f"theta has {theta.shape[1]} columns; expected {len(self.parameter_names)} ({list(self.parameter_names)})")
+        theta = self.check_theta(theta)
         rngs = row_generators(rng, len(theta))
         n, P = len(theta), self.pixels.size
         out = {"kappa": np.empty((n, self.n_bins, P), dtype=np.float32)}
@@ -401,15 +301,14 @@ class WeakLensingSimulator:
             out["gamma"] = np.empty((n, self.n_bins, 2, P), dtype=np.float32)
         if self.poisson_counts:
             out["counts"] = np.empty((n, self.n_bins, P), dtype=np.float32)
-        for i, (row, g) in enumerate(zip(theta, rngs)):
+        for i, (row, g) in enumerate(zip(theta, rngs, strict=True)):
             self._simulate_one(row, g, out, i)
         out["S_8"] = self.derived_parameters(theta)["S_8"].astype(np.float32)[:, None]
         return out
 
     def _simulate_one(self, theta_row: np.ndarray, rng: np.random.Generator, out: dict, i: int) -> None:
-        import healpy as hp
-
         th = self.theory_at(theta_row)
+        bias = self.shear_bias(theta_row)
         spectra = th["gls"] if self.lognormal else th["cls"]
         alms = gaussian_alm(spectra, self.pairs, self.n_bins, self.lmax, rng)
         ell = np.arange(self.lmax + 1)
@@ -421,14 +320,15 @@ class WeakLensingSimulator:
             out["counts"][i] = counts
         for b, alm in enumerate(alms):
             x = _alm2map(alm, self.nside, self.lmax)
-            if self.lognormal:  # kappa = lambda [exp(x - var / 2) - 1], in place
+            if self.lognormal:
                 var = float(np.sum((2 * ell + 1) * spectra[self.pairs.index((b, b))]) / (4 * math.pi))
-                x -= var / 2
-                np.expm1(x, out=x)
-                x *= float(th["shifts"][b])
+                lognormal_transform(x, var, float(th["shifts"][b]))
+            if bias[b] != 1.0:
+                x *= bias[b]
             kappa = x[self._ring_index].astype(np.float32)
             if self.shear:
-                gamma = shear_from_convergence(x, self.lmax)[:, self._ring_index].astype(np.float32)
+                gamma = shear_from_convergence(x, self.lmax, self.shear_convention)[:, self._ring_index]
+                gamma = gamma.astype(np.float32)
             if self.noise and self.shape_noise > 0:
                 s_b = sigma[b] if self.poisson_counts else sigma
                 kappa += rng.standard_normal(kappa.shape, dtype=np.float32) * s_b

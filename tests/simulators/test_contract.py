@@ -24,6 +24,10 @@ CASES = {
         {"nside": 8, "lmax": 16, "n_bins": 2, "transfer_function": "eisenstein_hu", "emulator_nodes": 2},
         ({"emulator_nodes": 1}, "emulator_nodes"),
     ),
+    "weak_lensing_flat": (
+        {"n_pixels": 16, "patch_deg": 5.0, "n_bins": 2, "transfer_function": "eisenstein_hu", "emulator_nodes": 2},
+        ({"patch_deg": -1.0}, "patch_deg"),
+    ),
 }
 ROWS = 3
 
@@ -32,7 +36,7 @@ def options_for(name: str, cache_dir) -> dict:
     if name not in CASES:
         pytest.fail(f"simulator {name!r} is registered but has no fast options in tests/simulators/test_contract.py")
     options = dict(CASES[name][0])
-    if name == "weak_lensing":
+    if name in ("weak_lensing", "weak_lensing_flat"):
         options["cache_dir"] = str(cache_dir)
     return options
 

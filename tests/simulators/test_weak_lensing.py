@@ -64,10 +64,142 @@ def spectra_chi2(sim, theta, n_real, rng, use_sample_variance):
         var = measured[:, :, 2:].var(axis=0, ddof=1) / n_real
     else:
         auto = {i: target[k, 2:] for k, (i, j) in enumerate(sim.pairs) if i == j}
-        var = np.array([(auto[i] * auto[j] + target[k, 2:] ** 2) / (2 * ell + 1) for k, (i, j) in enumerate(sim.pairs)]) / n_real
+        var = (
+            np.array([(auto[i] * auto[j] + target[k, 2:] ** 2) / (2 * ell + 1) for k, (i, j) in enumerate(sim.pairs)])
+            / n_real
+        )
     chi2 = np.sum((mean - target[:, 2:]) ** 2 / var, axis=1)
     print(f"chi2 per spectrum {np.round(chi2, 1)} for {ell.size} multipoles")
     return chi2, ell.size
+
+
+def pyccl_convergence_spectra(sim, params, ell):
+    """Convergence spectra C^kappa-kappa from pyccl alone (no cosmosbi theory code): a ``pyccl.Tracer``
+    with the lensing kernel of each bin and the convergence prefactor ell (ell + 1) (``der_angles=1``).
+
+    No intrinsic alignments (A_IA = 0). Returns (n_spectra, L) in GLASS order."""
+    import pyccl as ccl
+
+    assert params["A_IA"] == 0.0
+    cosmo = ccl.Cosmology(
+        Omega_c=params["Omega_m"] - params["Omega_b"],
+        Omega_b=params["Omega_b"],
+        h=params["h"],
+        n_s=params["n_s"],
+        sigma8=params["sigma_8"],
+        w0=params["w0"],
+        transfer_function=BASE["transfer_function"],
+        baryonic_effects=ccl.BaryonsSchneider15(log10Mc=params["log10_Mc"]),
+    )
+    tracers = []
+    for nz in sim.nz_bins:
+        tracer = ccl.Tracer()
+        tracer.add_tracer(cosmo, kernel=ccl.get_lensing_kernel(cosmo, dndz=(sim.z, nz)), der_bessel=-1, der_angles=1)
+        tracers.append(tracer)
+    return np.array([ccl.angular_cl(cosmo, tracers[i], tracers[j], ell) for i, j in sim.pairs])
+
+
+def f_ell(ell):
+    """(ell + 2)(ell - 1) / (ell (ell + 1)): shear E-mode over convergence spectrum."""
+    ell = np.asarray(ell, dtype=float)
+    return (ell + 2) * (ell - 1) / (ell * (ell + 1))
+
+
+def test_gaussian_map_spectra_match_pyccl_convergence_spectra(cache_dir):
+    """Full-sky Gaussian maps without noise at nside 32: the mean anafast spectra over 200
+    realisations match pyccl's convergence spectra over ell = 2..9 and ell = 2..64, and not the
+    shear E-mode spectra. The maps are band-limited point samples (no pixel window), so the
+    target is C^kappa-kappa itself. Variance of the mean from the target: (C_ii C_jj + C_ij^2) / (2 ell + 1) / R."""
+    sim = make(cache_dir, field="gaussian", noise=False)
+    n_real = 200
+    kappa = sim.simulate(np.tile(NODE, (n_real, 1)), np.random.default_rng(31))["kappa"]
+    measured = np.stack([measured_spectra(k, sim.lmax, sim.pairs) for k in kappa])[:, :, 2:].mean(axis=0)
+    ell = np.arange(2, sim.lmax + 1)
+    target = pyccl_convergence_spectra(sim, sim.params(NODE), ell.astype(float))
+    auto = {i: target[k] for k, (i, j) in enumerate(sim.pairs) if i == j}
+    var = (
+        np.array([(auto[i] * auto[j] + target[k] ** 2) / (2 * ell + 1) for k, (i, j) in enumerate(sim.pairs)]) / n_real
+    )
+    alpha = 1e-3 / (2 * len(sim.pairs))  # two ranges of ell, one test per spectrum, overall false-alarm rate 1e-3
+    for n_ell in (8, ell.size):  # ell = 2..9, then ell = 2..64
+        chi2 = np.sum(((measured - target) ** 2 / var)[:, :n_ell], axis=1)
+        print(f"ell = 2..{n_ell + 1}: chi2 {np.round(chi2, 1)} for {n_ell} dof against C^kappa-kappa")
+        assert np.all(chi2 < stats.chi2.ppf(1 - alpha, n_ell)), chi2
+        assert np.all(chi2 > stats.chi2.ppf(alpha, n_ell)), chi2
+    # the shear E-mode spectrum (what WeakLensingTracer gives) is rejected at ell = 2..9
+    chi2_ee = np.sum(((measured - f_ell(ell) * target) ** 2 / var)[:, :8], axis=1)
+    print(f"ell = 2..9: chi2 {np.round(chi2_ee, 1)} for 8 dof against C^EE")
+    assert np.all(chi2_ee > stats.chi2.ppf(1 - alpha, 8)), chi2_ee
+
+
+def convergence_blob(nside, lmax, lon=90.0, lat=0.0):
+    """RING map of a smooth positive convergence blob (a 5-degree disc smoothed in harmonic space)."""
+    blob = np.zeros(hp.nside2npix(nside))
+    blob[hp.query_disc(nside, hp.ang2vec(lon, lat, lonlat=True), np.radians(5.0))] = 1.0
+    ell = np.arange(lmax + 1)
+    return hp.alm2map(hp.almxfl(hp.map2alm(blob, lmax=lmax), np.exp(-ell * (ell + 1) * 2e-3)), nside, lmax=lmax)
+
+
+def test_shear_sign_healpix_convention_and_glass_option():
+    """healpy's spin-2 analysis of the shear gives E = +sqrt(f_ell) kappa_lm (HEALPix convention):
+    a positive blob has tangential shear (gamma1 < 0 north and south, > 0 east and west); the
+    ``glass`` convention is GLASS's own ``from_convergence`` shear."""
+    import glass.lensing
+
+    from cosmosbi.simulators.weak_lensing import shear_from_convergence
+
+    nside, lmax = 32, 64
+    kappa = convergence_blob(nside, lmax)
+    gamma = shear_from_convergence(kappa, lmax)
+    values = {}
+    for name, lon, lat in (("north", 90, 12), ("south", 90, -12), ("east", 102, 0), ("west", 78, 0)):
+        values[name] = gamma[:, hp.ang2pix(nside, lon, lat, lonlat=True)]
+    assert values["north"][0] < -0.1 and values["south"][0] < -0.1
+    assert values["east"][0] > 0.1 and values["west"][0] > 0.1
+    # healpy's own transforms of (gamma1, gamma2): spin-2 and polarisation (T, Q, U) E modes
+    kappa_lm = hp.map2alm(kappa, lmax=lmax, iter=3)
+    e_spin, b_spin = hp.map2alm_spin(gamma, 2, lmax=lmax)
+    e_pol = hp.map2alm([kappa, gamma[0], gamma[1]], lmax=lmax, pol=True, iter=3)[1]
+    ell, _m = hp.Alm.getlm(lmax)
+    strong = (ell >= 2) & (np.abs(kappa_lm) > 1e-2 * np.abs(kappa_lm).max())
+    for e in (e_spin, e_pol):
+        ratio = (e[strong] / kappa_lm[strong]).real
+        np.testing.assert_allclose(ratio, np.sqrt(f_ell(ell[strong])), rtol=2e-2)
+    assert np.abs(b_spin).max() < 1e-2 * np.abs(e_spin).max()
+    glass_gamma = glass.lensing.from_convergence(kappa, lmax=lmax, shear=True, discretized=False)[0]
+    ours = shear_from_convergence(kappa, lmax, convention="glass")
+    scale = np.abs(glass_gamma).max()
+    np.testing.assert_allclose(ours[0], glass_gamma.real, atol=2e-2 * scale)
+    np.testing.assert_allclose(ours[1], glass_gamma.imag, atol=2e-2 * scale)
+    np.testing.assert_allclose(ours, -gamma, rtol=1e-12)
+
+
+def test_simulated_shear_cross_spectrum_with_convergence(cache_dir):
+    """Simulated maps, healpy's spin-2 analysis: kappa x E = +sqrt(f_ell) C^kappa-kappa, EE = f_ell C^kappa-kappa
+    (ratios per realisation, which cancel the sample variance), and the mean kappa x E over 100
+    realisations matches sqrt(f_ell) times pyccl's convergence spectrum over ell = 2..9."""
+    sim = make(cache_dir, field="gaussian", noise=False, shear=True)
+    n_real = 100
+    out = sim.simulate(np.tile(NODE, (n_real, 1)), np.random.default_rng(41))
+    ell = np.arange(2, sim.lmax + 1)
+    cross, bin_ = [], 1
+    for r in range(n_real):
+        kappa = hp.reorder(out["kappa"][r, bin_].astype(float), n2r=True)
+        gamma = np.array([hp.reorder(g.astype(float), n2r=True) for g in out["gamma"][r, bin_]])
+        kappa_lm = hp.map2alm(kappa, lmax=sim.lmax, iter=3)
+        e_lm, _ = hp.map2alm_spin(gamma, 2, lmax=sim.lmax)
+        kk, ke, ee = hp.alm2cl(kappa_lm)[2:], hp.alm2cl(kappa_lm, e_lm)[2:], hp.alm2cl(e_lm)[2:]
+        np.testing.assert_allclose(ke / kk, np.sqrt(f_ell(ell)), rtol=1e-2)
+        np.testing.assert_allclose(ee / kk, f_ell(ell), rtol=2e-2)
+        cross.append(ke)
+    target = pyccl_convergence_spectra(sim, sim.params(NODE), ell.astype(float))[sim.pairs.index((bin_, bin_))]
+    mean = np.mean(cross, axis=0)[:8]
+    # Var(kappa x E) = f_ell Var(C^kk) for fully correlated fields
+    var = f_ell(ell[:8]) * 2 * target[:8] ** 2 / (2 * ell[:8] + 1) / n_real
+    chi2 = np.sum((mean - np.sqrt(f_ell(ell[:8])) * target[:8]) ** 2 / var)
+    print(f"kappa x E, ell = 2..9: chi2 {chi2:.1f} for 8 dof")
+    assert stats.chi2.ppf(1e-3 / 2, 8) < chi2 < stats.chi2.ppf(1 - 1e-3 / 2, 8)
+    assert np.all(mean > 0)
 
 
 def test_registered_outputs_and_derived_parameter(cache_dir):
@@ -85,7 +217,7 @@ def test_registered_outputs_and_derived_parameter(cache_dir):
     area = P * hp.nside2pixarea(32, degrees=True)
     assert abs(area - 5000.0) < 2 * math.pi * math.sqrt(5000 / math.pi) * hp.nside2resol(32, arcmin=True) / 60
     assert np.all(np.diff(sim.pixels) > 0)
-    lon, lat = hp.pix2ang(32, sim.pixels, nest=True, lonlat=True)
+    _lon, lat = hp.pix2ang(32, sim.pixels, nest=True, lonlat=True)
     assert lat.min() > 90 - np.degrees(math.acos(1 - 5000 * (math.pi / 180) ** 2 / (2 * math.pi))) - 2
 
 
@@ -223,7 +355,10 @@ def test_table_is_cached_on_disk_and_keyed(cache_dir, monkeypatch):
     t0 = SpectraTable(sim.theory, sim.parameter_names, [0.2, 0.6], [0.4, 1.0], FIDUCIAL, 5)
     assert t0.key() != SpectraTable(sim.theory, sim.parameter_names, [0.2, 0.6], [0.4, 1.1], FIDUCIAL, 5).key()
     assert t0.key() != SpectraTable(sim.theory, sim.parameter_names, [0.2, 0.6], [0.4, 1.0], FIDUCIAL, 4).key()
-    assert t0.key() != SpectraTable(sim.theory, sim.parameter_names, [0.2, 0.6], [0.4, 1.0], {**FIDUCIAL, "h": 0.6}, 5).key()
+    assert (
+        t0.key()
+        != SpectraTable(sim.theory, sim.parameter_names, [0.2, 0.6], [0.4, 1.0], {**FIDUCIAL, "h": 0.6}, 5).key()
+    )
 
 
 def test_table_lock_waits_for_a_live_builder_and_takes_over_a_stale_one(tmp_path):
@@ -313,7 +448,9 @@ def test_mask_file_and_nz_file(tmp_path, cache_dir):
     z = np.linspace(0.01, 2.0, 100)
     nz = np.stack([np.exp(-((z - 0.5) ** 2) / 0.02), np.exp(-((z - 1.0) ** 2) / 0.02)])
     np.savez(tmp_path / "nz.npz", z=z, nz=nz)
-    sim = make(cache_dir, nz_file=str(tmp_path / "nz.npz"), n_bins=None, mask=str(tmp_path / "mask.npy"), emulator=False)
+    sim = make(
+        cache_dir, nz_file=str(tmp_path / "nz.npz"), n_bins=None, mask=str(tmp_path / "mask.npy"), emulator=False
+    )
     assert sim.n_bins == 2 and sim.pixels.size == 400
     out = sim.simulate(NODE[None], [np.random.default_rng(0)])
     assert out["kappa"].shape == (1, 2, 400) and np.all(np.isfinite(out["kappa"]))
@@ -402,3 +539,48 @@ def test_runs_through_the_runner_and_reads_back(cache_dir, tmp_path):
     _, noise_seq = simulation_seeds(3, 4)
     again = sim.simulate(ds.theta[4:5], [np.random.default_rng(noise_seq)])
     np.testing.assert_array_equal(again["kappa"][0], kappa[4])
+
+
+@pytest.mark.slow
+def test_lognormal_map_spectra_match_pyccl_convergence_spectra_low_ell(cache_dir):
+    """Lognormal maps without noise, 400 realisations at nside 32: mean anafast spectra against
+    pyccl's own convergence spectra at ell = 2..9, variance of the mean from the sample."""
+    sim = make(cache_dir, field="lognormal", noise=False)
+    n_real = 400
+    kappa = sim.simulate(np.tile(NODE, (n_real, 1)), np.random.default_rng(51))["kappa"]
+    measured = np.stack([measured_spectra(k, sim.lmax, sim.pairs) for k in kappa])[:, :, 2:10]
+    ell = np.arange(2, 10)
+    target = pyccl_convergence_spectra(sim, sim.params(NODE), ell.astype(float))
+    var = measured.var(axis=0, ddof=1) / n_real
+    chi2 = np.sum((measured.mean(axis=0) - target) ** 2 / var, axis=1)
+    chi2_ee = np.sum((measured.mean(axis=0) - f_ell(ell) * target) ** 2 / var, axis=1)
+    print(f"lognormal, ell = 2..9: chi2 {np.round(chi2, 1)} (C^kappa-kappa), {np.round(chi2_ee, 1)} (C^EE) for 8 dof")
+    t_var = (n_real - 1) / (n_real - 3)  # sum of squared t(n_real - 1) variables
+    alpha = 1e-3 / len(sim.pairs)
+    assert np.all(chi2 < stats.chi2.ppf(1 - alpha, 8) * t_var), chi2
+    assert np.all(chi2_ee > stats.chi2.ppf(1 - alpha, 8) * t_var), chi2_ee
+
+
+@pytest.mark.slow
+def test_example_config_emulator_error_below_a_thousandth():
+    """The spectra table of examples/weak_lensing.yaml against direct theory at random prior points.
+
+    Builds the table in the default cache (``$COSMOSBI_CACHE`` or ``~/.cache/cosmosbi``) on first
+    use, which the example run then reuses (``benchmarks/RESULTS.md`` gives the build time).
+    """
+    import pathlib
+
+    from cosmosbi.config import load_config
+
+    path = pathlib.Path(__file__).parents[2] / "examples" / "weak_lensing.yaml"
+    sim = load_config(path).build_simulator()
+    table = sim.table()
+    errors = []
+    for theta in sim.prior.sample(6, np.random.default_rng(61)):
+        direct = sim.theory.evaluate(sim.params(theta))
+        emulated = table(theta)
+        errors.append(spectra_relative_error(emulated["cls"], direct["cls"], sim.pairs).max())
+        errors.append(spectra_relative_error(emulated["gls"], direct["gls"], sim.pairs).max())
+        errors.append(np.max(np.abs(emulated["shifts"] / direct["shifts"] - 1)))
+    print("max relative emulator errors (cls, gls, shifts per point):", np.round(errors, 6))
+    assert max(errors) < 1e-3, errors
