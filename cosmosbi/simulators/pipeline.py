@@ -32,5 +32,6 @@ def simulate_from_config(config, names: list[str] | None = None, source: str = "
             comm=comm,
             progress=progress,
             chunk=chunk,
+            simulation_timeout_s=dataset.simulation_timeout_s,
         )
     return summaries

@@ -158,3 +158,34 @@ def test_timeout_must_be_a_positive_number(tmp_path, value):
         run_simulations(
             as_simulator(too_short, prior=PRIOR), 4, tmp_path / "ds", seed=1, simulation_timeout_s=value, progress=False
         )
+
+
+def test_simulation_timeout_from_a_config(tmp_path, monkeypatch):
+    import yaml
+
+    from cosmosbi.cli import main
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "hang_model.py").write_text(
+        "import time\nfrom cosmosbi.simulators import BoxUniform, as_simulator\n"
+        "def hang(theta, rng):\n"
+        "    if theta[0] > 0.6:\n"
+        "        time.sleep(60)\n"
+        "    return theta[0] + rng.normal(size=2)\n"
+        "def make():\n"
+        "    return as_simulator(hang, prior=BoxUniform(['mu', 'sigma'], [-1.0, 0.1], [1.0, 1.0]))\n"
+    )
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "simulator": {"name": "hang_model:make"},
+        "datasets": {"train": {"n": 12, "seed": 4, "simulation_timeout_s": 0.3}},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["simulate", "-q", str(tmp_path / "c.yaml")]) == 0
+    ds = SimulationDataset(tmp_path / "run" / "sims" / "train")
+    hangs = prior_draws(4, 12)[:, 0] > 0.6
+    assert len(ds.failures) == hangs.sum() > 0 and len(ds) == 12 - hangs.sum()
+    assert all("simulation_timeout_s=0.3" in f["message"] for f in ds.failures)
+    config["datasets"]["train"]["simulation_timeout_s"] = True
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["simulate", "-q", str(tmp_path / "c.yaml")]) != 0
