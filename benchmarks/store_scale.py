@@ -45,7 +45,9 @@ def run_one(n: int, directory: Path) -> dict:
     from cosmosbi.simulators.store import SimulationDataset
 
     prior = BoxUniform(["a", "b"], low=[-1, -1], high=[1, 1])
+    cpu = time.process_time()
     summary = run_simulations(as_simulator(noisy_line, prior=prior), n, directory, seed=1, progress=False)
+    cpu = time.process_time() - cpu
     started = time.perf_counter()
     dataset = SimulationDataset(directory)
     theta, x = dataset.theta, dataset.read("x")
@@ -57,6 +59,7 @@ def run_one(n: int, directory: Path) -> dict:
     return {
         "n": n,
         "run_s": summary.seconds,
+        "run_cpu_s": cpu,
         "merge_s": summary.merge_seconds,
         "read_s": read_s,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -130,7 +133,8 @@ def main() -> None:
         return
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    print(f"noisy_line, batch_size 64, {args.ranks} process(es); uptime: {os.getloadavg()}")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"noisy_line, batch_size 64, {args.ranks} process(es), {os.cpu_count()} CPUs; load average {load}")
     modes = ["run"] + (["baseline"] if args.baseline else [])
     for mode in modes:
         for n in args.sizes:
@@ -158,7 +162,8 @@ def main() -> None:
             result = json.loads(done.stdout.strip().splitlines()[-1])
             if mode == "run":
                 print(
-                    f"{n:>9d} rows: run {result['run_s']:7.1f} s (merge {result['merge_s']:5.2f} s), read {result['read_s']:5.2f} s, "
+                    f"{n:>9d} rows: run {result['run_s']:7.1f} s wall, {result['run_cpu_s']:7.1f} s CPU "
+                    f"(merge {result['merge_s']:5.2f} s), read {result['read_s']:5.2f} s, "
                     f"peak memory {result['peak_mb']:6.0f} MB, stored {result['stored_mb']:6.1f} MB"
                 )
             else:

@@ -68,9 +68,10 @@ class RunSummary:
 
 
 def simulation_seeds(seed: int, index: int) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
-    """The (parameter draw, simulation noise) seed sequences of simulation ``index``."""
-    theta_seq, noise_seq = np.random.SeedSequence([seed, index]).spawn(2)
-    return theta_seq, noise_seq
+    """The (parameter draw, simulation noise) seed sequences of simulation ``index``: the two
+    children of ``SeedSequence([seed, index])`` (built directly, as ``spawn(2)`` would)."""
+    entropy = [seed, index]
+    return np.random.SeedSequence(entropy, spawn_key=(0,)), np.random.SeedSequence(entropy, spawn_key=(1,))
 
 
 def run_simulations(
@@ -584,11 +585,13 @@ def _prepare(out_dir: Path, identity: dict, n: int, simulator, overwrite: bool, 
             raise ValueError(
                 f"{out_dir} already holds a dataset with a different {key} "
                 f"({previous.get('identity', {}).get(key)!r}, now {identity[key]!r}); its simulations are not reused. "
-                "Choose another output directory, delete this one, or pass overwrite=True to run_simulations to replace it"
+                "Choose another output directory, delete this one, or pass overwrite=True to run_simulations "
+                "to replace it"
             )
         if n < previous["n"]:
             raise ValueError(
-                f"{out_dir} holds a dataset of n={previous['n']} simulations; asked for n={n}. Use n >= {previous['n']} or another directory"
+                f"{out_dir} holds a dataset of n={previous['n']} simulations; asked for n={n}. "
+                f"Use n >= {previous['n']} or another directory"
             )
     elif out_dir.is_dir() and any(out_dir.iterdir()):
         raise ValueError(

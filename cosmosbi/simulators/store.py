@@ -98,8 +98,9 @@ def storage_errors(path: str | os.PathLike, action: str) -> Iterator[None]:
     """Turn a full disk or a denied write during ``action`` on ``path`` into one :class:`StorageError`.
 
     HDF5 reports a failed write again from the destructors of its open objects (through
-    ``sys.unraisablehook`` and ``sys.excepthook``); those reports are silenced while the block runs and its failed objects are released, so the user sees one
-    message, not a traceback per handle. Other errors pass through unchanged.
+    ``sys.unraisablehook`` and ``sys.excepthook``); those reports are silenced while the block
+    runs and its failed objects are released, so the user sees one message, not a traceback per
+    handle. Other errors pass through unchanged.
     """
     hooks = sys.unraisablehook, sys.excepthook
     sys.unraisablehook = sys.excepthook = lambda *args: None
@@ -200,8 +201,9 @@ def merge_files(
                     spec, spec_source = found, source
                 elif found != spec:
                     raise DatasetError(
-                        f"{source}: outputs {_describe_spec(found)} differ from {_describe_spec(spec)} in {spec_source}; "
-                        "the simulator changed between runs. Move the files of one version aside and rerun"
+                        f"{source}: outputs {_describe_spec(found)} differ from {_describe_spec(spec)} in "
+                        f"{spec_source}; the simulator changed between runs. Move the files of one version aside "
+                        "and rerun"
                     )
         indices.append(index)
     all_index = np.concatenate(indices) if indices else np.zeros(0, np.int64)

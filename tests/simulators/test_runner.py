@@ -327,3 +327,10 @@ def test_orphan_temporary_files_of_a_killed_run_are_removed(tmp_path):
     assert run_simulations(sim, 10, tmp_path / "ds", seed=1, progress=False).new_this_run == 0
     assert not any(path.exists() for path in orphans) and alive.exists()
     assert not (tmp_path / "ds" / "parts").exists()
+
+
+def test_simulation_seeds_are_the_children_of_the_root_and_index():
+    for seed, index in [(0, 0), (11, 17), (2**40, 10**6)]:
+        expected = np.random.SeedSequence([seed, index]).spawn(2)
+        for got, want in zip(simulation_seeds(seed, index), expected):
+            np.testing.assert_array_equal(got.generate_state(8), want.generate_state(8))
