@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import tokenize
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -360,10 +361,14 @@ def module_code_hash(obj) -> str | None:
         return None
 
 
+# what inspect.getsource raises when the source cannot be found or is not Python (e.g. compiled from a README)
+_NO_SOURCE = (OSError, TypeError, SyntaxError, IndexError, tokenize.TokenError)
+
+
 def _source_hash(obj) -> str:
     try:
         text = inspect.getsource(obj)
-    except (OSError, TypeError):
+    except _NO_SOURCE:
         text = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -385,7 +390,7 @@ def _hash_function(function, digest, seen: set[int]) -> None:
         return
     try:
         digest.update(inspect.getsource(function).encode())
-    except (OSError, TypeError):
+    except _NO_SOURCE:
         _hash_code(code, digest)
     for value in (*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values()):
         _hash_value(value, digest, seen)

@@ -159,6 +159,8 @@ def run_simulations(
             raise ValueError(f"chunk must be (k, K) with 0 <= k < K, got {chunk!r}")
         if comm is not None and comm.Get_size() > 1:
             raise ValueError("chunk: run one process per chunk (a job array), not an MPI job")
+        if overwrite:
+            raise ValueError("overwrite: the chunks of a job array share one dataset; remove it before submitting the array")
     comm = get_comm(comm)
     rank, size = comm.Get_rank(), comm.Get_size()
     out_dir = Path(out_dir)
@@ -199,15 +201,19 @@ def run_simulations(
             # rank 0 simulates the first missing rows until one succeeds, so that every rank
             # checks its rows against the same output shapes
             probe: dict[str, Any] = {"spec": None, "n": 0}
+            probe_error = None
             if rank == 0:
                 try:
                     probe["n"] = batches.run_until_spec(missing, batch_size, writer)
                     probe["spec"] = batches.check.spec
                     writer.flush()
                 except Exception as err:
+                    probe_error = err
                     probe["error"], probe["kind"] = str(err), type(err).__name__
             probe = comm.bcast(probe, root=0)
-            if "error" in probe:
+            if probe_error is not None:
+                raise probe_error
+            if "error" in probe:  # the other ranks stop with rank 0's message
                 raise (ValueError if probe["kind"] == "ValueError" else RuntimeError)(probe["error"])
             n_probed = probe["n"]
             batches.check.spec = probe["spec"]

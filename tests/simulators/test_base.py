@@ -143,3 +143,13 @@ def test_a_factory_module_is_part_of_the_description(tmp_path, monkeypatch):
     second = make_simulator("factory_sim:make", {"n_points": 3}).description
     sys.modules.pop("factory_sim")
     assert first["options"] == second["options"] and first["module_code"] != second["module_code"]
+
+
+def test_function_code_hash_of_code_compiled_from_a_text_file(tmp_path):
+    from cosmosbi.simulators.base import function_code_hash
+
+    notes = tmp_path / "notes.md"
+    notes.write_text("# notes\n\n```\n(unclosed\n")
+    namespace = {}
+    exec(compile("def f(theta, rng):\n    return theta\n", str(notes), "exec"), namespace)
+    assert len(function_code_hash(namespace["f"])) == 16
