@@ -2,9 +2,10 @@
 
 Each size runs in a fresh subprocess (so peak memory is that size's alone) with the default
 ``batch_size`` (64) and checkpointing, one process (or ``--ranks`` MPI ranks), and reports the
-wall time of the run, the part of it spent merging, the time to open the dataset and read every
-row back (``theta`` and ``x``, then one pass of ``iter_batches``), the peak resident memory
-(``ru_maxrss``) and the bytes stored. With ``--baseline`` it also merges the same rows written
+wall and CPU time of the run, the part of it spent merging, the time to open the dataset and
+read every row back (``theta``, then one pass of ``iter_batches(4096)``), the peak resident
+memory (``ru_maxrss``: after the imports, after simulating and merging, after reading) and the
+bytes stored. With ``--baseline`` it also merges the same rows written
 as one part file per batch (what the runner did before checkpointing) with the merge of this
 version and with the previous set-operation merge (``np.isin`` / ``np.union1d`` per part),
 and prints the ratio.
@@ -45,14 +46,18 @@ def run_one(n: int, directory: Path) -> dict:
     from cosmosbi.simulators.store import SimulationDataset
 
     prior = BoxUniform(["a", "b"], low=[-1, -1], high=[1, 1])
+    before = _peak_mb()
     cpu = time.process_time()
     summary = run_simulations(as_simulator(noisy_line, prior=prior), n, directory, seed=1, progress=False)
     cpu = time.process_time() - cpu
+    after_run = _peak_mb()
     started = time.perf_counter()
     dataset = SimulationDataset(directory)
-    theta, x = dataset.theta, dataset.read("x")
-    assert theta.shape == (n, 2) and x.shape == (n, 20) and summary.status == "complete"
-    rows = sum(len(batch["index"]) for batch in dataset.iter_batches(4096))
+    assert dataset.theta.shape == (n, 2) and summary.status == "complete"
+    rows = 0
+    for batch in dataset.iter_batches(4096):
+        assert batch["x"].shape == (len(batch["index"]), 20)
+        rows += len(batch["index"])
     assert rows == n
     read_s = time.perf_counter() - started
     stored = sum(p.stat().st_size for p in directory.glob("shard-*.h5"))
@@ -62,9 +67,15 @@ def run_one(n: int, directory: Path) -> dict:
         "run_cpu_s": cpu,
         "merge_s": summary.merge_seconds,
         "read_s": read_s,
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "start_mb": before,
+        "run_peak_mb": after_run,
+        "read_peak_mb": _peak_mb(),
         "stored_mb": stored / 2**20,
     }
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def set_operation_merge(sources, target, seed, names, chunk_rows=512):
@@ -163,8 +174,9 @@ def main() -> None:
             if mode == "run":
                 print(
                     f"{n:>9d} rows: run {result['run_s']:7.1f} s wall, {result['run_cpu_s']:7.1f} s CPU "
-                    f"(merge {result['merge_s']:5.2f} s), read {result['read_s']:5.2f} s, "
-                    f"peak memory {result['peak_mb']:6.0f} MB, stored {result['stored_mb']:6.1f} MB"
+                    f"(merge {result['merge_s']:5.2f} s), read {result['read_s']:5.2f} s; peak memory "
+                    f"{result['start_mb']:4.0f} MB after imports, {result['run_peak_mb']:4.0f} MB simulating + "
+                    f"merging, {result['read_peak_mb']:4.0f} MB reading; stored {result['stored_mb']:6.1f} MB"
                 )
             else:
                 ratio = result["merge_set_operations_s"] / result["merge_linear_s"]

@@ -160,7 +160,9 @@ def run_simulations(
         if comm is not None and comm.Get_size() > 1:
             raise ValueError("chunk: run one process per chunk (a job array), not an MPI job")
         if overwrite:
-            raise ValueError("overwrite: the chunks of a job array share one dataset; remove it before submitting the array")
+            raise ValueError(
+                "overwrite: the chunks of a job array share one dataset; remove it before submitting the array"
+            )
     comm = get_comm(comm)
     rank, size = comm.Get_rank(), comm.Get_size()
     out_dir = Path(out_dir)
