@@ -161,7 +161,7 @@ def _write_rows_to(tmp: Path, theta, index, seed, outputs, failures, parameter_n
     spec = {name: (np.shape(value)[1:], np.asarray(value).dtype) for name, value in outputs.items()}
     with h5py.File(tmp, "w") as f:
         _create_file(f, len(order), seed, parameter_names, spec, failures)
-        f["theta"][...] = np.asarray(theta, dtype=np.float64).reshape(len(order), -1)[order]
+        f["theta"][...] = np.asarray(theta, dtype=np.float64).reshape(len(order), len(parameter_names))[order]
         f["index"][...] = np.asarray(index, dtype=np.int64)[order]
         for name, value in outputs.items():
             f["x"][name][...] = np.asarray(value)[order]
@@ -180,7 +180,7 @@ def read_output_spec(path: Path) -> dict[str, dict]:
 
 
 def merge_files(
-    sources: Sequence[Path], target: Path, seed: int, parameter_names: Sequence[str], block_bytes: int = 32 * 2**20
+    sources: Sequence[Path], target: Path, seed: int, parameter_names: Sequence[str], block_bytes: int = 8 * 2**20
 ) -> None:
     """Merge shard/part files into ``target`` atomically, in index order, ``block_bytes`` of rows at a time.
 
@@ -189,7 +189,6 @@ def merge_files(
     index present in more than one source is kept once (from the earliest source). Every source
     must hold the same outputs (names, per-row shapes and dtypes) as the first one with rows.
     """
-
     indices, failures, spec, spec_source = [], {}, {}, None
     for source in sources:
         with _open(source) as f:
@@ -206,14 +205,20 @@ def merge_files(
                         "and rerun"
                     )
         indices.append(index)
+    offsets = np.cumsum([0, *(len(i) for i in indices)])
     all_index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-    source_of = np.repeat(np.arange(len(sources)), [len(i) for i in indices])
-    row_of = np.concatenate([np.arange(len(i)) for i in indices]) if indices else np.zeros(0, np.int64)
+    del indices
     order = np.argsort(all_index, kind="stable")  # ties keep source order: the earliest source wins
     sorted_index = all_index[order]
+    del all_index
     first = np.ones(len(order), dtype=bool)
     first[1:] = sorted_index[1:] != sorted_index[:-1]
-    source_of, row_of = source_of[order][first], row_of[order][first]
+    del sorted_index
+    keep = order[first]  # positions in the concatenated sources, in index order
+    del order, first
+    source_of = np.searchsorted(offsets, keep, side="right") - 1
+    row_of = keep - offsets[source_of]
+    del keep
     with storage_errors(target, "merging simulations"), atomic_path(target) as tmp:
         _write_merged(
             tmp, sources, source_of, row_of, spec, seed, parameter_names, list(failures.values()), block_bytes
@@ -235,12 +240,13 @@ def _write_merged(
         for start in range(0, total, block):
             stop = min(start + block, total)
             buffers = {key: np.empty((stop - start, *out[key].shape[1:]), dtype=out[key].dtype) for key in keys}
-            block_sources = source_of[start:stop]
-            for k in np.unique(block_sources):
-                where = np.nonzero(block_sources == k)[0]
-                with _open(sources[k]) as f:
+            block_sources, block_rows = source_of[start:stop], row_of[start:stop]
+            by_source = np.argsort(block_sources, kind="stable")
+            bounds = np.flatnonzero(np.diff(block_sources[by_source])) + 1
+            for where in np.split(by_source, bounds):  # the positions in this block of one source's rows
+                with _open(sources[int(block_sources[where[0]])]) as f:
                     for key in keys:
-                        buffers[key][where] = _read_rows(f[key], row_of[start:stop][where])
+                        buffers[key][where] = _read_rows(f[key], block_rows[where])
             for key in keys:
                 out[key][start:stop] = buffers[key]
 

@@ -189,3 +189,17 @@ def test_simulation_timeout_from_a_config(tmp_path, monkeypatch):
     config["datasets"]["train"]["simulation_timeout_s"] = True
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["simulate", "-q", str(tmp_path / "c.yaml")]) != 0
+
+
+def test_a_checkpoint_of_failures_only_is_stored(tmp_path):
+    calls = {"n": 0}
+
+    def first_batch_only(theta, rng):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise RuntimeError("diverged")
+        return rng.normal(size=2)
+
+    sim = as_simulator(first_batch_only, prior=PRIOR)
+    summary = run_simulations(sim, 12, tmp_path / "ds", seed=1, batch_size=4, progress=False, checkpoint_s=0)
+    assert (summary.simulated, summary.failed, summary.status) == (4, 8, "complete")

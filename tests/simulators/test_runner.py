@@ -294,9 +294,13 @@ def test_merge_is_linear_keeps_the_first_copy_and_sorts_by_index(tmp_path):
         for key in ("theta", "index", "x/x"):
             f[key][...] = f[key][:][order]
         f["x/x"][0] = 99.0  # index 12, also in the second source: the first copy is kept
-    merge_files([legacy, with_dupes, other], tmp_path / "merged.h5", 7, ["mu", "sigma"], block_bytes=200)
+    empty = tmp_path / "empty.h5"  # a part whose simulations all failed
+    failure = {"index": 40, "seed": 7, "message": "RuntimeError: diverged"}
+    write_rows(empty, np.zeros((0, 2)), np.zeros(0, np.int64), 7, {"x": np.zeros((0, 3))}, [failure], ["mu", "sigma"])
+    merge_files([empty, legacy, with_dupes, other], tmp_path / "merged.h5", 7, ["mu", "sigma"], block_bytes=200)
     with h5py.File(tmp_path / "merged.h5", "r") as f:
         index, x, theta = f["index"][:], f["x/x"][:], f["theta"][:]
+        assert json.loads(f.attrs["failures"]) == [failure]
     expected = sorted({0, 3, 12, 29, 4, 5, *range(6, 12)})
     np.testing.assert_array_equal(index, expected)
     np.testing.assert_array_equal(theta[:, 0], np.array(expected) / 100.0)
