@@ -45,6 +45,7 @@ __all__ = [
     "simulator_options",
     "simulator_identity",
     "function_code_hash",
+    "class_code_hash",
     "module_code_hash",
 ]
 
@@ -329,7 +330,7 @@ def simulator_identity(simulator, description: Mapping[str, Any] | None = None) 
         identity["output_name"] = simulator.output_name
         identity["batched"] = simulator.batched
     elif described is None and not type(simulator).__module__.startswith("cosmosbi."):
-        identity["class_code"] = _source_hash(type(simulator))
+        identity["class_code"] = class_code_hash(type(simulator))
     return identity
 
 
@@ -343,6 +344,30 @@ def function_code_hash(function: Callable) -> str:
     """
     digest = hashlib.sha256()
     _hash_function(function, digest, set())
+    return digest.hexdigest()[:16]
+
+
+def class_code_hash(cls: type) -> str:
+    """A short hash of a class's code: :func:`function_code_hash` of every method and the plain
+    values of its class attributes, over the class and its bases outside cosmosbi and builtins."""
+    digest = hashlib.sha256()
+    seen: set[int] = set()
+    for klass in cls.__mro__:
+        module = klass.__module__
+        if klass is object or module in ("builtins", "abc", "typing") or module.startswith("cosmosbi."):
+            continue
+        digest.update(f"{klass.__module__}.{klass.__qualname__}".encode())
+        for name, value in sorted(vars(klass).items()):
+            value = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if inspect.isfunction(value):
+                digest.update(name.encode())
+                _hash_function(value, digest, seen)
+            elif isinstance(value, property) and value.fget is not None:
+                digest.update(name.encode())
+                _hash_function(value.fget, digest, seen)
+            elif not name.startswith("__") and _is_plain_value(value):
+                digest.update(name.encode())
+                _hash_value(value, digest, seen)
     return digest.hexdigest()[:16]
 
 
@@ -365,14 +390,6 @@ def module_code_hash(obj) -> str | None:
 _NO_SOURCE = (OSError, TypeError, SyntaxError, IndexError, tokenize.TokenError)
 
 
-def _source_hash(obj) -> str:
-    try:
-        text = inspect.getsource(obj)
-    except _NO_SOURCE:
-        text = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def _hash_function(function, digest, seen: set[int]) -> None:
     import functools
 
@@ -385,8 +402,12 @@ def _hash_function(function, digest, seen: set[int]) -> None:
         return
     code = getattr(function, "__code__", None)
     if code is None:  # a builtin, or an object with __call__
-        target = function if inspect.isbuiltin(function) else type(function)
-        digest.update(_source_hash(target).encode())
+        if inspect.isbuiltin(function):
+            digest.update(repr(function).encode())
+        elif type(function).__module__ in ("builtins", "numpy"):
+            digest.update(type(function).__qualname__.encode())
+        else:
+            digest.update(class_code_hash(type(function)).encode())
         return
     try:
         digest.update(inspect.getsource(function).encode())

@@ -153,3 +153,32 @@ def test_function_code_hash_of_code_compiled_from_a_text_file(tmp_path):
     namespace = {}
     exec(compile("def f(theta, rng):\n    return theta\n", str(notes), "exec"), namespace)
     assert len(function_code_hash(namespace["f"])) == 16
+
+
+def test_identity_of_an_undescribed_simulator_class_follows_its_source():
+    from cosmosbi.simulators.base import simulator_identity
+
+    def make(offset_source):
+        if offset_source == "one":
+
+            class Sim:
+                parameter_names, prior, output_spec = PRIOR.names, PRIOR, None
+
+                def simulate(self, theta, rng):
+                    return {"x": theta + 1}
+
+        else:
+
+            class Sim:
+                parameter_names, prior, output_spec = PRIOR.names, PRIOR, None
+
+                def simulate(self, theta, rng):
+                    return {"x": theta + 2}
+
+        return Sim()
+
+    one, two = simulator_identity(make("one")), simulator_identity(make("two"))
+    assert one["name"] == two["name"] == "Sim" and one["class_code"] != two["class_code"]
+    described = make("one")
+    described.description = {"name": "mine", "version": 3}  # a description is taken as the identity
+    assert simulator_identity(described) == {"name": "mine", "version": 3}
