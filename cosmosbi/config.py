@@ -52,7 +52,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pydantic
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from cosmosbi.files import safe_name
 from cosmosbi.simulators.base import Simulator, make_simulator, simulator_names
@@ -174,6 +174,17 @@ class DatasetConfig(_Strict):
     simulator: SimulatorConfig | None = Field(
         default=None, description="a variant simulator for this dataset (same parameters), e.g. another feedback model"
     )
+    simulation_timeout_s: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="seconds one simulation may take; a slower one is recorded as failed (a SIGALRM guard)",
+    )
+
+    @field_validator("simulation_timeout_s", mode="before")
+    @classmethod
+    def _seconds_not_bool(cls, value):
+        if isinstance(value, bool):
+            raise ValueError("expected a number of seconds, not a boolean")
+        return value
 
 
 class TrainConfig(_Strict):

@@ -162,12 +162,12 @@ def test_run_help_says_a_config_runs_code():
     KeyError("field"), KeyError("no output 'x'; outputs are ['field']"), KeyboardInterrupt(),
 ])
 def test_every_error_is_one_line_without_traceback(tmp_path, capsys, monkeypatch, error):
-    import cosmosbi.simulators.pipeline
+    import cosmosbi.stages.simulate
 
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(cosmosbi.simulators.pipeline, "simulate_from_config", fail)
+    monkeypatch.setattr(cosmosbi.stages.simulate, "simulate_datasets", fail)
     path = write(tmp_path, GOOD)
     assert main(["simulate", "-q", str(path)]) == (130 if isinstance(error, KeyboardInterrupt) else 2)
     err = capsys.readouterr().err

@@ -34,4 +34,6 @@ def test_custom_simulator_walkthrough_runs_as_a_config(tmp_path):
     metrics = read_json(tmp_path / "runs" / "line_analysis" / "validation" / "metrics.json")
     assert [row["verdict"] for row in metrics["validation"]["sbc"].values()] == ["calibrated", "calibrated"]
     manifest = read_json(tmp_path / "runs" / "line_analysis" / "sims" / "train" / "manifest.json")
-    assert manifest["identity"]["simulator"] == {"name": "line_model:make_line", "options": {"n_points": 20}}
+    simulator = manifest["identity"]["simulator"]
+    assert (simulator["name"], simulator["options"]) == ("line_model:make_line", {"n_points": 20})
+    assert len(simulator["module_code"]) == len(simulator["function_code"]) == 16  # the code is part of the identity

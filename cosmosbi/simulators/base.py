@@ -23,7 +23,9 @@ A plain function works too, with no subclassing::
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import tokenize
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -42,6 +44,10 @@ __all__ = [
     "simulator_names",
     "simulator_options",
     "simulator_summary",
+    "simulator_identity",
+    "function_code_hash",
+    "class_code_hash",
+    "module_code_hash",
 ]
 
 
@@ -127,10 +133,16 @@ class FunctionSimulator:
         rngs = row_generators(rng, len(theta))
         if self.batched:
             return self._as_dict(self.function(theta, rngs))
-        rows = [self._as_dict(self.function(t, g)) for t, g in zip(theta, rngs)]
+        rows = [self.simulate_row(t, g) for t, g in zip(theta, rngs)]
         if not rows:
             return {}
         return {key: np.stack([np.asarray(r[key]) for r in rows]) for key in rows[0]}
+
+    def simulate_row(self, theta: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One simulation of a row-wise function: theta (D,) -> {name: array of one simulation}."""
+        if self.batched:
+            raise TypeError(f"{self.name}: simulate_row needs a row-wise function (batched=False)")
+        return self._as_dict(self.function(theta, rng))
 
     def _as_dict(self, result) -> dict[str, np.ndarray]:
         if isinstance(result, Mapping):
@@ -238,6 +250,8 @@ def make_simulator(name: str, options: Mapping[str, Any] | None = None, where: s
         raise ValueError(f"{where}.name: {name}() returned {type(simulator).__name__}, not a simulator "
                          f"(it has no {', '.join(missing)}; return a simulator, or wrap a function with as_simulator)")
     simulator.description = {"name": name, "options": options}
+    if ":" in name:
+        simulator.description["module_code"] = module_code_hash(factory)
     return simulator
 
 
@@ -302,3 +316,175 @@ def simulate_rows(simulator: Simulator, theta: np.ndarray, rngs: Sequence[np.ran
             )
         result[str(key)] = value
     return result
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def simulator_identity(simulator, description: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a dataset manifest records to recognise the simulator that made its rows (JSON-able).
+
+    ``description`` (or the simulator's ``description`` attribute, which :func:`make_simulator`
+    sets to its name, options and, for a ``module:function`` factory, the hash of that module's
+    file), else the simulator's name; plus, for a plain function, :func:`function_code_hash` of
+    the function and its output name, and for a simulator class defined outside cosmosbi with no
+    description, the hash of the class's source. An edited function or module therefore gives
+    another identity, and its old simulations are never taken for new ones.
+    """
+    label = getattr(simulator, "name", None) or type(simulator).__name__
+    described = description or getattr(simulator, "description", None)
+    identity = dict(described or {"name": label})
+    if isinstance(simulator, FunctionSimulator):
+        identity["function_code"] = function_code_hash(simulator.function)
+        identity["output_name"] = simulator.output_name
+        identity["batched"] = simulator.batched
+    elif described is None and not type(simulator).__module__.startswith("cosmosbi."):
+        identity["class_code"] = class_code_hash(type(simulator))
+    if getattr(simulator, "model_version", 1) != 1:
+        identity["model_version"] = int(simulator.model_version)
+    return identity
+
+
+def function_code_hash(function: Callable) -> str:
+    """A short hash of what a function computes: its source text (its bytecode where the source
+    cannot be read, e.g. code typed into an interpreter), its default arguments and closure
+    values, and the functions and constants of its own module that it refers to by name.
+
+    Code in other modules (numpy, a helper imported from elsewhere) is not included; name a
+    ``module:function`` factory in a config, or pass ``description``, to cover more.
+    """
+    digest = hashlib.sha256()
+    _hash_function(function, digest, set())
+    return digest.hexdigest()[:16]
+
+
+def class_code_hash(cls: type) -> str:
+    """A short hash of a class's code: :func:`function_code_hash` of every method and the plain
+    values of its class attributes, over the class and its bases outside cosmosbi and builtins."""
+    digest = hashlib.sha256()
+    seen: set[int] = set()
+    for klass in cls.__mro__:
+        module = klass.__module__
+        if klass is object or module in ("builtins", "abc", "typing") or module.startswith("cosmosbi."):
+            continue
+        digest.update(f"{klass.__module__}.{klass.__qualname__}".encode())
+        for name, value in sorted(vars(klass).items()):
+            value = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if inspect.isfunction(value):
+                digest.update(name.encode())
+                _hash_function(value, digest, seen)
+            elif isinstance(value, property) and value.fget is not None:
+                digest.update(name.encode())
+                _hash_function(value.fget, digest, seen)
+            elif not name.startswith("__") and _is_plain_value(value):
+                digest.update(name.encode())
+                _hash_value(value, digest, seen)
+    return digest.hexdigest()[:16]
+
+
+def module_code_hash(obj) -> str | None:
+    """A short hash of the source file of the module that defines ``obj`` (None without a file)."""
+    import sys
+
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+# what inspect.getsource raises when the source cannot be found or is not Python (e.g. compiled from a README)
+_NO_SOURCE = (OSError, TypeError, SyntaxError, IndexError, tokenize.TokenError)
+
+
+def _hash_function(function, digest, seen: set[int]) -> None:
+    import functools
+
+    if id(function) in seen:
+        return
+    seen.add(id(function))
+    if isinstance(function, functools.partial):
+        _hash_function(function.func, digest, seen)
+        _hash_value((function.args, dict(function.keywords)), digest, seen)
+        return
+    code = getattr(function, "__code__", None)
+    if code is None:  # a builtin, or an object with __call__
+        if inspect.isbuiltin(function):
+            digest.update(repr(function).encode())
+        elif type(function).__module__ in ("builtins", "numpy"):
+            digest.update(type(function).__qualname__.encode())
+        else:
+            digest.update(class_code_hash(type(function)).encode())
+        return
+    try:
+        digest.update(inspect.getsource(function).encode())
+    except _NO_SOURCE:
+        _hash_code(code, digest)
+    for value in (*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values()):
+        _hash_value(value, digest, seen)
+    for cell in function.__closure__ or ():
+        try:
+            contents = cell.cell_contents
+        except ValueError:  # a cell not filled yet
+            continue
+        _hash_value(contents, digest, seen)
+    namespace = getattr(function, "__globals__", {})
+    for name in sorted(_global_names(code)):
+        value = namespace.get(name)
+        if inspect.isfunction(value) and value.__module__ == function.__module__:
+            digest.update(name.encode())
+            _hash_function(value, digest, seen)
+        elif _is_plain_value(value):
+            digest.update(name.encode())
+            _hash_value(value, digest, seen)
+
+
+def _global_names(code) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= _global_names(const)
+    return names
+
+
+def _hash_code(code, digest) -> None:
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            _hash_code(const, digest)
+        else:
+            digest.update(repr(const).encode())
+
+
+def _is_plain_value(value) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_is_plain_value(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, complex, str, bytes, np.ndarray, np.generic))
+
+
+def _hash_value(value, digest, seen: set[int]) -> None:
+    if isinstance(value, np.ndarray):
+        digest.update(f"array{value.shape}{value.dtype}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes() if value.dtype != object else repr(value).encode())
+    elif isinstance(value, (tuple, list)):
+        digest.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _hash_value(item, digest, seen)
+    elif isinstance(value, dict):
+        digest.update(f"dict{len(value)}".encode())
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _hash_value(value[key], digest, seen)
+    elif callable(value) and not inspect.isclass(value) and not inspect.isbuiltin(value):
+        _hash_function(value, digest, seen)
+    elif _is_plain_value(value):
+        digest.update(repr(value).encode())
+    elif hasattr(value, "to_config"):  # a prior
+        digest.update(repr(value.to_config()).encode())
+    else:
+        digest.update(f"{type(value).__module__}.{type(value).__qualname__}".encode())

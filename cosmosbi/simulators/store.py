@@ -5,20 +5,26 @@ Layout of a dataset directory::
     manifest.json          what the dataset is (simulator, prior, seed, n), its status,
                            counts, shards and their row counts, failures, provenance
     shard-00000.h5         rows written by MPI rank 0, and so on for each rank
-    parts/                 while a run is in progress: one small file per finished batch
+    parts/                 while a run is in progress: one file per checkpoint of each rank
 
 Every shard and part holds the datasets ``theta`` (rows, D) float64, ``index`` (rows,)
 int64, ``seed`` (rows,) int64 (the root seed; simulation i used
 ``SeedSequence([seed, index])``) and one dataset per named output under ``x/``, plus the
 attribute ``failures`` (JSON list of {index, seed, message}) for the simulations that failed.
-Merging streams rows (a dataset larger than memory is never loaded whole); the reader orders
-rows by index across all shards.
+Merging sorts the indices of its sources once and copies rows block by block in index order,
+so its time and memory are linear in the number of rows (a dataset larger than memory is never
+loaded whole); the reader orders rows by index across all shards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
 import json
 import os
+import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -27,7 +33,17 @@ import numpy as np
 
 from cosmosbi.files import atomic_path, read_json
 
-__all__ = ["FORMAT_VERSION", "SimulationDataset", "write_rows", "read_index", "merge_files", "DatasetError"]
+__all__ = [
+    "FORMAT_VERSION",
+    "SimulationDataset",
+    "write_rows",
+    "read_index",
+    "read_output_spec",
+    "merge_files",
+    "DatasetError",
+    "StorageError",
+    "storage_errors",
+]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -49,7 +65,9 @@ def _open(path: Path, mode: str = "r"):
         ) from None
 
 
-def _create_file(f, n_rows: int, seed: int, parameter_names: Sequence[str], spec: Mapping[str, tuple], failures) -> None:
+def _create_file(
+    f, n_rows: int, seed: int, parameter_names: Sequence[str], spec: Mapping[str, tuple], failures
+) -> None:
     """Lay out an empty shard/part of ``n_rows`` rows; spec: name -> (per-row shape, dtype)."""
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["parameter_names"] = json.dumps(list(parameter_names))
@@ -64,6 +82,59 @@ def _create_file(f, n_rows: int, seed: int, parameter_names: Sequence[str], spec
         group.create_dataset(name, shape=(n_rows, *shape), dtype=dtype, chunks=(chunk_rows, *shape) if n_rows else None)
 
 
+class StorageError(OSError):
+    """Writing a dataset failed for lack of space or permission; the message says what to do."""
+
+    def __str__(self) -> str:
+        return str(self.args[-1]) if self.args else ""
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@contextlib.contextmanager
+def storage_errors(path: str | os.PathLike, action: str) -> Iterator[None]:
+    """Turn a full disk or a denied write during ``action`` on ``path`` into one :class:`StorageError`.
+
+    HDF5 reports a failed write again from the destructors of its open objects (through
+    ``sys.unraisablehook`` and ``sys.excepthook``); those reports are silenced while the block
+    runs and its failed objects are released, so the user sees one message, not a traceback per
+    handle. Other errors pass through unchanged.
+    """
+    hooks = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = sys.excepthook = lambda *args: None
+    failure = None
+    try:
+        yield
+    except OSError as err:
+        failure = _storage_failure(err, path, action)
+        if failure is None:
+            raise
+        traceback.clear_frames(err.__traceback__)  # drop the failed HDF5 handles now, while silenced
+    finally:
+        if failure is not None:
+            gc.collect()
+        sys.unraisablehook, sys.excepthook = hooks
+    if failure is not None:
+        raise failure from None
+
+
+def _storage_failure(err: OSError, path, action: str) -> StorageError | None:
+    text = str(err)
+    if err.errno in _NO_SPACE or "No space left" in text or "Disk quota" in text:
+        reason, remedy = f"no space left on the device holding {Path(path).parent}", "free space"
+    elif err.errno in _NO_PERMISSION or "Permission denied" in text or "Read-only file system" in text:
+        reason, remedy = f"no permission to write in {Path(path).parent}", "make it writable"
+    else:
+        return None
+    return StorageError(
+        err.errno or errno.EIO,
+        f"{path}: {action} failed: {reason}. Nothing partial was kept; {remedy} and rerun the same "
+        "command: it resumes from the simulations already stored.",
+    )
+
+
 def write_rows(
     path: Path,
     theta: np.ndarray,
@@ -75,19 +146,25 @@ def write_rows(
 ) -> None:
     """Atomically write rows (sorted by index) and failure records to the HDF5 file ``path``.
 
-    theta: (R, D); index: (R,); outputs: name -> (R, ...).
+    theta: (R, D); index: (R,); outputs: name -> (R, ...). A full disk or a denied write raises
+    :class:`StorageError` and leaves nothing at ``path``.
     """
+    with storage_errors(path, "writing simulations"), atomic_path(path) as tmp:
+        _write_rows_to(tmp, theta, index, seed, outputs, failures, parameter_names)
+
+
+def _write_rows_to(tmp: Path, theta, index, seed, outputs, failures, parameter_names) -> None:
+    # a function of its own: once it has raised, nothing holds its HDF5 handles (see storage_errors)
     import h5py
 
     order = np.argsort(index, kind="stable")
     spec = {name: (np.shape(value)[1:], np.asarray(value).dtype) for name, value in outputs.items()}
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            _create_file(f, len(order), seed, parameter_names, spec, failures)
-            f["theta"][...] = np.asarray(theta, dtype=np.float64).reshape(len(order), -1)[order]
-            f["index"][...] = np.asarray(index, dtype=np.int64)[order]
-            for name, value in outputs.items():
-                f["x"][name][...] = np.asarray(value)[order]
+    with h5py.File(tmp, "w") as f:
+        _create_file(f, len(order), seed, parameter_names, spec, failures)
+        f["theta"][...] = np.asarray(theta, dtype=np.float64).reshape(len(order), len(parameter_names))[order]
+        f["index"][...] = np.asarray(index, dtype=np.int64)[order]
+        for name, value in outputs.items():
+            f["x"][name][...] = np.asarray(value)[order]
 
 
 def read_index(path: Path) -> tuple[np.ndarray, list[dict]]:
@@ -96,38 +173,99 @@ def read_index(path: Path) -> tuple[np.ndarray, list[dict]]:
         return f["index"][:], json.loads(f.attrs.get("failures", "[]"))
 
 
-def merge_files(sources: Sequence[Path], target: Path, seed: int, parameter_names: Sequence[str], chunk_rows: int = 512) -> None:
-    """Concatenate shard/part files into ``target`` atomically, streaming ``chunk_rows`` at a time.
+def read_output_spec(path: Path) -> dict[str, dict]:
+    """The outputs of one shard or part: name -> {"shape": per-row shape, "dtype": dtype name}."""
+    with _open(path) as f:
+        return {name: {"shape": list(d.shape[1:]), "dtype": str(d.dtype)} for name, d in f["x"].items()}
 
-    A simulation index present in more than one source is kept once (the first).
+
+def merge_files(
+    sources: Sequence[Path], target: Path, seed: int, parameter_names: Sequence[str], block_bytes: int = 8 * 2**20
+) -> None:
+    """Merge shard/part files into ``target`` atomically, in index order, ``block_bytes`` of rows at a time.
+
+    Time and memory are linear in the number of rows: every source is sorted once by index
+    (one stable sort over all indices), then the rows are copied block by block. A simulation
+    index present in more than one source is kept once (from the earliest source). Every source
+    must hold the same outputs (names, per-row shapes and dtypes) as the first one with rows.
     """
-    import h5py
-
-    plans, failures, spec = [], {}, {}
-    seen = np.zeros(0, dtype=np.int64)
+    indices, failures, spec, spec_source = [], {}, {}, None
     for source in sources:
         with _open(source) as f:
             index = f["index"][:]
-            keep = np.nonzero(~np.isin(index, seen))[0]
-            seen = np.union1d(seen, index)
             failures.update({r["index"]: r for r in json.loads(f.attrs.get("failures", "[]"))})
-            if not spec and len(index):
-                spec = {name: (d.shape[1:], d.dtype) for name, d in f["x"].items()}
-        plans.append((source, keep))
-    total = sum(len(keep) for _, keep in plans)
-    with atomic_path(target) as tmp:
-        with h5py.File(tmp, "w") as out:
-            _create_file(out, total, seed, parameter_names, spec, list(failures.values()))
-            position = 0
-            for source, keep in plans:
-                with _open(source) as f:
-                    for start in range(0, len(keep), chunk_rows):
-                        rows = keep[start : start + chunk_rows]
-                        block = slice(int(rows[0]), int(rows[-1]) + 1)
-                        stop = position + len(rows)
-                        for key in ["theta", "index", *(f"x/{name}" for name in spec)]:
-                            out[key][position:stop] = f[key][block][rows - rows[0]]
-                        position = stop
+            if len(index):
+                found = {name: (d.shape[1:], d.dtype) for name, d in f["x"].items()}
+                if spec_source is None:
+                    spec, spec_source = found, source
+                elif found != spec:
+                    raise DatasetError(
+                        f"{source}: outputs {_describe_spec(found)} differ from {_describe_spec(spec)} in "
+                        f"{spec_source}; the simulator changed between runs. Move the files of one version aside "
+                        "and rerun"
+                    )
+        indices.append(index)
+    offsets = np.cumsum([0, *(len(i) for i in indices)])
+    all_index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    del indices
+    order = np.argsort(all_index, kind="stable")  # ties keep source order: the earliest source wins
+    sorted_index = all_index[order]
+    del all_index
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = sorted_index[1:] != sorted_index[:-1]
+    del sorted_index
+    keep = order[first]  # positions in the concatenated sources, in index order
+    del order, first
+    source_of = np.searchsorted(offsets, keep, side="right") - 1
+    row_of = keep - offsets[source_of]
+    del keep
+    with storage_errors(target, "merging simulations"), atomic_path(target) as tmp:
+        _write_merged(
+            tmp, sources, source_of, row_of, spec, seed, parameter_names, list(failures.values()), block_bytes
+        )
+
+
+def _write_merged(
+    tmp: Path, sources, source_of, row_of, spec, seed, parameter_names, failures, block_bytes: int
+) -> None:
+    """Write rows ``row_of`` of sources ``source_of`` (in this order) to the new file ``tmp``, a block at a time."""
+    import h5py
+
+    total = len(source_of)
+    row_bytes = 16 + 8 * len(parameter_names) + sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in spec.values())
+    block = max(1, block_bytes // row_bytes)
+    keys = ["theta", "index", *(f"x/{name}" for name in spec)]
+    with h5py.File(tmp, "w") as out:
+        _create_file(out, total, seed, parameter_names, spec, failures)
+        for start in range(0, total, block):
+            stop = min(start + block, total)
+            buffers = {key: np.empty((stop - start, *out[key].shape[1:]), dtype=out[key].dtype) for key in keys}
+            block_sources, block_rows = source_of[start:stop], row_of[start:stop]
+            by_source = np.argsort(block_sources, kind="stable")
+            bounds = np.flatnonzero(np.diff(block_sources[by_source])) + 1
+            for where in np.split(by_source, bounds):  # the positions in this block of one source's rows
+                with _open(sources[int(block_sources[where[0]])]) as f:
+                    for key in keys:
+                        buffers[key][where] = _read_rows(f[key], block_rows[where])
+            for key in keys:
+                out[key][start:stop] = buffers[key]
+
+
+def _read_rows(dataset, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (distinct, in any order) of an HDF5 dataset; one contiguous read when they are dense."""
+    if len(rows) == 0:
+        return dataset[:0]
+    order = np.argsort(rows, kind="stable")
+    ascending = rows[order]
+    low, high = int(ascending[0]), int(ascending[-1]) + 1
+    values = dataset[low:high][ascending - low] if high - low <= 2 * len(rows) + 1024 else dataset[ascending]
+    out = np.empty_like(values)
+    out[order] = values
+    return out
+
+
+def _describe_spec(spec: Mapping[str, tuple]) -> str:
+    return ", ".join(f"{name} {tuple(shape)} {np.dtype(dtype)}" for name, (shape, dtype) in spec.items())
 
 
 def iter_batches(dataset, batch_size: int, names: Sequence[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -184,8 +322,14 @@ class SimulationDataset:
         all_index = np.concatenate([s.index for s in self._shards]) if self._shards else np.zeros(0, np.int64)
         order = np.argsort(all_index, kind="stable")
         self.index = all_index[order]
-        shard_of_row = np.concatenate([np.full(len(s.index), k) for k, s in enumerate(self._shards)]) if self._shards else np.zeros(0, int)
-        row_in_shard = np.concatenate([np.arange(len(s.index)) for s in self._shards]) if self._shards else np.zeros(0, int)
+        shard_of_row = (
+            np.concatenate([np.full(len(s.index), k) for k, s in enumerate(self._shards)])
+            if self._shards
+            else np.zeros(0, int)
+        )
+        row_in_shard = (
+            np.concatenate([np.arange(len(s.index)) for s in self._shards]) if self._shards else np.zeros(0, int)
+        )
         self._shard_of_row = shard_of_row[order]
         self._row_in_shard = row_in_shard[order]
         self._handles: dict[int, Any] = {}
@@ -196,9 +340,7 @@ class SimulationDataset:
         listed: dict[str, int] = self.manifest.get("shards", {})
         on_disk = sorted(p.name for p in self.path.glob("shard-*.h5"))
         if self.manifest.get("status") == "complete" and sorted(listed) != on_disk:
-            raise DatasetError(
-                f"{self.path}: manifest lists shards {sorted(listed)} but the directory holds {on_disk}"
-            )
+            raise DatasetError(f"{self.path}: manifest lists shards {sorted(listed)} but the directory holds {on_disk}")
         shards = []
         seen = 0
         for name in sorted(listed):
@@ -324,7 +466,7 @@ def write_dataset(
     parameter_names: Sequence[str],
     identity: Mapping[str, Any],
     seed: int = 0,
-) -> "SimulationDataset":
+) -> SimulationDataset:
     """Write arrays as a complete one-shard dataset that :class:`SimulationDataset` reads.
 
     Used for derived data (e.g. compressed summaries), so later stages read it like simulations.
@@ -342,7 +484,9 @@ def write_dataset(
         "seed": seed,
         "n": int(np.max(index)) + 1 if len(index) else 0,
         "status": "complete",
-        "output_spec": {k: {"shape": list(np.shape(v)[1:]), "dtype": str(np.asarray(v).dtype)} for k, v in outputs.items()},
+        "output_spec": {
+            k: {"shape": list(np.shape(v)[1:]), "dtype": str(np.asarray(v).dtype)} for k, v in outputs.items()
+        },
         "counts": {"simulated": len(index), "failed": 0, "missing": 0},
         "shards": {"shard-00000.h5": len(index)},
         "failures": [],

@@ -173,6 +173,9 @@ class StrongLensSimulator:
         return_noiseless: also return ``image_noiseless`` (expected counts).
     """
 
+    # version 2: the PSF is applied on the supersampled grid (the pixel box counted once); unclamped SIE
+    model_version = 2
+
     def __init__(
         self,
         preset: str = "euclid_like",

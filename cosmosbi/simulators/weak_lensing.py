@@ -216,6 +216,9 @@ class WeakLensingSimulator(TomographicLensingSurvey):
             :func:`~cosmosbi.simulators.chebyshev.default_cache_dir`).
     """
 
+    # version 2: convergence maps carry C^kappa-kappa (not C^EE); shear in the healpy sign convention
+    model_version = 2
+
     def __init__(
         self,
         nside: int = 64,

@@ -7,7 +7,7 @@ raised ``n`` adds the missing simulations (see :mod:`cosmosbi.pipeline`).
 
 from __future__ import annotations
 
-from cosmosbi.files import read_json
+from cosmosbi.files import hashed_settings, read_json
 from cosmosbi.stages.base import Declaration, StageType
 
 __all__ = ["STAGE", "simulate_datasets"]
@@ -18,7 +18,7 @@ def declare(config, dump: dict, layout):
         part = {
             "simulator": dataset["simulator"] or dump["simulator"],
             "prior": dump["prior"],
-            **{k: v for k, v in dataset.items() if k != "simulator"},
+            **hashed_settings({k: v for k, v in dataset.items() if k != "simulator"}),
         }
         yield Declaration(f"simulate:{name}", part, (layout.sims(name),))
 
@@ -59,6 +59,7 @@ def simulate_datasets(
             comm=comm,
             progress=progress,
             chunk=chunk,
+            simulation_timeout_s=dataset.simulation_timeout_s,
         )
         lines.append(
             f"{name}: {s.simulated} of {s.n} simulations stored, {s.failed} failed, {s.new_this_run} run now "

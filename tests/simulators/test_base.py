@@ -81,3 +81,104 @@ def test_simulate_rows_checks_the_batch_axis():
     sim = as_simulator(lambda theta, rngs: {}, prior=PRIOR, batched=True)
     with pytest.raises(TypeError, match="non-empty dict"):
         simulate_rows(sim, np.zeros((3, 2)), row_generators(0, 3))
+
+
+def test_function_code_hash_follows_the_code_not_the_name():
+    from cosmosbi.simulators.base import function_code_hash
+
+    first = lambda theta, rng: theta[0] + rng.normal(size=3)
+    second = lambda theta, rng: theta[0] + 2 * rng.normal(size=3)
+    assert first.__name__ == second.__name__ == "<lambda>"
+    assert function_code_hash(first) != function_code_hash(second)
+    assert function_code_hash(first) == function_code_hash(first)
+
+    def make(scale):
+        return lambda theta, rng: theta[0] + scale * rng.normal(size=3)
+
+    assert function_code_hash(make(1.0)) != function_code_hash(make(2.0))  # closure values count
+    assert function_code_hash(make(1.0)) == function_code_hash(make(1.0))
+
+
+def test_function_code_hash_of_code_without_source_and_of_module_helpers(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    from cosmosbi.simulators.base import function_code_hash
+
+    namespace = {}
+    exec("def f(theta, rng):\n    return theta + 1\n", namespace)  # no source file: the bytecode is hashed
+    other = {}
+    exec("def f(theta, rng):\n    return theta + 2\n", other)
+    assert function_code_hash(namespace["f"]) != function_code_hash(other["f"])
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "helper_sim.py"
+    template = "OFFSET = {}\ndef helper(t):\n    return t {} OFFSET\ndef sim(theta, rng):\n    return helper(theta)\n"
+    module.write_text(template.format(1.0, "+"))
+    before = function_code_hash(importlib.import_module("helper_sim").sim)
+    module.write_text(template.format(1.0, "-"))
+    sys.modules.pop("helper_sim")
+    after_helper = function_code_hash(importlib.import_module("helper_sim").sim)
+    module.write_text(template.format(2.0, "-"))
+    sys.modules.pop("helper_sim")
+    after_constant = function_code_hash(importlib.import_module("helper_sim").sim)
+    sys.modules.pop("helper_sim")
+    assert len({before, after_helper, after_constant}) == 3
+
+
+def test_a_factory_module_is_part_of_the_description(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = (
+        "import numpy as np\nfrom cosmosbi.simulators import BoxUniform, as_simulator\n"
+        "def make(n_points: int = 3):\n"
+        "    prior = BoxUniform(['a'], [0], [1])\n"
+        "    return as_simulator(lambda theta, rng: theta[0] + rng.normal(size=n_points), prior=prior)\n"
+    )
+    (tmp_path / "factory_sim.py").write_text(source)
+    first = make_simulator("factory_sim:make", {"n_points": 3}).description
+    sys.modules.pop("factory_sim")
+    (tmp_path / "factory_sim.py").write_text(source.replace("rng.normal", "rng.uniform"))
+    second = make_simulator("factory_sim:make", {"n_points": 3}).description
+    sys.modules.pop("factory_sim")
+    assert first["options"] == second["options"] and first["module_code"] != second["module_code"]
+
+
+def test_function_code_hash_of_code_compiled_from_a_text_file(tmp_path):
+    from cosmosbi.simulators.base import function_code_hash
+
+    notes = tmp_path / "notes.md"
+    notes.write_text("# notes\n\n```\n(unclosed\n")
+    namespace = {}
+    exec(compile("def f(theta, rng):\n    return theta\n", str(notes), "exec"), namespace)
+    assert len(function_code_hash(namespace["f"])) == 16
+
+
+def test_identity_of_an_undescribed_simulator_class_follows_its_source():
+    from cosmosbi.simulators.base import simulator_identity
+
+    def make(offset_source):
+        if offset_source == "one":
+
+            class Sim:
+                parameter_names, prior, output_spec = PRIOR.names, PRIOR, None
+
+                def simulate(self, theta, rng):
+                    return {"x": theta + 1}
+
+        else:
+
+            class Sim:
+                parameter_names, prior, output_spec = PRIOR.names, PRIOR, None
+
+                def simulate(self, theta, rng):
+                    return {"x": theta + 2}
+
+        return Sim()
+
+    one, two = simulator_identity(make("one")), simulator_identity(make("two"))
+    assert one["name"] == two["name"] == "Sim" and one["class_code"] != two["class_code"]
+    described = make("one")
+    described.description = {"name": "mine", "version": 3}  # a description is taken as the identity
+    assert simulator_identity(described) == {"name": "mine", "version": 3}

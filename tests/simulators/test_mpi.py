@@ -60,7 +60,8 @@ SLOW_SCRIPT = textwrap.dedent(
         return theta[0] + theta[1] * rng.standard_normal(8)
 
     prior = BoxUniform(["mu", "sigma"], [-1.0, 0.1], [1.0, 1.0])
-    run_simulations(as_simulator(slow, prior=prior, name="slow"), 60, sys.argv[1], seed=3, batch_size=3, progress=False)
+    run_simulations(as_simulator(slow, prior=prior, name="slow"), 60, sys.argv[1], seed=3, batch_size=3,
+                    progress=False, checkpoint_s=0)
     """
 )
 

@@ -48,7 +48,9 @@ def test_dataset_does_not_depend_on_batch_size(tmp_path):
 
 
 def test_chunks_of_a_job_array_merge_into_the_serial_dataset(tmp_path):
-    serial = SimulationDataset(run_simulations(field_sim(), 31, tmp_path / "serial", seed=5, batch_size=4, progress=False).path)
+    serial = SimulationDataset(
+        run_simulations(field_sim(), 31, tmp_path / "serial", seed=5, batch_size=4, progress=False).path
+    )
     chunked = tmp_path / "chunked"
     for k in (2, 0):  # chunks finish in any order; chunk 1 never ran (a failed array task)
         summary = run_simulations(field_sim(), 31, chunked, seed=5, batch_size=4, progress=False, chunk=(k, 3))
@@ -67,7 +69,9 @@ def test_chunks_of_a_job_array_merge_into_the_serial_dataset(tmp_path):
 
 def test_fixed_theta_and_extension(tmp_path):
     theta = np.tile([0.2, 0.5], (10, 1))
-    run_simulations(as_simulator(gaussian_draws, prior=PRIOR), 10, tmp_path / "fid", seed=0, theta=theta, progress=False)
+    run_simulations(
+        as_simulator(gaussian_draws, prior=PRIOR), 10, tmp_path / "fid", seed=0, theta=theta, progress=False
+    )
     ds = SimulationDataset(tmp_path / "fid")
     np.testing.assert_array_equal(ds.theta, theta)
     # a larger n on the same dataset simulates only the new indices
@@ -91,7 +95,11 @@ def test_resume_after_interruption_gives_the_clean_dataset(tmp_path):
 
         def __init__(self):
             self.inner, self.calls = field_sim(), 0
-            self.parameter_names, self.prior, self.output_spec = self.inner.parameter_names, self.inner.prior, self.inner.output_spec
+            self.parameter_names, self.prior, self.output_spec = (
+                self.inner.parameter_names,
+                self.inner.prior,
+                self.inner.output_spec,
+            )
             self.description = self.inner.description
 
         def simulate(self, theta, rng):
@@ -102,7 +110,7 @@ def test_resume_after_interruption_gives_the_clean_dataset(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_simulations(Flaky(), 40, tmp_path / "resumed", seed=5, batch_size=6, progress=False)
-    with pytest.raises(DatasetError, match="running"):
+    with pytest.raises(DatasetError, match="interrupted"):
         SimulationDataset(tmp_path / "resumed")
     assert len(SimulationDataset(tmp_path / "resumed", allow_incomplete=True)) == 0  # parts not merged yet
     summary = run_simulations(field_sim(), 40, tmp_path / "resumed", seed=5, batch_size=6, progress=False)
@@ -122,7 +130,9 @@ def test_failures_are_recorded_not_stored(tmp_path):
             x[1] = np.nan
         return x
 
-    summary = run_simulations(as_simulator(fragile, prior=PRIOR), 60, tmp_path / "ds", seed=2, batch_size=8, progress=False)
+    summary = run_simulations(
+        as_simulator(fragile, prior=PRIOR), 60, tmp_path / "ds", seed=2, batch_size=8, progress=False
+    )
     ds = SimulationDataset(tmp_path / "ds")
     theta_all = np.stack([PRIOR.sample(1, np.random.default_rng(simulation_seeds(2, i)[0]))[0] for i in range(60)])
     bad = (theta_all[:, 0] > 0.6) | (theta_all[:, 0] < -0.6)
@@ -135,7 +145,10 @@ def test_failures_are_recorded_not_stored(tmp_path):
     assert all(f["seed"] == 2 for f in ds.failures)
     assert ds.manifest["counts"] == {"simulated": int((~bad).sum()), "failed": int(bad.sum()), "missing": 0}
     # a rerun does not retry recorded failures
-    assert run_simulations(as_simulator(fragile, prior=PRIOR), 60, tmp_path / "ds", seed=2, progress=False).new_this_run == 0
+    assert (
+        run_simulations(as_simulator(fragile, prior=PRIOR), 60, tmp_path / "ds", seed=2, progress=False).new_this_run
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -208,3 +221,133 @@ def test_dataset_feeds_a_torch_dataloader_with_workers(tmp_path):
     batches = list(loader)
     assert batches[0]["field"].shape == (8, 8, 8) and batches[0]["theta"].shape == (8, 2)
     np.testing.assert_array_equal(torch.cat([b["field"] for b in batches]).numpy(), ds.read("field"))
+
+
+def test_an_edited_function_is_not_taken_for_the_old_one(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "my_model.py"
+    module.write_text("def model(theta, rng):\n    return theta[0] + rng.standard_normal(3)\n")
+    run_simulations(
+        as_simulator(importlib.import_module("my_model").model, prior=PRIOR),
+        10,
+        tmp_path / "ds",
+        seed=1,
+        progress=False,
+    )
+    before = SimulationDataset(tmp_path / "ds").read("x")
+    sys.modules.pop("my_model")
+    module.write_text("def model(theta, rng):\n    return theta[0] + 10 * rng.standard_normal(3)\n")
+    edited = as_simulator(importlib.import_module("my_model").model, prior=PRIOR)
+    sys.modules.pop("my_model")
+    with pytest.raises(ValueError, match="different simulator.*not reused.*overwrite=True"):
+        run_simulations(edited, 10, tmp_path / "ds", seed=1, progress=False)
+    np.testing.assert_array_equal(SimulationDataset(tmp_path / "ds").read("x"), before)  # refused and kept
+    summary = run_simulations(edited, 10, tmp_path / "ds", seed=1, progress=False, overwrite=True)
+    assert (summary.new_this_run, summary.status) == (10, "complete")
+    after = SimulationDataset(tmp_path / "ds").read("x")
+    theta = SimulationDataset(tmp_path / "ds").theta
+    np.testing.assert_allclose(after - theta[:, :1], 10 * (before - theta[:, :1]))
+
+    # two lambdas share the name '<lambda>' but not their code
+    run_simulations(
+        as_simulator(lambda t, rng: t[0] + rng.normal(size=2), prior=PRIOR), 5, tmp_path / "lam", seed=1, progress=False
+    )
+    with pytest.raises(ValueError, match="different simulator"):
+        run_simulations(
+            as_simulator(lambda t, rng: t[1] + rng.normal(size=2), prior=PRIOR),
+            5,
+            tmp_path / "lam",
+            seed=1,
+            progress=False,
+        )
+
+
+def test_merge_is_linear_keeps_the_first_copy_and_sorts_by_index(tmp_path):
+    from cosmosbi.simulators.store import merge_files, write_rows
+
+    rng = np.random.default_rng(0)
+    rows = {i: rng.normal(size=3) for i in range(30)}
+
+    def part(name, index):
+        index = np.asarray(index)
+        write_rows(
+            tmp_path / name,
+            np.c_[index, index] / 100.0,
+            index,
+            7,
+            {"x": np.stack([rows[i] for i in index])},
+            [],
+            ["mu", "sigma"],
+        )
+        return tmp_path / name
+
+    legacy = part("legacy.h5", [12, 3, 29, 0])  # written unsorted, as shards of earlier versions were
+    with_dupes = part("dupes.h5", [3, 4, 5, 12])
+    other = part("other.h5", list(range(6, 12)))
+    import h5py
+
+    with h5py.File(legacy, "r+") as f:  # make the legacy file's rows unsorted on disk
+        order = np.array([2, 0, 3, 1])
+        for key in ("theta", "index", "x/x"):
+            f[key][...] = f[key][:][order]
+        f["x/x"][0] = 99.0  # index 12, also in the second source: the first copy is kept
+    empty = tmp_path / "empty.h5"  # a part whose simulations all failed
+    failure = {"index": 40, "seed": 7, "message": "RuntimeError: diverged"}
+    write_rows(empty, np.zeros((0, 2)), np.zeros(0, np.int64), 7, {"x": np.zeros((0, 3))}, [failure], ["mu", "sigma"])
+    merge_files([empty, legacy, with_dupes, other], tmp_path / "merged.h5", 7, ["mu", "sigma"], block_bytes=200)
+    with h5py.File(tmp_path / "merged.h5", "r") as f:
+        index, x, theta = f["index"][:], f["x/x"][:], f["theta"][:]
+        assert json.loads(f.attrs["failures"]) == [failure]
+    expected = sorted({0, 3, 12, 29, 4, 5, *range(6, 12)})
+    np.testing.assert_array_equal(index, expected)
+    np.testing.assert_array_equal(theta[:, 0], np.array(expected) / 100.0)
+    rows[12] = np.full(3, 99.0)
+    np.testing.assert_array_equal(x, np.stack([rows[i] for i in expected]))
+
+    wrong = tmp_path / "wrong.h5"
+    write_rows(wrong, np.zeros((1, 2)), np.array([40]), 7, {"x": np.zeros((1, 4))}, [], ["mu", "sigma"])
+    with pytest.raises(DatasetError, match="wrong.h5: outputs x \\(4,\\) float64 differ from x \\(3,\\) float64"):
+        merge_files([other, wrong], tmp_path / "bad.h5", 7, ["mu", "sigma"])
+    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_orphan_temporary_files_of_a_killed_run_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    sim = as_simulator(gaussian_draws, prior=PRIOR)
+    run_simulations(sim, 10, tmp_path / "ds", seed=1, progress=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphans = [tmp_path / "ds" / f".shard-00000.h5.{dead.pid}.tmp", tmp_path / "ds" / f".manifest.json.{dead.pid}.tmp"]
+    (tmp_path / "ds" / "parts").mkdir()
+    orphans.append(tmp_path / "ds" / "parts" / f".part-r00000-0000000010.h5.{dead.pid}.tmp")
+    alive = tmp_path / "ds" / ".shard-00000.h5.1.tmp"  # pid 1 is alive: a run in progress elsewhere, kept
+    for path in [*orphans, alive]:
+        path.write_bytes(b"\0" * 1000)
+    assert run_simulations(sim, 10, tmp_path / "ds", seed=1, progress=False).new_this_run == 0
+    assert not any(path.exists() for path in orphans) and alive.exists()
+    assert not (tmp_path / "ds" / "parts").exists()
+
+
+def test_simulation_seeds_are_the_children_of_the_root_and_index():
+    for seed, index in [(0, 0), (11, 17), (2**40, 10**6)]:
+        expected = np.random.SeedSequence([seed, index]).spawn(2)
+        for got, want in zip(simulation_seeds(seed, index), expected):
+            np.testing.assert_array_equal(got.generate_state(8), want.generate_state(8))
+
+
+def test_a_built_in_simulator_whose_model_changed_is_not_reused(tmp_path):
+    """A built-in simulator's ``model_version`` is part of its identity: old-model rows are refused."""
+    from cosmosbi.simulators import make_simulator
+
+    old = make_simulator("gaussian_field", {"n_pixels": 8})
+    run_simulations(old, 4, tmp_path / "ds", seed=1, progress=False)
+    new = make_simulator("gaussian_field", {"n_pixels": 8})
+    new.model_version = 2
+    with pytest.raises(ValueError, match="different simulator"):
+        run_simulations(new, 4, tmp_path / "ds", seed=1, progress=False)
+    assert run_simulations(old, 4, tmp_path / "ds", seed=1, progress=False).new_this_run == 0
