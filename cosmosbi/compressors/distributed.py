@@ -1,0 +1,113 @@
+"""Data-parallel compressor training over processes started by ``torchrun`` or ``srun``.
+
+A launch is distributed when its environment names a world of more than one process and the
+rendezvous address: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (``torchrun``) or
+``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` (``srun``), with ``MASTER_ADDR`` and
+``MASTER_PORT`` (``torchrun`` sets them; the batch scripts of ``cosmosbi slurm submit``
+export them). The processes talk through gloo on CPU and NCCL on GPUs (each process uses the
+GPU of its local rank).
+
+Every process sees the same shuffled global batches (from the seed and the epoch) and trains on
+its contiguous share of each (:func:`rank_share`); gradients are averaged so that an update is
+the one a single process makes on the whole global batch, up to the order of float sums.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+__all__ = ["Launch", "launch_of", "distributed_session", "rank_share", "device_of"]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process stands in its launch: rank, world size and rank on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _integer(environ, name: str) -> int:
+    value = environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r}: expected an integer") from None
+
+
+def launch_of(environ=None) -> Launch:
+    """The :class:`Launch` described by ``environ`` (default: ``os.environ``).
+
+    ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` first, then ``SLURM_PROCID``/``SLURM_NTASKS``/
+    ``SLURM_LOCALID``; a world of one process when neither is set or ``MASTER_ADDR`` is missing
+    (a SLURM job step that is not a data-parallel launch).
+    """
+    environ = os.environ if environ is None else environ
+    if "MASTER_ADDR" not in environ:
+        return Launch()
+    for rank, size, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+        if rank in environ and size in environ:
+            launch = Launch(_integer(environ, rank), _integer(environ, size),
+                            _integer(environ, local) if local in environ else 0)
+            if not 0 <= launch.rank < launch.world_size:
+                raise ValueError(f"environment: {rank}={launch.rank} is not in [0, {size}={launch.world_size})")
+            return launch
+    return Launch()
+
+
+def device_of(device: str, launch: Launch) -> torch.device:
+    """The torch device of this process: ``"auto"`` gives CUDA when available (the GPU of the local
+    rank in a distributed launch), else CPU; other strings are passed to torch."""
+    if device == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", launch.local_rank % torch.cuda.device_count()) if launch.distributed else torch.device("cuda")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device: {err}") from None
+
+
+@contextlib.contextmanager
+def distributed_session(launch: Launch, device: torch.device) -> Iterator[bool]:
+    """Join the process group of ``launch`` (gloo on CPU, NCCL on CUDA) for the duration; yields
+    whether training is distributed. A process group set up by the caller is used as it is."""
+    if not torch.distributed.is_available():
+        if launch.distributed:
+            raise RuntimeError("this torch has no torch.distributed; cannot train over several processes")
+        yield False
+        return
+    if torch.distributed.is_initialized():
+        yield torch.distributed.get_world_size() > 1
+        return
+    if not launch.distributed:
+        yield False
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, init_method="env://", rank=launch.rank, world_size=launch.world_size)
+    try:
+        yield True
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def rank_share(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This rank's contiguous share of a global batch of row positions (sizes differ by at most one)."""
+    return np.array_split(batch, world_size)[rank]
