@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["Launch", "launch_of", "distributed_session", "rank_share", "device_of"]
+__all__ = ["Launch", "device_of", "distributed_session", "launch_of", "rank_share"]
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,18 @@ import torch
 
 from cosmosbi.compressors.distributed import Launch, launch_of, rank_share
 from cosmosbi.compressors.losses import make_loss
-from cosmosbi.compressors.trainer import TrainSettings, make_compressor, train_compressor
+from cosmosbi.compressors.trainer import (
+    TrainSettings,
+    make_compressor,
+    train_compressor,
+)
 from cosmosbi.simulators import BoxUniform, as_simulator
 from cosmosbi.simulators.runner import run_simulations
 from cosmosbi.simulators.store import SimulationDataset
 
 PRIOR = BoxUniform(["a", "b"], [-1.0, -1.0], [1.0, 1.0])
 # 300 training rows at a global batch of 64: the last batch (44 rows) and the validation set split unevenly
-SETTINGS = dict(epochs=4, batch_size=64, learning_rate=3e-3, seed=1, device="cpu", num_threads=1)
+SETTINGS = {"epochs": 4, "batch_size": 64, "learning_rate": 3e-3, "seed": 1, "device": "cpu", "num_threads": 1}
 
 WORKER = textwrap.dedent(
     """
@@ -73,7 +77,7 @@ def torchrun(tmp_path, dataset, out, epochs=SETTINGS["epochs"], kill_after=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
                str(dataset.path), str(out), str(epochs), str(kill_after)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def single_process(dataset, out):
