@@ -1,9 +1,10 @@
 """Data-parallel compressor training over processes started by ``torchrun`` or ``srun``.
 
 A launch is distributed when its environment names a world of more than one process and the
-rendezvous address: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (``torchrun``) or
-``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` (``srun``), with ``MASTER_ADDR`` and
-``MASTER_PORT`` (``torchrun`` sets them; the batch scripts of ``cosmosbi slurm submit``
+rendezvous address: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (``torchrun``),
+``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID`` (``srun``), or those of ``mpiexec``
+(Open MPI's ``OMPI_COMM_WORLD_*``, MPICH's ``PMI_RANK``, ``PMI_SIZE``), with ``MASTER_ADDR``
+and ``MASTER_PORT`` (``torchrun`` sets them; the batch scripts of ``cosmosbi slurm submit``
 export them). The processes talk through gloo on CPU and NCCL on GPUs (each process uses the
 GPU of its local rank).
 
@@ -42,6 +43,15 @@ class Launch:
         return self.rank == 0
 
 
+# (rank, world size, rank on the node) as torchrun, srun, Open MPI and MPICH name them, in that order
+LAUNCH_VARIABLES = (
+    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+)
+
+
 def _integer(environ, name: str) -> int:
     value = environ[name]
     try:
@@ -54,13 +64,13 @@ def launch_of(environ=None) -> Launch:
     """The :class:`Launch` described by ``environ`` (default: ``os.environ``).
 
     ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` first, then ``SLURM_PROCID``/``SLURM_NTASKS``/
-    ``SLURM_LOCALID``; a world of one process when neither is set or ``MASTER_ADDR`` is missing
+    ``SLURM_LOCALID``, then Open MPI's and MPICH's variables; a world of one process when neither is set or ``MASTER_ADDR`` is missing
     (a SLURM job step that is not a data-parallel launch).
     """
     environ = os.environ if environ is None else environ
     if "MASTER_ADDR" not in environ:
         return Launch()
-    for rank, size, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+    for rank, size, local in LAUNCH_VARIABLES:
         if rank in environ and size in environ:
             launch = Launch(_integer(environ, rank), _integer(environ, size),
                             _integer(environ, local) if local in environ else 0)

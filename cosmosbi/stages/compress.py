@@ -3,7 +3,7 @@
 
 Key: the compressor section (without the settings that change no result and ``apply_to``,
 which the ``summarise:NAME`` stages hash; ``train.mixed_precision`` only when switched on) and
-the simulations it trains on. Under ``srun`` with ``MASTER_ADDR`` set (the compress job of
+the simulations it trains on. Under ``srun`` or ``mpiexec`` with ``MASTER_ADDR`` set (the compress job of
 ``cosmosbi slurm submit`` with ``ntasks`` above one) every MPI rank is one data-parallel
 training process (:mod:`cosmosbi.compressors.distributed`); else rank 0 trains. ``cosmosbi
 compress`` also writes the summaries of ``apply_to`` (see :mod:`cosmosbi.stages.summarise`).

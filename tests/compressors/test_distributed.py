@@ -143,3 +143,40 @@ def test_shares_cover_a_batch_once():
     np.testing.assert_array_equal(np.concatenate(shares), batch)
     assert [len(s) for s in shares] == [4, 3, 3]
     assert [len(rank_share(np.arange(1), r, 2)) for r in range(2)] == [1, 0]
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_compress_stage_over_two_mpi_ranks_follows_one_process(tmp_path, mpiexec):
+    """`cosmosbi run --stage compress` under `mpiexec -n 2` with a rendezvous trains on both ranks."""
+    import socket
+
+    import yaml
+
+    config = {
+        "run_dir": "run", "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
+        "datasets": {"train": {"n": 300, "seed": 1}},
+        "compressor": {"input": "field", "network": {"kind": "mlp", "hidden": 32}, "loss": "mse",
+                       "train": {"epochs": 3, "batch_size": 64, "device": "cpu", "num_threads": 1}},
+    }
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "c.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cosmosbi = [sys.executable, "-m", "cosmosbi", "run", "c.yaml", "-q", "--stage"]
+    for name in ("one", "two"):
+        done = subprocess.run([*cosmosbi, "simulate"], cwd=tmp_path / name, env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+    done = subprocess.run([*cosmosbi, "compress"], cwd=tmp_path / "one", env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    rendezvous = ["-genv", "MASTER_ADDR", "127.0.0.1", "-genv", "MASTER_PORT", str(port)]
+    done = subprocess.run([mpiexec, "-n", "2", *rendezvous, *cosmosbi, "compress"], cwd=tmp_path / "two", env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    one, two = (val_losses(tmp_path / name / "run" / "compressor") for name in ("one", "two"))
+    np.testing.assert_allclose(two, one, rtol=1e-4)  # the tolerance of the torchrun test above
