@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from cosmosbi.compressors.losses import make_loss
-from cosmosbi.compressors.trainer import TrainSettings, compress_dataset, make_compressor, train_compressor
+from cosmosbi.compressors.trainer import (
+    TrainSettings,
+    compress_dataset,
+    make_compressor,
+    train_compressor,
+)
 from cosmosbi.simulators import make_simulator
 from cosmosbi.simulators.runner import run_simulations
 from cosmosbi.simulators.store import SimulationDataset
