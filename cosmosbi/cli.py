@@ -323,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     from cosmosbi.simulators.mpi import get_comm
 
     comm = get_comm()
+    if comm.Get_size() == 1:  # not MPI: a torchrun launch of several processes coordinates over torch.distributed
+        from cosmosbi.compressors.distributed import TorchComm, launch_of
+
+        launch = launch_of()
+        if launch.distributed:
+            comm = TorchComm(launch)
     try:
         return handler(args, comm)
     except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 (every error becomes one line; -v shows the traceback)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Launch", "device_of", "distributed_session", "launch_of", "rank_share"]
+__all__ = ["LAUNCH_VARIABLES", "Launch", "TorchComm", "device_of", "distributed_session", "launch_of", "rank_share"]
 
 
 @dataclass(frozen=True)
@@ -102,20 +102,65 @@ def distributed_session(launch: Launch, device: torch.device) -> Iterator[bool]:
             raise RuntimeError("this torch has no torch.distributed; cannot train over several processes")
         yield False
         return
+    if device.type == "cuda" and (launch.distributed or torch.distributed.is_initialized()):
+        torch.cuda.set_device(device)
     if torch.distributed.is_initialized():
         yield torch.distributed.get_world_size() > 1
         return
     if not launch.distributed:
         yield False
         return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     torch.distributed.init_process_group(backend, init_method="env://", rank=launch.rank, world_size=launch.world_size)
     try:
         yield True
     finally:
         torch.distributed.destroy_process_group()
+
+
+class TorchComm:
+    """The subset of mpi4py's communicator API that the stages use (as
+    :class:`cosmosbi.simulators.mpi.SerialComm`), over the torch.distributed process group of a
+    ``torchrun`` launch: ``cosmosbi run`` under ``torchrun`` coordinates its processes with it.
+
+    Creating it joins the process group of ``launch`` (gloo; NCCL as well for CUDA tensors when
+    a GPU is visible), which the compressor training then uses.
+    """
+
+    def __init__(self, launch: Launch):
+        if not torch.distributed.is_initialized():
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+            if torch.cuda.is_available():
+                torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
+            torch.distributed.init_process_group(backend, init_method="env://", rank=launch.rank,
+                                                 world_size=launch.world_size)
+
+    def Get_rank(self) -> int:  # mpi4py's name
+        return torch.distributed.get_rank()
+
+    def Get_size(self) -> int:
+        return torch.distributed.get_world_size()
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def bcast(self, obj, root: int = 0):
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=root)
+        return box[0]
+
+    def allgather(self, obj) -> list:
+        out = [None] * self.Get_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def gather(self, obj, root: int = 0) -> list | None:
+        out = [None] * self.Get_size() if self.Get_rank() == root else None
+        torch.distributed.gather_object(obj, out, dst=root)
+        return out
+
+    def Abort(self, errorcode: int = 1) -> None:
+        os._exit(errorcode)  # the launcher stops the other processes
 
 
 def rank_share(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:

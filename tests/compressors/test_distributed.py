@@ -180,3 +180,30 @@ def test_compress_stage_over_two_mpi_ranks_follows_one_process(tmp_path, mpiexec
     assert done.returncode == 0, done.stderr
     one, two = (val_losses(tmp_path / name / "run" / "compressor") for name in ("one", "two"))
     np.testing.assert_allclose(two, one, rtol=1e-4)  # the tolerance of the torchrun test above
+
+
+@pytest.mark.slow
+def test_cosmosbi_run_under_torchrun_simulates_and_trains_on_both_processes(tmp_path):
+    """`torchrun --nproc_per_node 2 -m cosmosbi run`: the processes coordinate over torch.distributed."""
+    import yaml
+
+    config = {
+        "run_dir": "run", "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
+        "datasets": {"train": {"n": 300, "seed": 1}},
+        "compressor": {"input": "field", "network": {"kind": "mlp", "hidden": 32}, "loss": "mse",
+                       "train": {"epochs": 3, "batch_size": 64, "device": "cpu", "num_threads": 1}},
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launchers = {"one": [sys.executable], "two": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  "--nproc_per_node", "2"]}
+    for name, launcher in launchers.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "c.yaml").write_text(yaml.safe_dump(config))
+        done = subprocess.run([*launcher, "-m", "cosmosbi", "run", "c.yaml", "-q"], cwd=tmp_path / name, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (SimulationDataset(tmp_path / name / "run" / "sims" / "train") for name in launchers)
+    np.testing.assert_array_equal(two.read("field"), one.read("field"))  # simulations do not depend on the ranks
+    assert two.manifest["runs"][-1]["n_ranks"] == 2
+    np.testing.assert_allclose(val_losses(tmp_path / "two" / "run" / "compressor"),
+                               val_losses(tmp_path / "one" / "run" / "compressor"), rtol=1e-4)
