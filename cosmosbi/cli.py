@@ -122,7 +122,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description=(
             "Train the compressor of CONFIG on its train_on dataset (resuming from RUN_DIR/compressor/"
             "checkpoint.pt after a kill), then write the summaries t of every dataset in apply_to to "
-            "RUN_DIR/summaries/NAME/. Run `cosmosbi simulate CONFIG` first."
+            "RUN_DIR/summaries/NAME/. Run `cosmosbi simulate CONFIG` first. Started by torchrun, or by "
+            "srun or mpiexec with MASTER_ADDR and MASTER_PORT set, the training is data-parallel over the processes."
         ),
     )
     compress.add_argument("config", help="YAML config with a compressor section")
@@ -385,14 +386,22 @@ def _chunk(text: str | None) -> tuple[int, int] | None:
 
 
 def _compress(args, comm) -> int:
-    if comm.Get_rank() != 0:
+    from cosmosbi.compressors.distributed import launch_of
+
+    # a data-parallel launch trains on every rank, and rank 0 writes the summaries; else rank 0 alone
+    parallel = launch_of().distributed and comm.Get_size() > 1
+    rank = comm.Get_rank()
+    if rank != 0 and not parallel:
         return 0
     from cosmosbi.layout import RunLayout
     from cosmosbi.stages.compress import compress
 
     config = _load_config(args)
-    with _locked(args, config):
-        print(compress(config, RunLayout(config.run_dir), _source(args), progress=not args.quiet))
+    with _locked(args, config, comm if parallel else None):
+        message = compress(config, RunLayout(config.run_dir), _source(args), progress=not args.quiet and rank == 0,
+                           summaries=rank == 0)
+        if rank == 0:
+            print(message)
     return 0
 
 

@@ -207,3 +207,8 @@ def test_cosmosbi_run_under_torchrun_simulates_and_trains_on_both_processes(tmp_
     assert two.manifest["runs"][-1]["n_ranks"] == 2
     np.testing.assert_allclose(val_losses(tmp_path / "two" / "run" / "compressor"),
                                val_losses(tmp_path / "one" / "run" / "compressor"), rtol=1e-4)
+    # `cosmosbi compress` under torchrun: every process joins the (finished) training, rank 0 writes the summaries
+    done = subprocess.run([*launchers["two"], "-m", "cosmosbi", "compress", "c.yaml", "-q"], cwd=tmp_path / "two",
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert SimulationDataset(tmp_path / "two" / "run" / "summaries" / "train").read("t").shape == (300, 2)
