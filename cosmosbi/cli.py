@@ -43,7 +43,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "unchanged since it finished is skipped; an interrupted one resumes; a changed setting "
             "reruns that stage and those after it, keeping the old artifacts under "
             "RUN_DIR/stages/previous/. Without CONFIG: the quick-start analysis of the Gaussian-field "
-            "reference problem. Under `mpiexec` or `srun` the simulations use every rank. "
+            "reference problem. Under `mpiexec` or `srun` the simulations use every rank, and with "
+            "MASTER_ADDR and MASTER_PORT set the compressor trains data-parallel on every rank. "
             "A config whose simulator is named `module:function` runs that code: the stages import the "
             "module and call the function, so run only configs you trust, as you would a Python script "
             "(`cosmosbi status --config` and `cosmosbi slurm submit --dry-run` only read a config)."
@@ -121,7 +122,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description=(
             "Train the compressor of CONFIG on its train_on dataset (resuming from RUN_DIR/compressor/"
             "checkpoint.pt after a kill), then write the summaries t of every dataset in apply_to to "
-            "RUN_DIR/summaries/NAME/. Run `cosmosbi simulate CONFIG` first."
+            "RUN_DIR/summaries/NAME/. Run `cosmosbi simulate CONFIG` first. Started by torchrun, or by "
+            "srun or mpiexec with MASTER_ADDR and MASTER_PORT set, the training is data-parallel over the processes."
         ),
     )
     compress.add_argument("config", help="YAML config with a compressor section")
@@ -322,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     from cosmosbi.simulators.mpi import get_comm
 
     comm = get_comm()
+    if comm.Get_size() == 1:  # not MPI: a torchrun launch of several processes coordinates over torch.distributed
+        from cosmosbi.compressors.distributed import TorchComm, launch_of
+
+        launch = launch_of()
+        if launch.distributed:
+            comm = TorchComm(launch)
     try:
         return handler(args, comm)
     except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 (every error becomes one line; -v shows the traceback)
@@ -378,14 +386,22 @@ def _chunk(text: str | None) -> tuple[int, int] | None:
 
 
 def _compress(args, comm) -> int:
-    if comm.Get_rank() != 0:
+    from cosmosbi.compressors.distributed import launch_of
+
+    # a data-parallel launch trains on every rank, and rank 0 writes the summaries; else rank 0 alone
+    parallel = launch_of().distributed and comm.Get_size() > 1
+    rank = comm.Get_rank()
+    if rank != 0 and not parallel:
         return 0
     from cosmosbi.layout import RunLayout
     from cosmosbi.stages.compress import compress
 
     config = _load_config(args)
-    with _locked(args, config):
-        print(compress(config, RunLayout(config.run_dir), _source(args), progress=not args.quiet))
+    with _locked(args, config, comm if parallel else None):
+        message = compress(config, RunLayout(config.run_dir), _source(args), progress=not args.quiet and rank == 0,
+                           summaries=rank == 0)
+        if rank == 0:
+            print(message)
     return 0
 
 

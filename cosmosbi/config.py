@@ -305,7 +305,10 @@ class SlurmJobConfig(_Strict):
     """Resources of one batch job of ``cosmosbi slurm submit`` (unset: the site's defaults)."""
 
     time: str | None = Field(default=None, description="wall-clock limit, e.g. 04:00:00")
-    ntasks: Int | None = Field(default=None, gt=0, description="MPI tasks (the simulate job runs srun over them)")
+    nodes: Int | None = Field(default=None, gt=0, description="nodes (--nodes)")
+    ntasks: Int | None = Field(
+        default=None, gt=0, description="MPI tasks of the simulate job; data-parallel training processes of the compress job"
+    )
     cpus_per_task: Int | None = Field(default=None, gt=0)
     mem: str | None = Field(default=None, description="memory per node, e.g. 16G")
     gpus: Int | None = Field(default=None, ge=0, description="GPUs (--gpus)")

@@ -6,8 +6,10 @@ succeeded (``--dependency=afterok``):
 - ``simulate``: one MPI job, ``srun`` over ``slurm.jobs.simulate.ntasks`` tasks; or, with
   ``slurm.jobs.simulate.array: K``, a job array of K independent chunks followed by a
   one-task job that merges them (and simulates whatever a failed chunk left);
-- ``compress`` (the GPU job when ``gpus`` is set), ``estimate``, ``validate``, ``baseline``, ``sample``:
-  one task each.
+- ``compress`` (the GPU job when ``gpus`` is set): one task, or with ``slurm.jobs.compress.ntasks``
+  above one, ``srun`` over that many data-parallel training processes (torch.distributed, see
+  :mod:`cosmosbi.compressors.distributed`; the script exports ``MASTER_ADDR`` and ``MASTER_PORT``);
+- ``estimate``, ``validate``, ``baseline``, ``sample``: one task each.
 
 Every job runs ``cosmosbi run CONFIG --stage KIND``, so a chain resubmitted after a failure or a
 time-out skips what is done and resumes the rest, exactly like ``cosmosbi run``. The config's
@@ -21,7 +23,7 @@ resources (see :class:`cosmosbi.config.SlurmConfig`)::
       setup: ["source ~/venvs/cosmosbi/bin/activate"]
       jobs:
         simulate: {ntasks: 64, time: "04:00:00"}
-        compress: {gpus: 1, time: "02:00:00", cpus_per_task: 8}
+        compress: {nodes: 2, ntasks: 8, gpus: 8, time: "02:00:00", cpus_per_task: 8}
 
 The scripts are written to ``RUN_DIR/slurm/`` and the submitted job ids to
 ``RUN_DIR/slurm/jobs.json``.
@@ -53,10 +55,20 @@ def _shell_join(words: list[str]) -> str:
     return " ".join(w if w.startswith("$") else shlex.quote(w) for w in words)
 
 
-def _script(name: str, config, settings, job, command: list[str], log_dir: Path, workdir: Path, *, srun: bool = False, array: int | None = None) -> str:
+# the first node of the job is the rendezvous of the training processes; the port follows the job id
+RENDEZVOUS = [
+    'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+    "export MASTER_ADDR",
+    "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+]
+
+
+def _script(name: str, config, settings, job, command: list[str], log_dir: Path, workdir: Path, *, srun: bool = False,
+            array: int | None = None, rendezvous: bool = False) -> str:
     options = [f"--job-name=cosmosbi-{name}", f"--output={log_dir / (name + ('-%A_%a' if array else '-%j') + '.out')}"]
     partition = job.partition or settings.partition
-    for flag, value in (("partition", partition), ("account", settings.account), ("time", job.time), ("ntasks", job.ntasks),
+    for flag, value in (("partition", partition), ("account", settings.account), ("time", job.time), ("nodes", job.nodes),
+                        ("ntasks", job.ntasks),
                         ("cpus-per-task", job.cpus_per_task), ("mem", job.mem), ("gpus", job.gpus)):
         if value is not None:
             options.append(f"--{flag}={value}")
@@ -67,6 +79,7 @@ def _script(name: str, config, settings, job, command: list[str], log_dir: Path,
     lines += [f"module load {m}" for m in settings.modules]
     lines += list(settings.setup)
     lines += [f"cd {shlex.quote(str(workdir))}", "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}"]
+    lines += RENDEZVOUS if rendezvous else []
     launcher = ["srun", f"--mpi={settings.mpi}"] if srun else []
     lines.append(_shell_join([*launcher, settings.python, "-m", "cosmosbi", *command]))
     return "\n".join(lines) + "\n"
@@ -106,10 +119,12 @@ def batch_jobs(config, config_path: str | Path, *, run_dir: str | None = None, w
             jobs.append(BatchJob("simulate-merge", f"{len(jobs):02d}-simulate-merge.sbatch",
                                  _script("simulate-merge", config, settings, single, stage, log_dir, workdir)))
             continue
-        if kind != "simulate" and job.ntasks not in (None, 1):
-            raise ValueError(f"slurm.jobs.{kind}.ntasks: only the simulate job uses MPI tasks; got {job.ntasks}")
+        if kind not in ("simulate", "compress") and job.ntasks not in (None, 1):
+            raise ValueError(f"slurm.jobs.{kind}.ntasks: only the simulate and compress jobs run several tasks; got {job.ntasks}")
+        parallel = kind == "compress" and (job.ntasks or 1) > 1
         jobs.append(BatchJob(kind, f"{len(jobs):02d}-{kind}.sbatch",
-                             _script(kind, config, settings, job, stage, log_dir, workdir, srun=kind == "simulate")))
+                             _script(kind, config, settings, job, stage, log_dir, workdir, srun=kind == "simulate" or parallel,
+                                     rendezvous=parallel)))
     return jobs
 
 

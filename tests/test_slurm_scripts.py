@@ -97,3 +97,18 @@ def test_hand_templates_are_valid_bash_that_runs_cosmosbi(template):
     # without a config argument the script refuses with its usage line
     done = subprocess.run(["bash", str(path)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "0"})
     assert done.returncode == 2 and "usage: sbatch" in done.stderr
+
+
+def test_compress_job_over_several_processes_runs_srun_with_a_rendezvous(tmp_path):
+    data = {**ANALYSIS, "slurm": {"jobs": {"compress": {"nodes": 2, "ntasks": 8, "gpus": 8, "cpus_per_task": 4}}}}
+    jobs = batch_jobs(SimulateConfig.model_validate(data), tmp_path / "a.yaml", workdir=tmp_path)
+    lines = jobs[1].script.splitlines()
+    assert jobs[1].name == "compress"
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks=8", "#SBATCH --gpus=8", "#SBATCH --cpus-per-task=4",
+                 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)', "export MASTER_ADDR",
+                 "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+                 f"srun --mpi=pmi2 python -m cosmosbi run {tmp_path / 'a.yaml'} --stage compress --quiet"):
+        assert line in lines, line
+    # the rendezvous is exported before the training processes start
+    assert lines.index("export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))") < lines.index(lines[-1])
+    assert "MASTER_ADDR" not in jobs[0].script and "MASTER_ADDR" not in jobs[2].script

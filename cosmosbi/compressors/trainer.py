@@ -12,6 +12,13 @@ learning rate on plateaus, writes a checkpoint after every epoch and resumes fro
 logs the losses (``history.json``, ``history.csv``, ``loss.png``). On CPU a given seed gives
 the same weights, also across a kill and resume: epoch e shuffles with its own seed.
 
+Started by ``torchrun`` or ``srun`` over several processes, training is data-parallel
+(:mod:`cosmosbi.compressors.distributed`): each process takes its share of every global batch
+of ``batch_size`` rows, gradients are averaged over the processes, the validation loss is summed
+over them, and rank 0 writes the checkpoints and the results. The losses per epoch are those of
+one process at the same batch size up to the order of float sums; a network with batch
+normalisation normalises each process's share on its own (DDP's batch statistics).
+
 Files in the output directory: ``checkpoint.pt`` (latest epoch, with the optimiser), and at
 the end ``compressor.pt`` + ``compressor.json`` (the best epoch's weights and everything needed
 to rebuild it), ``loss.pt`` + the loss config inside ``compressor.json`` (for VMIM: the flow
@@ -32,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cosmosbi.compressors.distributed import device_of, distributed_session, launch_of, rank_share
 from cosmosbi.compressors.losses import make_loss, network_outputs
 from cosmosbi.compressors.networks import build_network
 from cosmosbi.files import atomic_path, atomic_write_json, config_hash, hashed_settings, load_weights, read_json
@@ -222,11 +230,26 @@ def _split(dataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
 
 
-def _loader(rows_dataset, rows: np.ndarray, batch_size: int, shuffle_seed: list[int] | None, num_workers: int):
+def _global_batches(rows: np.ndarray, batch_size: int, shuffle_seed: list[int] | None) -> list[np.ndarray]:
+    """Row positions of each batch (sorted within a batch), shuffled by ``shuffle_seed`` if given."""
     if shuffle_seed is not None:
         rows = np.random.default_rng(shuffle_seed).permutation(rows)
-    batches = [np.sort(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+    return [np.sort(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+def _loader(rows_dataset, batches: list[np.ndarray], num_workers: int):
     return torch.utils.data.DataLoader(rows_dataset, sampler=batches, batch_size=None, num_workers=num_workers)
+
+
+class _Objective(nn.Module):
+    """Compressor and loss as one module (what DDP wraps): (x, theta_s) -> mean loss."""
+
+    def __init__(self, compressor: Compressor, loss: nn.Module):
+        super().__init__()
+        self.compressor, self.loss = compressor, loss
+
+    def forward(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.compressor.raw(x), theta)
 
 
 def _fingerprint(compressor: Compressor, loss: nn.Module, dataset, settings: TrainSettings) -> str:
@@ -251,13 +274,17 @@ def train_compressor(compressor: Compressor, loss: nn.Module, dataset, out_dir: 
     Returns a :class:`TrainResult`; the best epoch's weights are loaded into ``compressor``
     and ``loss`` and saved to ``out_dir`` (see the module docstring).
     """
-    with torch_threads(settings.num_threads):
-        return _train(compressor, loss, dataset, Path(out_dir), settings, progress)
+    launch = launch_of()
+    device = device_of(settings.device, launch)
+    with torch_threads(settings.num_threads), distributed_session(launch, device) as distributed:
+        return _train(compressor, loss, dataset, Path(out_dir), settings, progress, device, distributed)
 
 
-def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, settings: TrainSettings, progress: bool) -> TrainResult:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(settings.device)
+def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, settings: TrainSettings, progress: bool,
+           device: torch.device, distributed: bool) -> TrainResult:
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
     compressor.to(device)
     loss.to(device)
     theta_s = compressor.standardise(torch.as_tensor(dataset.theta, dtype=torch.float32, device=device)).cpu().numpy()
@@ -270,7 +297,13 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
     best = {"compressor": _clone(compressor.state_dict()), "loss": _clone(loss.state_dict())}
 
+    objective = _Objective(compressor, loss)
+    if distributed:
+        objective = torch.nn.parallel.DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+
     checkpoint_path = out_dir / "checkpoint.pt"
+    if distributed:
+        torch.distributed.barrier()  # every rank sees the checkpoint rank 0 may just have written
     if checkpoint_path.exists():
         checkpoint = load_weights(checkpoint_path, map_location=device)
         if checkpoint.get("fingerprint") != fingerprint:
@@ -288,7 +321,7 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
 
     autocast = device.type == "cuda" and settings.mixed_precision
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=settings.epochs, initial=min(state["epoch"], settings.epochs), desc=f"training {out_dir.name}", unit="epoch")
@@ -299,17 +332,32 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
         compressor.train()
         loss.train()
         total, count = 0.0, 0
-        for x, theta in _loader(rows, train_rows, settings.batch_size, [settings.seed, epoch], settings.num_workers):
+        batches = _global_batches(train_rows, settings.batch_size, [settings.seed, epoch])
+        if distributed:  # this rank's share of each batch, weighed by its size (DDP averages gradients over ranks)
+            sizes = [len(batch) for batch in batches]
+            shares = [rank_share(batch, rank, world) for batch in batches]
+            weights = [len(share) * world / size for share, size in zip(shares, sizes)]
+            # an empty share computes on one row with weight zero: every rank takes part in every step
+            batches = [share if len(share) else batch[:1] for share, batch in zip(shares, batches)]
+        for step, (x, theta) in enumerate(_loader(rows, batches, settings.num_workers)):
             x, theta = x.to(device), theta.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                value = loss(compressor.raw(x), theta)
+                value = objective(x, theta)
+                if distributed:
+                    value = value * weights[step]
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             optimizer.step()
-            total += value.item() * len(x)
-            count += len(x)
-        val_loss = evaluate_loss(compressor, loss, rows, val_rows, settings.batch_size, device)
+            if distributed:  # the summed loss of this rank's rows: value * size / world
+                total += value.item() * sizes[step] / world
+                count += len(shares[step])
+            else:
+                total += value.item() * len(x)
+                count += len(x)
+        if distributed:
+            total, count = _summed([total, count], device)
+        val_loss = evaluate_loss(compressor, loss, rows, val_rows, settings.batch_size, device, distributed)
         scheduler.step(val_loss)
         state["history"].append(
             {"epoch": epoch + 1, "train_loss": total / count, "val_loss": val_loss, "learning_rate": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 3)}
@@ -321,13 +369,14 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         stopped_early = state["bad_epochs"] >= settings.patience
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(
-                {**state, "fingerprint": fingerprint, "compressor": compressor.state_dict(), "loss": loss.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "best_compressor": best["compressor"], "best_loss": best["loss"]},
-                tmp,
-            )
+        if rank == 0:
+            with atomic_path(checkpoint_path) as tmp:
+                torch.save(
+                    {**state, "fingerprint": fingerprint, "compressor": compressor.state_dict(), "loss": loss.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "best_compressor": best["compressor"], "best_loss": best["loss"]},
+                    tmp,
+                )
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train=f"{total / count:.4g}", val=f"{val_loss:.4g}")
@@ -338,21 +387,39 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
     loss.load_state_dict(best["loss"])
     compressor.eval()
     loss.eval()
-    save_compressor(compressor, out_dir, loss)
-    _write_history(state["history"], out_dir)
+    if rank == 0:
+        save_compressor(compressor, out_dir, loss)
+        _write_history(state["history"], out_dir)
+    if distributed:
+        torch.distributed.barrier()  # the results are on disk when any rank returns
     return TrainResult(state["history"], state["best_epoch"], state["best_val"], stopped_early, out_dir)
 
 
+def _summed(values: list[float], device: torch.device) -> list[float]:
+    """``values`` summed over the ranks of the process group (in float64)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
 @torch.no_grad()
-def evaluate_loss(compressor: Compressor, loss: nn.Module, rows: _Rows, positions: np.ndarray, batch_size: int, device) -> float:
-    """Mean loss over ``positions`` in evaluation mode."""
+def evaluate_loss(compressor: Compressor, loss: nn.Module, rows: _Rows, positions: np.ndarray, batch_size: int, device,
+                  distributed: bool = False) -> float:
+    """Mean loss over ``positions`` in evaluation mode (``distributed``: each rank evaluates its
+    share of every batch, and the sums are added over the ranks)."""
     compressor.eval()
     loss.eval()
     total, count = 0.0, 0
-    for x, theta in _loader(rows, positions, batch_size, None, 0):
+    batches = _global_batches(positions, batch_size, None)
+    if distributed:
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        batches = [share for share in (rank_share(batch, rank, world) for batch in batches) if len(share)]
+    for x, theta in _loader(rows, batches, 0):
         x, theta = x.to(device), theta.to(device)
         total += loss(compressor.raw(x), theta).item() * len(x)
         count += len(x)
+    if distributed:
+        total, count = _summed([total, count], device)
     return total / max(count, 1)
 
 

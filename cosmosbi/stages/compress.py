@@ -2,7 +2,10 @@
 ``RUN_DIR/compressor`` (resuming from ``checkpoint.pt`` after a kill).
 
 Key: the compressor section (without the settings that change no result and ``apply_to``,
-which the ``summarise:NAME`` stages hash) and the simulations it trains on. ``cosmosbi
+which the ``summarise:NAME`` stages hash; ``train.mixed_precision`` only when switched on) and
+the simulations it trains on. Under ``srun`` or ``mpiexec`` with ``MASTER_ADDR`` set (the compress job of
+``cosmosbi slurm submit`` with ``ntasks`` above one) every MPI rank is one data-parallel
+training process (:mod:`cosmosbi.compressors.distributed`); else rank 0 trains. ``cosmosbi
 compress`` also writes the summaries of ``apply_to`` (see :mod:`cosmosbi.stages.summarise`).
 """
 
@@ -86,7 +89,16 @@ def compress(config, layout, source: str = "config", *, progress: bool = True, s
 
 
 def run(stage, config, layout, source: str, *, comm=None, progress: bool = True) -> str:
-    return compress(config, layout, source, progress=progress, summaries=False)
+    from cosmosbi.compressors.distributed import launch_of
+
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    launch = launch_of()
+    if launch.distributed and launch.world_size != size:
+        raise ValueError(f"compress: the launch has {launch.world_size} training processes but {size} MPI rank(s); "
+                         "start every training process as an MPI rank (srun --mpi=...)")
+    if rank != 0 and not launch.distributed:
+        return ""
+    return compress(config, layout, source, progress=progress and rank == 0, summaries=False)
 
 
 def progress(stage, layout) -> str | None:
@@ -95,4 +107,5 @@ def progress(stage, layout) -> str | None:
     return f"{len(read_json(history))} epoch(s) checkpointed" if history.is_file() else None
 
 
-STAGE = StageType("compress", "compress", declare, run, progress=progress)
+# every rank enters run(): the ranks of a data-parallel launch all train, else rank 0 alone
+STAGE = StageType("compress", "compress", declare, run, all_ranks=True, progress=progress)

@@ -103,3 +103,18 @@ def test_every_stage_module_is_registered_once_and_in_order():
     modules = {p.stem for p in (PACKAGE / "stages").glob("*.py")} - {"__init__", "base", "data"}
     assert sorted(t.name for t in STAGE_TYPES) == sorted(modules)
     assert STAGE_KINDS == ("simulate", "compress", "estimate", "validate", "baseline", "sample")
+
+
+def test_mixed_precision_enters_the_compressor_key_only_when_switched_on():
+    """bf16 training changes the weights; configs that leave it off keep the keys they had."""
+    config = load_config(OLD_RUN / "config.yaml")
+    keys = {s.name: s.key for s in plan_stages(config)}
+    data = config.model_dump()
+    data["compressor"]["train"]["mixed_precision"] = False
+    assert {s.name: s.key for s in plan_stages(type(config).model_validate(data))} == keys
+    data["compressor"]["train"]["mixed_precision"] = True
+    switched = {s.name: s.key for s in plan_stages(type(config).model_validate(data))}
+    changed = {name for name in keys if switched[name] != keys[name]}
+    # the compressor and everything downstream of it; the simulations are untouched
+    assert "compress" in changed and not any(name.startswith("simulate") for name in changed)
+    assert changed == {s.name for s in plan_stages(config) if not s.name.startswith("simulate")}
