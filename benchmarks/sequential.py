@@ -73,7 +73,7 @@ def main():
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
 
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load = subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip()
     print(f"# {platform.node()} {platform.processor() or platform.machine()}; {load}")
     rng = np.random.default_rng(args.seed)
     simulator, summarize, x_obs, exact = PROBLEMS[args.problem](rng, args.n_samples)
@@ -95,7 +95,7 @@ def main():
     amortised, sequential = first_reaching(results, "amortised"), first_reaching(results, "sequential")
     ratio = f"{amortised / sequential:.1f}x fewer" if amortised and sequential else "n/a (an arm never reached the target on this grid)"
     print(f"{args.problem}: C2ST <= {TARGET} first reached at {amortised} simulations (amortised), {sequential} (sequential): {ratio}")
-    print(f"# {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"# {subprocess.run(['uptime'], check=False, capture_output=True, text=True).stdout.strip()}")
     if args.json:
         args.json.write_text(json.dumps({"problem": args.problem, "load": load, "results": results}, indent=2) + "\n")
 

@@ -27,8 +27,8 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from cosmosbi.estimators.npe import NPE
 from cosmosbi.simulators.base import as_simulator
 from cosmosbi.simulators.priors import Prior
 
-__all__ = ["joint_log_posterior", "sample_joint_nle", "sample_joint_nle_many", "DeepSetEmbedding", "pad_sets", "simulate_sets", "set_sizes", "deep_set_npe"]
+__all__ = ["DeepSetEmbedding", "deep_set_npe", "joint_log_posterior", "pad_sets", "sample_joint_nle", "sample_joint_nle_many", "set_sizes", "simulate_sets"]
 
 
 def joint_log_posterior(nle: NLE, x_set: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

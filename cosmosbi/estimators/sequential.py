@@ -29,9 +29,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from cosmosbi.simulators.priors import Prior
 from cosmosbi.simulators.runner import run_simulations
 from cosmosbi.simulators.store import SimulationDataset
 
-__all__ = ["SequentialResult", "sequential_npe", "sequential_nle", "truncated_prior_sample", "highest_probability_threshold"]
+__all__ = ["SequentialResult", "highest_probability_threshold", "sequential_nle", "sequential_npe", "truncated_prior_sample"]
 
 ROUNDS_FILE = "rounds.json"
 
@@ -252,9 +252,8 @@ def _read_round(path: Path, summarize) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _save_proposal(path: Path, theta: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, theta)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, theta)
 
 
 def _run_rounds(simulator, x_obs, out_dir, seed, rounds, simulations_per_round, summarize, prior, make, propose, batch_size, method) -> SequentialResult:

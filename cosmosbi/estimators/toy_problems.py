@@ -20,7 +20,7 @@ import numpy as np
 from cosmosbi.simulators.base import OutputSpec, row_generators
 from cosmosbi.simulators.priors import BoxUniform
 
-__all__ = ["TwoMoons", "GaussianPopulation"]
+__all__ = ["GaussianPopulation", "TwoMoons"]
 
 
 class TwoMoons:
@@ -31,10 +31,10 @@ class TwoMoons:
     """
 
     parameter_names = ("theta_1", "theta_2")
-    output_spec = {"x": OutputSpec((2,), "float64")}
     R_MEAN, R_STD = 0.1, 0.01
 
     def __init__(self):
+        self.output_spec = {"x": OutputSpec((2,), "float64")}
         self.prior = BoxUniform(self.parameter_names, [-1.0, -1.0], [1.0, 1.0])
 
     @staticmethod
@@ -53,12 +53,12 @@ class TwoMoons:
         return {"x": p + self.shift(theta)}
 
     def log_likelihood(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Exact ln p(x | theta) for theta: (N, 2) and one x: (2,). Returns (N,).
+        """Exact ln p(x | theta) for theta: (N, 2) and x: (2,) or (N, 2). Returns (N,).
 
         p = x - shift(theta) - (0.25, 0) in polar coordinates (r, a) has density
         N(r; 0.1, 0.01^2) / pi / r for a in (-pi/2, pi/2) (zero elsewhere).
         """
-        u = np.asarray(x, dtype=float)[None, :] - self.shift(theta) - np.array([0.25, 0.0])
+        u = np.atleast_2d(np.asarray(x, dtype=float)) - self.shift(theta) - np.array([0.25, 0.0])
         r = np.hypot(u[:, 0], u[:, 1])
         with np.errstate(divide="ignore"):
             value = -0.5 * ((r - self.R_MEAN) / self.R_STD) ** 2 - math.log(self.R_STD * math.sqrt(2 * math.pi)) - math.log(math.pi) - np.log(r)
@@ -95,9 +95,9 @@ class GaussianPopulation:
     """
 
     parameter_names = ("mu_1", "mu_2")
-    output_spec = {"x": OutputSpec((2,), "float64")}
 
     def __init__(self, tau: float = 0.6, sigma: float = 0.8):
+        self.output_spec = {"x": OutputSpec((2,), "float64")}
         self.tau, self.sigma = float(tau), float(sigma)
         self.prior = BoxUniform(self.parameter_names, [-2.0, -2.0], [2.0, 2.0])
 

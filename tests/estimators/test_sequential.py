@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from cosmosbi.estimators.networks import FlowConfig, TrainingConfig
-from cosmosbi.estimators.sequential import highest_probability_threshold, sequential_nle, sequential_npe, truncated_prior_sample
+from cosmosbi.estimators.sequential import (
+    highest_probability_threshold,
+    sequential_nle,
+    sequential_npe,
+    truncated_prior_sample,
+)
 from cosmosbi.simulators.base import FunctionSimulator
 from cosmosbi.simulators.priors import BoxUniform
 
@@ -82,7 +87,7 @@ def test_a_killed_round_resumes_with_the_same_simulations(tmp_path):
             raise Killed
         return shifted(theta, rng)
 
-    options = dict(rounds=3, simulations_per_round=100, flow=FAST_FLOW, training=FAST_TRAINING, batch_size=20)
+    options = {"rounds": 3, "simulations_per_round": 100, "flow": FAST_FLOW, "training": FAST_TRAINING, "batch_size": 20}
     x_obs = np.array([0.3, -0.2])
     with pytest.raises(Killed):
         sequential_npe(FunctionSimulator(dies_in_round_two, PRIOR), x_obs, tmp_path / "killed", 4, **options)
