@@ -125,14 +125,22 @@ def population_sets(population, n, rng, n_obs=None):
     return theta, simulate_sets(population, theta, counts, rng)
 
 
-@pytest.mark.slow
-def test_joint_routes_match_the_exact_posterior_at_ten_observations(population):
+@pytest.fixture(scope="module")
+def trained_routes(population):
+    """NLE on 4000 single observations and deep-set NPE on 20000 sets of 1 to 12 observations."""
     rng = np.random.default_rng(10)
     theta = population.prior.sample(4000, rng)
     nle = NLE(population.prior, device="cpu").fit(theta, population.simulate(theta, rng)["x"], rng)
     theta, sets = population_sets(population, 20_000, rng)
     padded = pad_sets(sets, N_MAX)
     npe = deep_set_npe(population.prior, padded).fit(theta, padded, rng)
+    return nle, npe
+
+
+@pytest.mark.slow
+def test_joint_routes_match_the_exact_posterior_at_ten_observations(population, trained_routes):
+    nle, npe = trained_routes
+    rng = np.random.default_rng(11)
     for mu in ([0.5, -0.7], [-1.2, 1.0]):
         x_set = population.simulate(np.repeat([mu], 10, 0), rng)["x"]
         exact = population.reference_posterior(x_set, 1000, rng)
@@ -141,16 +149,11 @@ def test_joint_routes_match_the_exact_posterior_at_ten_observations(population):
 
 
 @pytest.mark.slow
-def test_joint_routes_are_calibrated_over_populations(population):
-    rng = np.random.default_rng(11)
-    theta = population.prior.sample(4000, rng)
-    nle = NLE(population.prior, device="cpu").fit(theta, population.simulate(theta, rng)["x"], rng)
-    theta, sets = population_sets(population, 20_000, rng)
-    padded = pad_sets(sets, N_MAX)
-    npe = deep_set_npe(population.prior, padded).fit(theta, padded, rng)
+def test_joint_routes_are_calibrated_over_populations(population, trained_routes):
+    nle, npe = trained_routes
+    rng = np.random.default_rng(12)
     truth, test_sets = population_sets(population, 200, rng, n_obs=10)
-    x_sets = np.stack(test_sets)
-    nle_samples = np.stack([r.samples for r in sample_joint_nle_many(nle, x_sets, 200, rng)])
+    nle_samples = np.stack([r.samples for r in sample_joint_nle_many(nle, np.stack(test_sets), 200, rng)])
     npe_samples = npe.sample(200, pad_sets(test_sets, N_MAX), rng)
     for samples in (nle_samples, npe_samples):
         assert sbc(samples, truth, list(population.prior.names)).verdicts == ["calibrated", "calibrated"]
