@@ -76,7 +76,11 @@ def main():
             exact = population.reference_posterior(x_set, 1000, rng)
             scores["NLE sum"].append(c2st(sample_joint_nle(nle, x_set, 1000, rng).samples, exact))
             scores["deep-set NPE"].append(c2st(npe.sample(1000, pad_sets([x_set], N_MAX)[0], rng), exact))
-        print(f"N = {n_obs:2d}: C2ST " + ", ".join(f"{k} {np.mean(v):.3f} (max {np.max(v):.3f})" for k, v in scores.items()), flush=True)
+        print(
+            f"N = {n_obs:2d}: C2ST "
+            + ", ".join(f"{k} {np.mean(v):.3f} (max {np.max(v):.3f})" for k, v in scores.items()),
+            flush=True,
+        )
 
     truth = prior.sample(args.n_sbc, rng)
     test_sets = simulate_sets(population, truth, np.full(args.n_sbc, 10), rng)
@@ -90,8 +94,14 @@ def main():
     seconds["deep-set NPE"] = time.perf_counter() - start
     for name, samples in routes.items():
         result = sbc(samples, truth, list(prior.names))
-        detail = "; ".join(f"{p}: {v} (chi2 p {c:.2f}, KS p {k:.2f})" for p, v, c, k in zip(prior.names, result.verdicts, result.chi2_pvalue, result.ks_pvalue))
-        print(f"SBC over {args.n_sbc} populations of N = 10, {name} ({seconds[name]:.0f} s sampling): {detail}", flush=True)
+        detail = "; ".join(
+            f"{p}: {v} (chi2 p {c:.2f}, KS p {k:.2f})"
+            for p, v, c, k in zip(prior.names, result.verdicts, result.chi2_pvalue, result.ks_pvalue)
+        )
+        print(
+            f"SBC over {args.n_sbc} populations of N = 10, {name} ({seconds[name]:.0f} s sampling): {detail}",
+            flush=True,
+        )
     print(f"# {uptime()}")
 
 

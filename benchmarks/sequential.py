@@ -68,7 +68,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problem", choices=sorted(PROBLEMS), default="gaussian_field")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000, 10000])
-    parser.add_argument("--sequential-budgets", type=int, nargs="*", default=None, help="budgets of the sequential arm (default: --budgets)")
+    parser.add_argument(
+        "--sequential-budgets",
+        type=int,
+        nargs="*",
+        default=None,
+        help="budgets of the sequential arm (default: --budgets)",
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--epsilon", type=float, default=1e-4, help="posterior mass outside each truncated region")
     parser.add_argument("--n-pixels", type=int, default=16, help="side of the Gaussian field's grid")
@@ -82,23 +88,58 @@ def main():
     rng = np.random.default_rng(args.seed)
     simulator, summarize, x_obs, exact = PROBLEMS[args.problem](rng, args.n_samples, args.n_pixels)
     arms = [("amortised", 1, b) for b in args.budgets]
-    arms += [("sequential", args.rounds, b) for b in (args.sequential_budgets if args.sequential_budgets is not None else args.budgets)]
+    arms += [
+        ("sequential", args.rounds, b)
+        for b in (args.sequential_budgets if args.sequential_budgets is not None else args.budgets)
+    ]
     results = []
     with tempfile.TemporaryDirectory() as work:
         for arm, rounds, budget in arms:
             start = time.perf_counter()
-            result = sequential_npe(simulator, x_obs, Path(work) / f"{arm}-{budget}", args.seed + 1, rounds=rounds,
-                                    simulations_per_round=budget // rounds, summarize=summarize, epsilon=args.epsilon)
+            result = sequential_npe(
+                simulator,
+                x_obs,
+                Path(work) / f"{arm}-{budget}",
+                args.seed + 1,
+                rounds=rounds,
+                simulations_per_round=budget // rounds,
+                summarize=summarize,
+                epsilon=args.epsilon,
+            )
             samples = result.estimator.sample(args.n_samples, x_obs, np.random.default_rng(args.seed + 2))
             accuracy = c2st(samples, exact, seed=0)
             seconds = time.perf_counter() - start
             acceptance = [r.get("acceptance") for r in result.rounds[1:]]
-            results.append({"arm": arm, "budget": budget, "rounds": rounds, "c2st": accuracy, "seconds": seconds, "acceptance": acceptance})
-            truncation = "" if not acceptance else "  prior mass of the truncated regions " + ", ".join(f"{a:.3g}" for a in acceptance)
-            print(f"{args.problem:15s} {arm:10s} budget {budget:6d} ({rounds} rounds)  C2ST {accuracy:.3f}  {seconds:6.1f} s{truncation}", flush=True)
+            results.append(
+                {
+                    "arm": arm,
+                    "budget": budget,
+                    "rounds": rounds,
+                    "c2st": accuracy,
+                    "seconds": seconds,
+                    "acceptance": acceptance,
+                }
+            )
+            truncation = (
+                ""
+                if not acceptance
+                else "  prior mass of the truncated regions " + ", ".join(f"{a:.3g}" for a in acceptance)
+            )
+            print(
+                f"{args.problem:15s} {arm:10s} budget {budget:6d} ({rounds} rounds)  "
+                f"C2ST {accuracy:.3f}  {seconds:6.1f} s{truncation}",
+                flush=True,
+            )
     amortised, sequential = first_reaching(results, "amortised"), first_reaching(results, "sequential")
-    ratio = f"{amortised / sequential:.1f}x fewer" if amortised and sequential else "n/a (an arm never reached the target on this grid)"
-    print(f"{args.problem}: C2ST <= {TARGET} first reached at {amortised} simulations (amortised), {sequential} (sequential): {ratio}")
+    ratio = (
+        f"{amortised / sequential:.1f}x fewer"
+        if amortised and sequential
+        else "n/a (an arm never reached the target on this grid)"
+    )
+    print(
+        f"{args.problem}: C2ST <= {TARGET} first reached at {amortised} simulations (amortised), "
+        f"{sequential} (sequential): {ratio}"
+    )
     print(f"# {subprocess.run(['uptime'], check=False, capture_output=True, text=True).stdout.strip()}")
     if args.json:
         args.json.write_text(json.dumps({"problem": args.problem, "load": load, "results": results}, indent=2) + "\n")

@@ -40,7 +40,16 @@ from cosmosbi.estimators.npe import NPE
 from cosmosbi.simulators.base import as_simulator
 from cosmosbi.simulators.priors import Prior
 
-__all__ = ["DeepSetEmbedding", "deep_set_npe", "joint_log_posterior", "pad_sets", "sample_joint_nle", "sample_joint_nle_many", "set_sizes", "simulate_sets"]
+__all__ = [
+    "DeepSetEmbedding",
+    "deep_set_npe",
+    "joint_log_posterior",
+    "pad_sets",
+    "sample_joint_nle",
+    "sample_joint_nle_many",
+    "set_sizes",
+    "simulate_sets",
+]
 
 
 def joint_log_posterior(nle: NLE, x_set: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -144,7 +153,9 @@ class DeepSetEmbedding(torch.nn.Module):
         output_dim: embedding size.
     """
 
-    def __init__(self, n_features: int, shift=None, scale=None, *, hidden: int = 64, pooled: int = 32, output_dim: int = 16):
+    def __init__(
+        self, n_features: int, shift=None, scale=None, *, hidden: int = 64, pooled: int = 32, output_dim: int = 16
+    ):
         super().__init__()
         self.n_features = int(n_features)
         shift = torch.zeros(self.n_features) if shift is None else torch.as_tensor(np.asarray(shift, dtype=np.float32))
@@ -154,19 +165,23 @@ class DeepSetEmbedding(torch.nn.Module):
         self.register_buffer("shift", shift)
         self.register_buffer("scale", scale)
         self.phi = torch.nn.Sequential(
-            torch.nn.Linear(self.n_features, hidden), torch.nn.GELU(),
-            torch.nn.Linear(hidden, hidden), torch.nn.GELU(),
+            torch.nn.Linear(self.n_features, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.GELU(),
             torch.nn.Linear(hidden, pooled),
         )
         self.rho = torch.nn.Sequential(
-            torch.nn.Linear(pooled + 1, hidden), torch.nn.GELU(),
-            torch.nn.Linear(hidden, hidden), torch.nn.GELU(),
+            torch.nn.Linear(pooled + 1, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.GELU(),
             torch.nn.Linear(hidden, output_dim),
         )
 
     @classmethod
     def from_padded(cls, padded: np.ndarray, **options) -> DeepSetEmbedding:
-        """An embedding standardised with the mean and standard deviation of the observations in padded: (M, n_max, d + 1)."""
+        """An embedding standardised by the mean and std of the observations in padded: (M, n_max, d + 1)."""
         padded = np.asarray(padded, dtype=float)
         present = padded[..., -1] > 0.5
         features = padded[..., :-1][present]
@@ -191,7 +206,9 @@ def pad_sets(sets: Sequence[np.ndarray], n_max: int) -> np.ndarray:
     out = np.zeros((len(sets), int(n_max), d + 1), dtype=np.float32)
     for m, s in enumerate(sets):
         if s.ndim != 2 or s.shape[1] != d or not 1 <= len(s) <= n_max:
-            raise ValueError(f"sets[{m}]: expected (N, {d}) observations with 1 <= N <= n_max={n_max}, got shape {s.shape}")
+            raise ValueError(
+                f"sets[{m}]: expected (N, {d}) observations with 1 <= N <= n_max={n_max}, got shape {s.shape}"
+            )
         out[m, : len(s), :d] = s
         out[m, : len(s), d] = 1.0
     return out
@@ -226,7 +243,9 @@ def simulate_sets(
     elif len(outputs) == 1:
         x = next(iter(outputs.values()))
     else:
-        raise ValueError(f"the simulator returns outputs {sorted(outputs)}; give summarize to map them to one observation")
+        raise ValueError(
+            f"the simulator returns outputs {sorted(outputs)}; give summarize to map them to one observation"
+        )
     x = x.reshape(len(x), -1)
     return np.split(x, np.cumsum(counts)[:-1])
 
@@ -254,4 +273,3 @@ def set_sizes(n: int, n_max: int, rng: np.random.Generator, *, n_min: int = 1) -
         raise ValueError(f"set sizes: expected 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
     u = rng.uniform(math.log(n_min), math.log(n_max + 1), size=int(n))
     return np.minimum(np.floor(np.exp(u)).astype(np.int64), n_max)
-

@@ -44,7 +44,13 @@ from cosmosbi.simulators.priors import Prior
 from cosmosbi.simulators.runner import run_simulations
 from cosmosbi.simulators.store import SimulationDataset
 
-__all__ = ["SequentialResult", "highest_probability_threshold", "sequential_nle", "sequential_npe", "truncated_prior_sample"]
+__all__ = [
+    "SequentialResult",
+    "highest_probability_threshold",
+    "sequential_nle",
+    "sequential_npe",
+    "truncated_prior_sample",
+]
 
 ROUNDS_FILE = "rounds.json"
 
@@ -184,7 +190,20 @@ def sequential_npe(
         theta, acceptance = truncated_prior_sample(npe, x_obs, n, rng, epsilon=epsilon)
         return theta, {"proposal": "truncated prior", "epsilon": epsilon, "acceptance": acceptance}
 
-    return _run_rounds(simulator, x_obs, out_dir, seed, rounds, simulations_per_round, summarize, prior, make, propose, batch_size, "npe")
+    return _run_rounds(
+        simulator,
+        x_obs,
+        out_dir,
+        seed,
+        rounds,
+        simulations_per_round,
+        summarize,
+        prior,
+        make,
+        propose,
+        batch_size,
+        "npe",
+    )
 
 
 def sequential_nle(
@@ -215,7 +234,20 @@ def sequential_nle(
         theta = nle.sample(n, x_obs, rng, **mcmc_options)
         return theta, {"proposal": "posterior (emcee)", "mcmc": nle.mcmc_reports[0]}
 
-    return _run_rounds(simulator, x_obs, out_dir, seed, rounds, simulations_per_round, summarize, prior, make, propose, batch_size, "nle")
+    return _run_rounds(
+        simulator,
+        x_obs,
+        out_dir,
+        seed,
+        rounds,
+        simulations_per_round,
+        summarize,
+        prior,
+        make,
+        propose,
+        batch_size,
+        "nle",
+    )
 
 
 def _round_counts(rounds: int, simulations_per_round) -> list[int]:
@@ -223,7 +255,9 @@ def _round_counts(rounds: int, simulations_per_round) -> list[int]:
         raise ValueError(f"rounds: expected a positive integer, got {rounds!r}")
     counts = [simulations_per_round] * rounds if np.ndim(simulations_per_round) == 0 else list(simulations_per_round)
     if len(counts) != rounds:
-        raise ValueError(f"simulations_per_round: expected one count or {rounds} counts (one per round), got {len(counts)}")
+        raise ValueError(
+            f"simulations_per_round: expected one count or {rounds} counts (one per round), got {len(counts)}"
+        )
     for k, count in enumerate(counts):
         if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 10:
             raise ValueError(f"simulations_per_round[{k}]: expected an integer >= 10, got {count!r}")
@@ -245,9 +279,13 @@ def _read_round(path: Path, summarize) -> tuple[np.ndarray, np.ndarray]:
         x = next(iter(outputs.values()))
         x = x.reshape(len(x), -1)
     else:
-        raise ValueError(f"{path}: the dataset holds outputs {sorted(outputs)}; give summarize to map them to the estimator's input")
+        raise ValueError(
+            f"{path}: the dataset holds outputs {sorted(outputs)}; give summarize to map them to the estimator's input"
+        )
     if x.ndim != 2 or len(x) != len(dataset.theta):
-        raise ValueError(f"summarize: expected an array (N, d) with N = {len(dataset.theta)} rows for {path}, got shape {x.shape}")
+        raise ValueError(
+            f"summarize: expected an array (N, d) with N = {len(dataset.theta)} rows for {path}, got shape {x.shape}"
+        )
     return dataset.theta, x.astype(np.float32)
 
 
@@ -256,7 +294,9 @@ def _save_proposal(path: Path, theta: np.ndarray) -> None:
         np.save(handle, theta)
 
 
-def _run_rounds(simulator, x_obs, out_dir, seed, rounds, simulations_per_round, summarize, prior, make, propose, batch_size, method) -> SequentialResult:
+def _run_rounds(
+    simulator, x_obs, out_dir, seed, rounds, simulations_per_round, summarize, prior, make, propose, batch_size, method
+) -> SequentialResult:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
     counts = _round_counts(rounds, simulations_per_round)
@@ -282,13 +322,25 @@ def _run_rounds(simulator, x_obs, out_dir, seed, rounds, simulations_per_round, 
             if proposal_path.is_file():
                 theta = np.load(proposal_path, allow_pickle=False)
                 if theta.shape != (count, prior.dim):
-                    raise ValueError(f"{proposal_path}: holds parameters of shape {theta.shape}, expected ({count}, {prior.dim}); use a new out_dir")
+                    raise ValueError(
+                        f"{proposal_path}: holds parameters of shape {theta.shape}, expected ({count}, {prior.dim}); "
+                        "use a new out_dir"
+                    )
                 info["proposal"] = "saved"
             else:  # the previous round trained the estimator, since this proposal was not saved
                 theta, details = propose(estimator, count, proposal_rng)
                 _save_proposal(proposal_path, theta)
                 info.update(details)
-        run_simulations(simulator, count, out_dir / f"round-{k}", sim_seed, theta=theta, prior=prior, batch_size=batch_size, progress=False)
+        run_simulations(
+            simulator,
+            count,
+            out_dir / f"round-{k}",
+            sim_seed,
+            theta=theta,
+            prior=prior,
+            batch_size=batch_size,
+            progress=False,
+        )
         theta_k, x_k = _read_round(out_dir / f"round-{k}", summarize)
         if x_k.shape[1:] != x_obs.shape:
             raise ValueError(f"x_obs has shape {x_obs.shape} but the summaries of round {k} have shape {x_k.shape[1:]}")

@@ -47,7 +47,9 @@ class TwoMoons:
         """theta: (N, 2) -> {"x": (N, 2)}; one Generator per row."""
         theta = np.atleast_2d(np.asarray(theta, dtype=float))
         rngs = row_generators(rng, len(theta))
-        draws = np.array([[g.uniform(-math.pi / 2, math.pi / 2), g.normal(self.R_MEAN, self.R_STD)] for g in rngs]).reshape(-1, 2)
+        draws = np.array(
+            [[g.uniform(-math.pi / 2, math.pi / 2), g.normal(self.R_MEAN, self.R_STD)] for g in rngs]
+        ).reshape(-1, 2)
         a, r = draws[:, 0], draws[:, 1]
         p = np.stack([r * np.cos(a) + 0.25, r * np.sin(a)], axis=1)
         return {"x": p + self.shift(theta)}
@@ -61,7 +63,12 @@ class TwoMoons:
         u = np.atleast_2d(np.asarray(x, dtype=float)) - self.shift(theta) - np.array([0.25, 0.0])
         r = np.hypot(u[:, 0], u[:, 1])
         with np.errstate(divide="ignore"):
-            value = -0.5 * ((r - self.R_MEAN) / self.R_STD) ** 2 - math.log(self.R_STD * math.sqrt(2 * math.pi)) - math.log(math.pi) - np.log(r)
+            value = (
+                -0.5 * ((r - self.R_MEAN) / self.R_STD) ** 2
+                - math.log(self.R_STD * math.sqrt(2 * math.pi))
+                - math.log(math.pi)
+                - np.log(r)
+            )
         return np.where(u[:, 0] > 0, value, -np.inf)
 
     def reference_posterior(self, x: np.ndarray, n: int, rng: np.random.Generator, *, grid: int = 2000) -> np.ndarray:
@@ -110,7 +117,9 @@ class GaussianPopulation:
         """theta: (N, 2) -> {"x": (N, 2)}; one Generator per row."""
         theta = np.atleast_2d(np.asarray(theta, dtype=float))
         rngs = row_generators(rng, len(theta))
-        noise = np.array([self.tau * g.standard_normal(2) + self.sigma * g.standard_normal(2) for g in rngs]).reshape(-1, 2)
+        noise = np.array([self.tau * g.standard_normal(2) + self.sigma * g.standard_normal(2) for g in rngs]).reshape(
+            -1, 2
+        )
         return {"x": theta + noise}
 
     def reference_posterior(self, x_set: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -85,7 +85,9 @@ def test_batched_joint_sampling_matches_the_single_population_density(population
     results = sample_joint_nle_many(tiny_nle, x_sets, 50, rng, pilot_steps=60, max_steps=400)
     for x_set, result in zip(x_sets, results):
         assert result.samples.shape == (50, 2)
-        np.testing.assert_allclose(result.log_prob, joint_log_posterior(tiny_nle, x_set)(result.samples), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            result.log_prob, joint_log_posterior(tiny_nle, x_set)(result.samples), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_simulate_sets_draws_each_observation_afresh(population):

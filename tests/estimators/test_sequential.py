@@ -54,7 +54,9 @@ def test_truncated_prior_is_uniform_on_the_highest_probability_disc():
     # the 1 - eps region of N(0, s^2 I) in 2D is the disc r^2 <= 2 s^2 ln(1/eps): prior mass pi r^2 / 4
     sigma, eps = 0.2, 0.05
     rng = np.random.default_rng(0)
-    theta, acceptance = truncated_prior_sample(GaussianDensity(sigma), np.zeros(1), 4000, rng, epsilon=eps, n_reference=20_000)
+    theta, acceptance = truncated_prior_sample(
+        GaussianDensity(sigma), np.zeros(1), 4000, rng, epsilon=eps, n_reference=20_000
+    )
     r2 = 2 * sigma**2 * math.log(1 / eps)
     expected = math.pi * r2 / 4
     assert theta.shape == (4000, 2)
@@ -67,8 +69,16 @@ def test_truncated_prior_is_uniform_on_the_highest_probability_disc():
 
 def test_sequential_npe_writes_rounds_as_datasets_and_truncates(tmp_path):
     simulator = FunctionSimulator(shifted, PRIOR)
-    result = sequential_npe(simulator, np.array([0.3, -0.2]), tmp_path, 1, rounds=2, simulations_per_round=200,
-                            flow=FAST_FLOW, training=FAST_TRAINING)
+    result = sequential_npe(
+        simulator,
+        np.array([0.3, -0.2]),
+        tmp_path,
+        1,
+        rounds=2,
+        simulations_per_round=200,
+        flow=FAST_FLOW,
+        training=FAST_TRAINING,
+    )
     assert [r["proposal"] for r in result.rounds] == ["prior", "truncated prior"]
     assert 0 < result.rounds[1]["acceptance"] < 1
     assert result.theta.shape == (400, 2) and result.x.shape == (400, 2)
@@ -87,7 +97,13 @@ def test_a_killed_round_resumes_with_the_same_simulations(tmp_path):
             raise Killed
         return shifted(theta, rng)
 
-    options = {"rounds": 3, "simulations_per_round": 100, "flow": FAST_FLOW, "training": FAST_TRAINING, "batch_size": 20}
+    options = {
+        "rounds": 3,
+        "simulations_per_round": 100,
+        "flow": FAST_FLOW,
+        "training": FAST_TRAINING,
+        "batch_size": 20,
+    }
     x_obs = np.array([0.3, -0.2])
     with pytest.raises(Killed):
         sequential_npe(FunctionSimulator(dies_in_round_two, PRIOR), x_obs, tmp_path / "killed", 4, **options)
@@ -104,8 +120,17 @@ def test_a_killed_round_resumes_with_the_same_simulations(tmp_path):
 
 def test_sequential_nle_proposes_from_its_posterior(tmp_path):
     x_obs = np.array([0.3, -0.2])
-    result = sequential_nle(FunctionSimulator(shifted, PRIOR), x_obs, tmp_path, 2, rounds=2, simulations_per_round=100,
-                            flow=FAST_FLOW, training=FAST_TRAINING, pilot_steps=100)
+    result = sequential_nle(
+        FunctionSimulator(shifted, PRIOR),
+        x_obs,
+        tmp_path,
+        2,
+        rounds=2,
+        simulations_per_round=100,
+        flow=FAST_FLOW,
+        training=FAST_TRAINING,
+        pilot_steps=100,
+    )
     assert [r["proposal"] for r in result.rounds] == ["prior", "posterior (emcee)"]
     assert PRIOR.contains(result.theta).all()
 
