@@ -67,7 +67,7 @@ def first_reaching(results, arm):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problem", choices=sorted(PROBLEMS), default="gaussian_field")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000, 10000])
+    parser.add_argument("--budgets", type=int, nargs="*", default=[1000, 3000, 10000])
     parser.add_argument(
         "--sequential-budgets",
         type=int,

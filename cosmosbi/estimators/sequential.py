@@ -15,10 +15,10 @@ Two methods share one round loop:
 
 Each round's simulations are an ordinary dataset written by
 :func:`~cosmosbi.simulators.runner.run_simulations` in ``out_dir/round-K/``, and each
-round's proposal parameters are saved (``out_dir/proposals/round-K.npy``) before it is
-simulated, so a killed run resumes: finished rounds are read back, a partly simulated round
-simulates only its missing rows, and a round whose successor's proposal is already saved is
-not retrained. ``out_dir/rounds.json`` records the observation and what each round did.
+round's proposal parameters are saved (``out_dir/proposals/round-K.npy``, described in
+``round-K.json``) before it is simulated, so a killed run resumes: finished rounds are read
+back, a partly simulated round simulates only its missing rows, and a round whose
+successor's proposal is already saved is not retrained. ``out_dir/rounds.json`` records the observation and what each round did.
 
 Example::
 
@@ -38,7 +38,7 @@ import numpy as np
 from cosmosbi.estimators.networks import FlowConfig, TrainingConfig
 from cosmosbi.estimators.nle import NLE
 from cosmosbi.estimators.npe import NPE
-from cosmosbi.files import atomic_path, atomic_write_json
+from cosmosbi.files import atomic_path, atomic_write_json, read_json
 from cosmosbi.simulators.base import as_simulator
 from cosmosbi.simulators.priors import Prior
 from cosmosbi.simulators.runner import run_simulations
@@ -289,7 +289,9 @@ def _read_round(path: Path, summarize) -> tuple[np.ndarray, np.ndarray]:
     return dataset.theta, x.astype(np.float32)
 
 
-def _save_proposal(path: Path, theta: np.ndarray) -> None:
+def _save_proposal(path: Path, theta: np.ndarray, details: dict) -> None:
+    """Write the round's parameters (path, .npy) after their description (same name, .json)."""
+    atomic_write_json(path.with_suffix(".json"), details)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, theta)
 
@@ -326,10 +328,12 @@ def _run_rounds(
                         f"{proposal_path}: holds parameters of shape {theta.shape}, expected ({count}, {prior.dim}); "
                         "use a new out_dir"
                     )
-                info["proposal"] = "saved"
+                details_path = proposal_path.with_suffix(".json")
+                info.update(read_json(details_path) if details_path.is_file() else {"proposal": "saved"})
+                info["resumed"] = True
             else:  # the previous round trained the estimator, since this proposal was not saved
                 theta, details = propose(estimator, count, proposal_rng)
-                _save_proposal(proposal_path, theta)
+                _save_proposal(proposal_path, theta, details)
                 info.update(details)
         run_simulations(
             simulator,

@@ -111,7 +111,8 @@ def test_a_killed_round_resumes_with_the_same_simulations(tmp_path):
     calls.clear()
     resumed = sequential_npe(FunctionSimulator(dies_in_round_two, PRIOR), x_obs, tmp_path / "killed", 4, **options)
     assert len(calls) == 40  # only round 2's rows not written before the kill (whole batches of 20)
-    assert [r["proposal"] for r in resumed.rounds] == ["prior", "saved", "saved"]
+    assert [r["proposal"] for r in resumed.rounds] == ["prior", "truncated prior", "truncated prior"]
+    assert [r.get("resumed", False) for r in resumed.rounds] == [False, True, True]
     assert [r["trained"] for r in resumed.rounds] == [False, False, True]
     uninterrupted = sequential_npe(FunctionSimulator(shifted, PRIOR), x_obs, tmp_path / "whole", 4, **options)
     np.testing.assert_allclose(resumed.theta, uninterrupted.theta)
