@@ -16,7 +16,7 @@ reaches C2ST <= 0.55 and their ratio.
 Problems:
 - ``gaussian_field``: an n x n Gaussian field (``--n-pixels``, default 16) with
   P(k) = A (k / k_pivot)^-B, k_pivot = n / 4, summarised by its log-bandpowers (11 at
-  n = 16, 22 at n = 32), observed at (A, B) = (1, 2).
+  n = 16, 23 at n = 32), observed at (A, B) = (1, 2).
 - ``two_moons``: the sbi benchmark's two moons, observed at x = (0, 0) (bimodal crescents).
 """
 
