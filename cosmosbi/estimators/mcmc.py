@@ -199,7 +199,7 @@ def sample_stretch_batched(
 
     for _ in range(pilot_steps):
         step()
-    taus = [np.atleast_1d(integrated_time(np.stack(chain)[:, :, m], tol=0)) for m in range(m_obs)]
+    taus = [np.atleast_1d(integrated_time(np.stack(chain)[:, m], tol=0)) for m in range(m_obs)]  # (steps, W, D) each
     tau_max = np.array([float(np.nanmax(t)) if np.all(np.isfinite(t)) else float(pilot_steps) for t in taus])
     burn = np.ceil(burn_factor * tau_max).astype(int)
     thin = np.maximum(1, (tau_max / 2).astype(int))
