@@ -65,3 +65,21 @@ def test_map_spectrum_of_flat_fields_and_none_for_other_outputs():
     spectrum, names = map_spectrum(x, simulator)
     assert spectrum.shape == (2, 8) and len(names) == 8 and names[0] == "log P(k=1)"
     assert map_spectrum(np.zeros((2, 5)), simulator) is None
+
+
+def test_map_spectrum_of_healpix_maps_matches_healpy():
+    import types
+
+    import healpy as hp
+
+    simulator = types.SimpleNamespace(nside=4, pixels=None)  # full sky; default bands over 2 <= ell <= 8
+    maps = np.random.default_rng(2).standard_normal((3, 2, 12 * 4**2))  # 3 simulations of 2 tomographic maps
+    spectrum, names = map_spectrum(maps, simulator)
+    assert spectrum.shape == (3, 3 * 7) and len(names) == 21 and names[0] == "log C(0,0) ell 2-2"
+    for pair, (i, j) in enumerate([(0, 0), (0, 1), (1, 1)]):
+        for n in range(3):
+            a, b = (hp.reorder(maps[n, k], n2r=True) for k in (i, j))
+            cl = hp.anafast(a, b, lmax=8, iter=0)[2:9]  # bands of one multipole each
+            expected = np.log(cl) if i == j else cl
+            np.testing.assert_allclose(spectrum[n, pair * 7 : (pair + 1) * 7], expected, rtol=1e-8, atol=1e-12)
+    assert map_spectrum(np.zeros((2, 100)), simulator) is None  # not a map of this resolution
