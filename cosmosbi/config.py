@@ -269,7 +269,19 @@ class EstimatorConfig(_Strict):
     ensemble: Int = Field(default=1, ge=1, description="number of ensemble members")
     seed: Seed = 0
     n_samples: Int = Field(default=1000, gt=0, description="posterior samples per observation")
+    ppc_simulations: Int | None = Field(
+        default=None, ge=0, le=100_000,
+        description="simulations at posterior draws for each observation's posterior predictive check "
+        "(default 100; 0: no check)",
+    )
     device: str = "auto"
+
+    @pydantic.field_validator("ppc_simulations")
+    @classmethod
+    def _enough_simulations(cls, n: int | None) -> int | None:
+        if n is not None and 0 < n < 10:
+            raise ValueError(f"expected 0 (no posterior predictive check) or at least 10 simulations, got {n}")
+        return n
 
     @pydantic.field_validator("flow")
     @classmethod

@@ -137,7 +137,7 @@ def test_observations_from_a_file_and_a_dataset(tmp_path, capsys):
     del config["compressor"]
     run_pipeline(config_of(config), progress=False, echo=lambda s: None)
     summary = read_json(tmp_path / "run" / "posterior" / "summary.json")
-    assert set(summary) == {"real", "mock"} and set(summary["mock"]) == {"A", "B"}
+    assert set(summary) == {"real", "mock"} and set(summary["mock"]) == {"A", "B", "checks"}
     for name in ("real", "mock"):
         assert (tmp_path / "run" / "posterior" / f"{name}.png").is_file()
         chain = np.loadtxt(tmp_path / "run" / "posterior" / f"{name}.txt")

@@ -6,9 +6,13 @@ import numpy as np
 from scipy import stats
 
 from cosmosbi.analyses.calibration import CoverageResult, SBCResult, TARPResult
+from cosmosbi.analyses.checks import PredictiveCheck
 from cosmosbi.analyses.shift import MMDResult
 
-__all__ = ["rank_histograms", "ecdf_differences", "coverage_curves", "mmd_null", "ood_histogram", "corner", "loss_curves"]
+__all__ = [
+    "rank_histograms", "ecdf_differences", "coverage_curves", "mmd_null", "ood_histogram", "predictive_histograms",
+    "corner", "loss_curves",
+]
 
 
 def _plt():
@@ -110,6 +114,37 @@ def ood_histogram(scores: dict[str, np.ndarray]):
     ax.set_xlabel("OOD p-value")
     ax.set_ylabel("observations")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def predictive_histograms(checks: dict[str, PredictiveCheck], title: str = "", per_group: int = 5):
+    """Posterior predictive histograms with the observed value marked, one row per set of statistics.
+
+    Each row shows the Mahalanobis distances of the draws with the observation's (and the combined
+    p-value), then the ``per_group`` statistics with the smallest rank p-values.
+    """
+    plt = _plt()
+    rows = max(len(checks), 1)
+    cols = per_group + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.3 * rows), squeeze=False)
+    for row, (label, check) in zip(axes, checks.items()):
+        row[0].hist(check.distances, bins=20, color="0.6")
+        row[0].axvline(check.distance, color="C3", lw=2)
+        row[0].set_title(f"{label}: distance, p = {check.pvalue:.3g}", fontsize=8)
+        shown = np.argsort(check.pvalues, kind="stable")[:per_group]
+        for ax, j in zip(row[1:], shown):
+            ax.hist(check.predictive[:, j], bins=20, color="0.6")
+            ax.axvline(check.observed[j], color="C3", lw=2)
+            ax.set_title(f"{check.names[j]}, p = {check.pvalues[j]:.3g}", fontsize=8)
+        for ax in row[1 + len(shown):]:
+            ax.set_visible(False)
+        for ax in row:
+            ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(checks) * cols:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -24,7 +24,7 @@ __all__ = ["STAGE", "fit_estimator", "estimate"]
 
 def declare(config, dump: dict, layout):
     if config.estimator is not None:
-        part = {"estimator": hashed_settings(dump["estimator"], drop={"n_samples"})}
+        part = {"estimator": hashed_settings(dump["estimator"], drop={"n_samples", "ppc_simulations"})}
         yield Declaration("estimate", part, (layout.estimator,), tuple(data_stages(config, [config.estimator.dataset])))
 
 

@@ -1,14 +1,29 @@
 """The ``sample`` stage: posterior samples of the config's observations, into ``RUN_DIR/posterior``
 (``NAME.h5``, a GetDist chain ``NAME.txt``, a triangle plot ``NAME.png`` and ``summary.json``).
 
+Every observation is also checked (:func:`check_observations`, written under ``checks`` in
+``summary.json``, as ``NAME-checks.png`` and in the page ``checks.html``):
+
+- in distribution: the OOD p-value of its summaries against the estimator's training summaries
+  (:func:`cosmosbi.analyses.shift.ood_scores`);
+- posterior predictive check: ``estimator.ppc_simulations`` (default 100) simulations at
+  posterior draws, seeded from ``estimator.seed`` and the observation's name; rank p-values of
+  each of the estimator's summaries and, for map outputs, of each band of the power spectrum,
+  and one combined p-value per set (:mod:`cosmosbi.analyses.checks`).
+
+A p-value below :data:`ALPHA` is logged as a warning and named in the stage's result line.
+
 ``cosmosbi sample CONFIG --obs FILE`` samples the observations of a file with the same code
 (:func:`posterior_samples`). Key: the observations (with the digest of each file's bytes), the
-number of samples, the estimator's key and the datasets observations are taken from.
+number of samples, ``estimator.ppc_simulations`` where set, the estimator's key and the
+datasets observations are taken from.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +31,18 @@ import numpy as np
 from cosmosbi.layout import RunLayout
 from cosmosbi.simulators.store import SimulationDataset
 from cosmosbi.stages.base import Declaration, StageType
-from cosmosbi.stages.data import observation_rows, observation_summaries, read_observations
+from cosmosbi.stages.data import estimator_data, observation_rows, observation_summaries, read_observations
 
-__all__ = ["STAGE", "file_digest", "output_shape", "posterior_samples", "sample_observations", "sample_file"]
+__all__ = [
+    "STAGE", "ALPHA", "DEFAULT_PPC_SIMULATIONS", "file_digest", "output_shape", "posterior_samples",
+    "check_observations", "sample_observations", "sample_file",
+]
+
+ALPHA = 0.01  # p-values below this mark an observation out of distribution or unlike the posterior predictive
+DEFAULT_PPC_SIMULATIONS = 100
+MAX_CHECKED_SUMMARIES = 64  # more estimator inputs (e.g. raw pixels) are not checked one by one
+
+log = logging.getLogger(__name__)
 
 
 def file_digest(path: str) -> str | None:
@@ -36,6 +60,8 @@ def declare(config, dump: dict, layout):
     }
     from_datasets = [o.dataset for o in config.observations.values() if o.dataset is not None]
     part = {"observations": observations, "n_samples": config.estimator.n_samples}
+    if config.estimator.ppc_simulations is not None:  # hashed when set: keys of configs without it stay as they were
+        part["ppc_simulations"] = config.estimator.ppc_simulations
     needs = ["estimate", *(f"simulate:{n}" for n in from_datasets)]
     yield Declaration("sample", part, (layout.posterior,), tuple(dict.fromkeys(needs)))
 
@@ -70,6 +96,92 @@ def posterior_samples(config, layout, x: np.ndarray, n: int, source: str = "conf
     return np.stack(samples) if samples else np.empty((0, int(n), len(estimator.prior.names))), estimator
 
 
+def check_observations(config, layout, rows: dict[str, np.ndarray], samples: np.ndarray, source: str = "config"):
+    """The checks of observations ``rows`` ({name: one simulator output}) with posterior samples
+    (M, n, D), as described in the module docstring.
+
+    Writes ``NAME-checks.png`` for each observation with a predictive check and returns
+    ({name: checks as JSON data}, the :class:`~cosmosbi.analyses.report.Report` of them all,
+    one line per observation with a small p-value).
+    """
+    from cosmosbi.analyses import plots
+    from cosmosbi.analyses.checks import map_spectrum, predictive_check, simulate_predictive
+    from cosmosbi.analyses.report import Report
+    from cosmosbi.analyses.shift import ood_scores
+    from cosmosbi.files import atomic_path
+
+    settings = config.estimator
+    n_ppc = DEFAULT_PPC_SIMULATIONS if settings.ppc_simulations is None else settings.ppc_simulations
+    simulator = config.build_simulator(source, settings.dataset)
+    output = output_shape(config, source)[0]
+    train_t = estimator_data(config, layout, settings.dataset, source)[1]
+    observed_t = observation_summaries(config, layout, np.stack(list(rows.values())))
+    k = min(10, len(train_t) - 1)
+    ood = ood_scores(train_t, observed_t, k=k) if k >= 1 else np.full(len(rows), np.nan)
+    report = Report(f"Checks of the observations of {config.run_dir}")
+    results, warnings, table, shown = {}, [], [], []
+    for m, (name, x) in enumerate(rows.items()):
+        result = {
+            "in_distribution": {
+                "pvalue": float(ood[m]),
+                "statistic": f"mean distance to the {k} nearest of {len(train_t)} training summaries "
+                f"(dataset {settings.dataset!r})",
+            }
+        }
+        problems = [f"out of the training distribution (OOD p = {ood[m]:.3g})"] if ood[m] < ALPHA else []
+        groups = {}
+        if n_ppc > 0:
+            seed = np.random.SeedSequence([settings.seed, zlib.crc32(name.encode())])
+            _, predicted = simulate_predictive(simulator, samples[m], n_ppc, output, seed, config.batch_size)
+            predicted_t = observation_summaries(config, layout, predicted)
+            if predicted_t.shape[1] <= MAX_CHECKED_SUMMARIES:
+                names = [f"t{j}" for j in range(predicted_t.shape[1])]
+                groups["summaries"] = predictive_check(observed_t[m], predicted_t, names)
+            spectrum = map_spectrum(np.concatenate([x[None], predicted]), simulator)
+            if spectrum is not None and settings.summary != "power_spectrum":
+                groups["power spectrum"] = predictive_check(spectrum[0][0], spectrum[0][1:], spectrum[1])
+            result["predictive"] = {
+                "n_simulations": n_ppc,
+                "simulator": (config.datasets[settings.dataset].simulator or config.simulator).name,
+                **{label.replace(" ", "_"): check.to_dict() for label, check in groups.items()},
+            }
+            problems += [
+                f"unlike its posterior predictive {label} (p = {check.pvalue:.3g})"
+                for label, check in groups.items()
+                if check.pvalue < ALPHA
+            ]
+        result["flagged"] = bool(problems)
+        results[name] = result
+        if problems:
+            line = f"{name}: " + "; ".join(problems)
+            log.warning("observation %s", line)
+            warnings.append(line)
+        table.append(
+            [
+                name,
+                float(ood[m]),
+                *(f"{groups[g].pvalue:.3g}" if g in groups else "-" for g in ("summaries", "power spectrum")),
+                "flagged" if problems else "consistent",
+            ]
+        )
+        if groups:
+            shown.append((name, groups))
+    report.add_table(
+        "Verdicts",
+        ["observation", "OOD p-value", "PPC p (summaries)", "PPC p (power spectrum)", "verdict"],
+        table,
+        note=f"p-values below {ALPHA} flag an observation; PPC: {n_ppc} simulations at posterior draws, "
+        "combined p-value of the Mahalanobis distance from the predictive draws.",
+    )
+    for name, groups in shown:
+        figure = plots.predictive_histograms(groups, title=f"posterior predictive check of {name}")
+        body = "<p>Grey: the statistics of the predictive simulations; red: the observation's.</p>"
+        report.add(f"Posterior predictive check of {name}", body, figures=[figure])
+        with atomic_path(layout.posterior / f"{name}-checks.png") as tmp:
+            tmp.write_bytes(report.figures[-1][1])  # the PNG the report embeds
+    return results, report, warnings
+
+
 def sample_observations(config, layout, source: str = "config") -> str:
     """Sample the posterior of every observation of the config; returns a one-line summary."""
     import matplotlib.pyplot as plt
@@ -90,6 +202,7 @@ def sample_observations(config, layout, source: str = "config") -> str:
     samples, estimator = posterior_samples(config, layout, np.stack(list(rows.values())), n_samples, source)
     out_dir = layout.posterior
     out_dir.mkdir(parents=True, exist_ok=True)
+    checks, report, warnings = check_observations(config, layout, rows, samples, source)
     summary = {}
     for name, block in zip(rows, samples):
         save_samples_hdf5(out_dir / f"{name}.h5", block, names, attrs={"observation": name})
@@ -107,12 +220,16 @@ def sample_observations(config, layout, source: str = "config") -> str:
             }
             for j, p in enumerate(names)
         }
+        summary[name]["checks"] = checks[name]
     atomic_write_json(out_dir / "summary.json", summary)
+    with atomic_path(out_dir / "checks.html") as tmp:
+        tmp.write_text(report.html())
     shown = "; ".join(
-        f"{n}: " + ", ".join(f"{p} = {v['mean']:.4g} +- {v['std']:.2g}" for p, v in s.items())
+        f"{n}: " + ", ".join(f"{p} = {s[p]['mean']:.4g} +- {s[p]['std']:.2g}" for p in names)
         for n, s in summary.items()
     )
-    return f"{n_samples} posterior samples per observation -> {out_dir}; {shown}"
+    flagged = f"; WARNING {' | '.join(warnings)}" if warnings else "; every observation passes its checks"
+    return f"{n_samples} posterior samples per observation -> {out_dir}; {shown}{flagged}"
 
 
 def sample_file(
