@@ -127,9 +127,9 @@ def config_hash(data: Any) -> str:
 
 # settings that change where or how fast a result is computed, never the result: left out of keys
 UNHASHED_SETTINGS = frozenset({"device", "num_workers", "num_threads", "in_memory_bytes"})
-# settings that change a result only when switched on (bf16 training changes the weights): hashed
+# settings that change a result only when switched on (bf16 training, augmentation change the weights): hashed
 # only when they differ from this value, so the keys of configs that leave them off stay as they were
-HASHED_WHEN_SET = {"mixed_precision": False}
+HASHED_WHEN_SET = {"mixed_precision": False, "augment": False}
 
 
 def hashed_settings(settings: dict, drop=()) -> dict:
