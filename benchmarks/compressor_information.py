@@ -179,7 +179,7 @@ def main() -> None:
                    "stem_kernel": args.stem_kernel, "linear_stem": args.linear_stem}
         if args.network == "hybrid2d":  # unit-width bins up to the corner of the grid: every mode is in a bin
             network.update(cnn_features=args.cnn_features,
-                           bin_edges=np.arange(0.5, args.n_pixels / np.sqrt(2) + 1.5).tolist())
+                           bin_edges=np.arange(0.5, args.n_pixels / np.sqrt(2) + 1.0).tolist())
         print(f"{args.n_train} training simulations, network {network}, loss {args.loss}, d = {args.summary_dim}, "
               f"lr {args.lr}, batch {args.batch_size}, {torch.get_num_threads()} threads")
         summaries = []
