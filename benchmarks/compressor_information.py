@@ -20,7 +20,8 @@ removed, and the marginal errors sqrt(F^-1)_jj. The analytic Fisher matrix comes
 likelihood at theta0, computed from the Fourier shell powers) instead of a trained network:
 their Fisher information equals the analytic one, so the printed ratio measures the
 estimator's own error. ``--network hybrid2d`` trains the hybrid compressor (bandpowers of the
-field next to the CNN, :mod:`cosmosbi.compressors.hybrid`) instead of the CNN alone. ``--ensemble K`` trains K networks (seeds 0..K-1) and concatenates
+field next to the CNN, :mod:`cosmosbi.compressors.hybrid`) instead of the CNN alone.
+``--ensemble K`` trains K networks (seeds 0..K-1) and concatenates
 their summaries.
 """
 
