@@ -2,6 +2,7 @@
 
     python benchmarks/compressor_information.py [--n-train 20000] [--epochs 40] [--loss vmim]
     python benchmarks/compressor_information.py --n-pixels 16 --check-estimator
+    python benchmarks/compressor_information.py --n-pixels 16 --network hybrid2d [--augment]
 
 Trains a CNN compressor on simulations of the Gaussian-field reference problem (n x n,
 P(k) = A (k / (n/4))^-B, the default prior), then estimates the Fisher matrix of its summaries at
@@ -18,7 +19,9 @@ removed, and the marginal errors sqrt(F^-1)_jj. The analytic Fisher matrix comes
 ``--check-estimator`` runs the same estimator on the optimal summaries (the score of the exact
 likelihood at theta0, computed from the Fourier shell powers) instead of a trained network:
 their Fisher information equals the analytic one, so the printed ratio measures the
-estimator's own error. ``--ensemble K`` trains K networks (seeds 0..K-1) and concatenates
+estimator's own error. ``--network hybrid2d`` trains the hybrid compressor (bandpowers of the
+field next to the CNN, :mod:`cosmosbi.compressors.hybrid`) instead of the CNN alone.
+``--ensemble K`` trains K networks (seeds 0..K-1) and concatenates
 their summaries.
 """
 
@@ -141,6 +144,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--loss", default="vmim", choices=["vmim", "mse", "gaussian_nll"])
+    parser.add_argument("--network", default="resnet2d", choices=["resnet2d", "hybrid2d"],
+                        help="CNN only, or the hybrid: unit-width |k| bandpowers of every mode next to the CNN branch")
+    parser.add_argument("--cnn-features", type=int, default=16, help="hybrid2d: outputs of the CNN branch")
+    parser.add_argument("--augment", action="store_true", help="train on randomly flipped / 90-degree rotated fields")
     parser.add_argument("--ensemble", type=int, default=1, help="train this many networks (seeds 0, 1, ...) and concatenate their summaries")
     parser.add_argument("--n-cov", type=int, default=50000, help="fiducial simulations for the covariance")
     parser.add_argument("--n-deriv", type=int, default=10000, help="seed-matched pairs per parameter for the derivatives")
@@ -169,14 +176,17 @@ def main() -> None:
         started = time.time()
         run_simulations(sim, args.n_train, work / "train", seed=1, progress=False)
         dataset = SimulationDataset(work / "train")
-        network = {"kind": "resnet2d", "width": args.width, "depth": args.depth, "norm": args.norm,
+        network = {"kind": args.network, "width": args.width, "depth": args.depth, "norm": args.norm,
                    "stem_kernel": args.stem_kernel, "linear_stem": args.linear_stem}
+        if args.network == "hybrid2d":  # unit-width bins up to the corner of the grid: every mode is in a bin
+            network.update(cnn_features=args.cnn_features,
+                           bin_edges=np.arange(0.5, args.n_pixels / np.sqrt(2) + 1.0).tolist())
         print(f"{args.n_train} training simulations, network {network}, loss {args.loss}, d = {args.summary_dim}, "
               f"lr {args.lr}, batch {args.batch_size}, {torch.get_num_threads()} threads")
         summaries = []
         for member in range(args.ensemble):
             settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
-                                     seed=member, device="auto", num_threads=args.threads)
+                                     seed=member, device="auto", num_threads=args.threads, augment=args.augment)
             compressor = make_compressor(network, dataset, "field", loss=args.loss, summary_dim=args.summary_dim, seed=member)
             loss = make_loss(args.loss, 2, args.summary_dim, seed=member)
             result = train_compressor(compressor, loss, dataset, work / f"compressor{member}", settings, progress=False)

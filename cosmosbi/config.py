@@ -203,11 +203,14 @@ class TrainConfig(_Strict):
     mixed_precision: bool = False
     num_workers: Int = Field(default=0, ge=0)
     num_threads: Int | None = Field(default=None, gt=0)
+    augment: bool = Field(
+        default=False, description="move training maps by random exact symmetries (flips, 90-degree rotations)")
 
 
 class CompressorConfig(_Strict):
     input: str = Field(description="name of the simulator output to compress")
-    network: dict[str, Any] = Field(description="{kind: resnet2d | healpix_cnn | mlp, options...}")
+    network: dict[str, Any] = Field(
+        description="{kind: resnet2d | healpix_cnn | hybrid2d | hybrid_healpix | mlp, options...}")
     loss: str = "vmim"
     loss_options: dict[str, Any] = Field(default_factory=dict)
     summary_dim: Int | None = Field(default=None, gt=0)

@@ -127,10 +127,10 @@ def config_hash(data: Any) -> str:
 
 # settings that change where or how fast a result is computed, never the result: left out of keys
 UNHASHED_SETTINGS = frozenset({"device", "num_workers", "num_threads", "in_memory_bytes"})
-# settings that change a result only when switched on (bf16 training changes the weights, a time
-# limit fails slow simulations): hashed only when they differ from this value, so the keys of
-# configs that leave them off stay as they were
-HASHED_WHEN_SET = {"mixed_precision": False, "simulation_timeout_s": None}
+# settings that change a result only when switched on (bf16 training and augmentation change the
+# weights, a time limit fails slow simulations): hashed only when they differ from this value, so
+# the keys of configs that leave them off stay as they were
+HASHED_WHEN_SET = {"mixed_precision": False, "augment": False, "simulation_timeout_s": None}
 
 
 def hashed_settings(settings: dict, drop=()) -> dict:

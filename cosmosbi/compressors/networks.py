@@ -3,6 +3,9 @@
 - :class:`ResNet2D`: residual CNN for images (N, C, H, W) or (N, H, W).
 - :class:`MLP`: fully connected network for vectors (N, F) (or anything flattened to it).
 
+:data:`NETWORKS` also builds ``healpix_cnn`` (:mod:`cosmosbi.compressors.healpix`) and the hybrids
+``hybrid2d`` and ``hybrid_healpix`` (bandpowers + CNN, :mod:`cosmosbi.compressors.hybrid`).
+
 Every network takes its normalisation of the input (a per-channel shift and scale, stored as
 buffers so that they travel with the state_dict) and is described by a JSON-able dict
 (``network.config``) from which :func:`build_network` rebuilds it.
@@ -19,7 +22,7 @@ from torch import nn
 from cosmosbi.compressors.healpix import HealpixCNN, footprint_from_ranges
 from cosmosbi.compressors.normalise import Normalise
 
-__all__ = ["ResNet2D", "MLP", "build_network", "network_options", "NETWORKS"]
+__all__ = ["ResNet2D", "MLP", "build_network", "network_class", "network_options", "check_positive", "NETWORKS"]
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -85,7 +88,8 @@ class ResNet2D(nn.Module):
     def __init__(self, in_channels: int = 1, out_features: int = 2, width: int = 16, depth: int = 3, blocks: int = 1, periodic: bool = True, norm: str = "batch",
                  stem_kernel: int = 3, linear_stem: bool = False):
         super().__init__()
-        _check_positive(in_channels=in_channels, out_features=out_features, width=width, depth=depth, blocks=blocks, stem_kernel=stem_kernel)
+        check_positive(in_channels=in_channels, out_features=out_features, width=width, depth=depth, blocks=blocks,
+                       stem_kernel=stem_kernel)
         if stem_kernel % 2 == 0:
             raise ValueError(f"network option stem_kernel must be odd, got {stem_kernel}")
         if not isinstance(linear_stem, bool):
@@ -135,7 +139,7 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, out_features: int = 2, hidden: int = 64, layers: int = 2):
         super().__init__()
-        _check_positive(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers)
+        check_positive(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers)
         self.config = {"kind": "mlp", "in_features": in_features, "out_features": out_features, "hidden": hidden, "layers": layers}
         self.out_features = out_features
         self.normalise = Normalise(in_features)
@@ -149,7 +153,8 @@ class MLP(nn.Module):
         return self.body(self.normalise(x.flatten(1)))
 
 
-def _check_positive(**values: int) -> None:
+def check_positive(**values: int) -> None:
+    """A ValueError naming the first option that is not a positive integer."""
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"network option {name} must be a positive integer, got {value!r}")
@@ -159,24 +164,47 @@ def _healpix_cnn(footprint=None, **kwargs):
     return HealpixCNN(pixels=None if footprint is None else footprint_from_ranges(footprint), **kwargs)
 
 
-NETWORKS = {"resnet2d": ResNet2D, "mlp": MLP, "healpix_cnn": _healpix_cnn}
+def _hybrid2d(**kwargs):
+    from cosmosbi.compressors.hybrid import Hybrid2D
+
+    return Hybrid2D(**kwargs)
+
+
+def _hybrid_healpix(footprint=None, **kwargs):
+    from cosmosbi.compressors.hybrid import HybridHealpix
+
+    return HybridHealpix(pixels=None if footprint is None else footprint_from_ranges(footprint), **kwargs)
+
+
+NETWORKS = {
+    "resnet2d": ResNet2D,
+    "mlp": MLP,
+    "healpix_cnn": _healpix_cnn,
+    "hybrid2d": _hybrid2d,
+    "hybrid_healpix": _hybrid_healpix,
+}
+
+
+def network_class(kind: str) -> type[nn.Module]:
+    """The class that builds network ``kind`` (its constructor documents the options)."""
+    if kind not in NETWORKS:
+        raise ValueError(f"network.kind: unknown network {kind!r}; expected one of {sorted(NETWORKS)}")
+    if kind in ("hybrid2d", "hybrid_healpix"):
+        from cosmosbi.compressors.hybrid import Hybrid2D, HybridHealpix
+
+        return Hybrid2D if kind == "hybrid2d" else HybridHealpix
+    return HealpixCNN if kind == "healpix_cnn" else NETWORKS[kind]
 
 
 def network_options(kind: str) -> dict[str, inspect.Parameter]:
     """The options a config's ``compressor.network`` may set for network ``kind``: its
     constructor's parameters (annotations resolved), except ``out_features``, which the loss
-    and ``summary_dim`` set; ``healpix_cnn`` takes its footprint as ``footprint`` (run-length
-    ranges) instead of ``pixels``."""
-    if kind not in NETWORKS:
-        raise ValueError(f"network.kind: unknown network {kind!r}; expected one of {sorted(NETWORKS)}")
-    if kind == "healpix_cnn":
-        from cosmosbi.compressors.healpix import HealpixCNN
-
-        params = dict(inspect.signature(HealpixCNN, eval_str=True).parameters)
+    and ``summary_dim`` set; the HEALPix networks (``healpix_cnn``, ``hybrid_healpix``) take their
+    footprint as ``footprint`` (run-length ranges) instead of ``pixels``."""
+    params = dict(inspect.signature(network_class(kind), eval_str=True).parameters)
+    if "pixels" in params:
         del params["pixels"]
         params["footprint"] = inspect.Parameter("footprint", inspect.Parameter.KEYWORD_ONLY, default=None)
-    else:
-        params = dict(inspect.signature(NETWORKS[kind], eval_str=True).parameters)
     del params["out_features"]
     return params
 

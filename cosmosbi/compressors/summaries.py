@@ -4,7 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["flat_power_spectrum", "healpix_bandpowers", "flat_peak_counts", "healpix_peak_counts"]
+__all__ = ["flat_mode_bins", "flat_power_spectrum", "healpix_bandpowers", "flat_peak_counts", "healpix_peak_counts"]
+
+
+def flat_mode_bins(n: int, bin_edges) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The wavenumber bin of every Fourier mode of an n x n grid (the binning of :func:`flat_power_spectrum`).
+
+    Returns:
+        which (n * n,): bin of each mode of ``np.fft.fft2``'s output (raveled), -1 for k = 0
+        and modes outside the edges;
+        counts (B,): number of modes in each bin;
+        k_mean (B,): mean wavenumber (units of the fundamental mode) of the modes in each bin.
+    """
+    edges = np.asarray(bin_edges, dtype=float)
+    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"bin_edges must be a 1-d increasing array of at least 2 edges, got {bin_edges!r}")
+    freq = np.fft.fftfreq(n) * n
+    k = np.sqrt(freq[:, None] ** 2 + freq[None, :] ** 2).ravel()
+    which = np.digitize(k, edges) - 1
+    which[(k == 0) | (which < 0) | (which >= edges.size - 1)] = -1
+    n_bins = edges.size - 1
+    counts = np.bincount(which[which >= 0], minlength=n_bins).astype(float)
+    if np.any(counts == 0):
+        raise ValueError(f"bin {int(np.argmin(counts))} of {edges.tolist()} holds no Fourier modes of a {n} x {n} grid")
+    k_mean = np.bincount(which[which >= 0], weights=k[which >= 0], minlength=n_bins) / counts
+    return which, counts, k_mean
 
 
 def flat_power_spectrum(x: np.ndarray, bin_edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -29,18 +53,8 @@ def flat_power_spectrum(x: np.ndarray, bin_edges: np.ndarray) -> tuple[np.ndarra
     if x.ndim != 3 or x.shape[1] != x.shape[2]:
         raise ValueError(f"expected fields of shape (n, n) or (N, n, n), got {x.shape}")
     n = x.shape[-1]
-    edges = np.asarray(bin_edges, dtype=float)
-    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
-        raise ValueError(f"bin_edges must be a 1-d increasing array of at least 2 edges, got {bin_edges!r}")
-    freq = np.fft.fftfreq(n) * n
-    k = np.sqrt(freq[:, None] ** 2 + freq[None, :] ** 2).ravel()
-    which = np.digitize(k, edges) - 1
-    which[(k == 0) | (which < 0) | (which >= edges.size - 1)] = -1
-    n_bins = edges.size - 1
-    counts = np.bincount(which[which >= 0], minlength=n_bins).astype(float)
-    if np.any(counts == 0):
-        raise ValueError(f"bin {int(np.argmin(counts))} of {edges.tolist()} holds no Fourier modes of a {n} x {n} grid")
-    k_mean = np.bincount(which[which >= 0], weights=k[which >= 0], minlength=n_bins) / counts
+    which, counts, k_mean = flat_mode_bins(n, bin_edges)
+    n_bins = len(counts)
     power = (np.abs(np.fft.fft2(x)) ** 2 / n**2).reshape(len(x), -1)
     used = which >= 0
     sums = np.stack([np.bincount(which[used], weights=p[used], minlength=n_bins) for p in power])

@@ -40,6 +40,8 @@ import torch
 from torch import nn
 
 from cosmosbi.compressors.distributed import device_of, distributed_session, launch_of, rank_share
+from cosmosbi.compressors.augment import Augmentation
+from cosmosbi.compressors.hybrid import HybridNetwork
 from cosmosbi.compressors.losses import make_loss, network_outputs
 from cosmosbi.compressors.networks import build_network
 from cosmosbi.files import atomic_path, atomic_write_json, config_hash, hashed_settings, load_weights, read_json
@@ -114,7 +116,7 @@ def make_compressor(network: dict[str, Any], dataset, input_name: str, loss: str
     Weights are initialised from ``seed`` without touching torch's global random state.
 
     Args:
-        network: {"kind": "resnet2d" | "healpix_cnn" | "mlp", options...}.
+        network: {"kind": "resnet2d" | "healpix_cnn" | "hybrid2d" | "hybrid_healpix" | "mlp", options...}.
         dataset: a :class:`SimulationDataset` (training data).
         input_name: which output of the dataset the compressor reads.
         loss: "vmim", "mse" or "gaussian_nll".
@@ -130,13 +132,15 @@ def make_compressor(network: dict[str, Any], dataset, input_name: str, loss: str
     kind = network.get("kind")
     config = dict(network)
     config["out_features"] = network_outputs(loss, D, d)
-    if kind == "resnet2d":
+    if kind in ("resnet2d", "hybrid2d"):
         if len(shape) not in (2, 3):
-            raise ValueError(f"network resnet2d needs images (H, W) or (C, H, W); {input_name!r} has shape {shape}")
+            raise ValueError(f"network {kind} needs images (H, W) or (C, H, W); {input_name!r} has shape {shape}")
         config.setdefault("in_channels", shape[0] if len(shape) == 3 else 1)
-    elif kind == "healpix_cnn":
+        if kind == "hybrid2d":
+            config.setdefault("size", shape[-1])
+    elif kind in ("healpix_cnn", "hybrid_healpix"):
         if len(shape) not in (1, 2):
-            raise ValueError(f"network healpix_cnn needs maps (P,) or (C, P); {input_name!r} has shape {shape}")
+            raise ValueError(f"network {kind} needs maps (P,) or (C, P); {input_name!r} has shape {shape}")
         config.setdefault("in_channels", shape[0] if len(shape) == 2 else 1)
     elif kind == "mlp":
         config.setdefault("in_features", int(np.prod(shape)))
@@ -150,6 +154,8 @@ def make_compressor(network: dict[str, Any], dataset, input_name: str, loss: str
     channel_axis_x = x.reshape(len(x), net.normalise.shift.numel(), -1)
     net.normalise.shift.copy_(torch.as_tensor(channel_axis_x.mean(axis=(0, 2))))
     net.normalise.scale.copy_(torch.as_tensor(np.maximum(channel_axis_x.std(axis=(0, 2)), 1e-12)))
+    if isinstance(net, HybridNetwork):
+        net.set_bandpower_standardisation(torch.as_tensor(x))
     return Compressor(net, dataset.parameter_names, theta.mean(0), np.maximum(theta.std(0), 1e-12), loss, d, input_name)
 
 
@@ -160,7 +166,8 @@ class TrainSettings:
     ``epochs`` may be raised on a finished run to train further from its checkpoint.
     ``num_threads`` sets torch's CPU threads while training (None: the cores this process may
     use, :func:`cosmosbi.cores.default_threads`); small networks often train faster on one
-    thread.
+    thread. ``augment`` moves every training map by a random exact symmetry of its geometry
+    (:mod:`cosmosbi.compressors.augment`; epoch e draws them from its own seed).
     """
 
     epochs: int = 50
@@ -177,6 +184,7 @@ class TrainSettings:
     num_workers: int = 0
     in_memory_bytes: int = 2**31
     num_threads: int | None = None
+    augment: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "lr_patience"):
@@ -294,6 +302,7 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=settings.lr_factor, patience=settings.lr_patience)
     fingerprint = _fingerprint(compressor, loss, dataset, settings)
+    augmentation = Augmentation(compressor.network.config) if settings.augment else None
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
     best = {"compressor": _clone(compressor.state_dict()), "loss": _clone(loss.state_dict())}
 
@@ -339,8 +348,11 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
             weights = [len(share) * world / size for share, size in zip(shares, sizes)]
             # an empty share computes on one row with weight zero: every rank takes part in every step
             batches = [share if len(share) else batch[:1] for share, batch in zip(shares, batches)]
+        symmetries = np.random.default_rng([settings.seed, epoch, 31]) if augmentation is not None else None
         for step, (x, theta) in enumerate(_loader(rows, batches, settings.num_workers)):
             x, theta = x.to(device), theta.to(device)
+            if augmentation is not None:
+                x = augmentation(x, symmetries)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 value = objective(x, theta)
                 if distributed:

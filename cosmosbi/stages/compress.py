@@ -27,10 +27,10 @@ def declare(config, dump: dict, layout):
 def network_for(network: dict, simulator) -> dict:
     """Fill a HEALPix network's nside and footprint from the simulator when the config omits them."""
     network = dict(network)
-    if network.get("kind") == "healpix_cnn" and "nside" not in network:
+    if network.get("kind") in ("healpix_cnn", "hybrid_healpix") and "nside" not in network:
         nside = getattr(simulator, "nside", None)
         if nside is None:
-            raise ValueError("compressor.network: healpix_cnn needs nside (the simulator does not say)")
+            raise ValueError(f"compressor.network: {network['kind']} needs nside (the simulator does not say)")
         network["nside"] = int(nside)
         pixels = getattr(simulator, "pixels", None)
         if pixels is not None and "footprint" not in network:
