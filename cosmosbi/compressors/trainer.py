@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cosmosbi.compressors.distributed import device_of, distributed_session, launch_of, rank_share
 from cosmosbi.compressors.augment import Augmentation
+from cosmosbi.compressors.distributed import device_of, distributed_session, launch_of, rank_share
 from cosmosbi.compressors.hybrid import HybridNetwork
 from cosmosbi.compressors.losses import make_loss, network_outputs
 from cosmosbi.compressors.networks import build_network
