@@ -203,14 +203,14 @@ def _requeue_interrupted(study, storage) -> int:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             storage.set_trial_user_attr(trial_id, "interrupted", True)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    requeued = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.user_attrs.get("interrupted") and not t.user_attrs.get("requeued"):
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_user_attr(trial_id, "requeued", True)
-            study.enqueue_trial(t.params, skip_if_exists=False)
-            requeued += 1
-    return requeued
+    done = set(study.user_attrs.get("requeued", []))
+    again = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+             if t.user_attrs.get("interrupted") and t.number not in done]
+    for t in again:
+        study.enqueue_trial(t.params, skip_if_exists=False)
+    if again:
+        study.set_user_attr("requeued", sorted(done | {t.number for t in again}))
+    return len(again)
 
 
 def _objective(config, source: str, progress: bool, echo):

@@ -1,10 +1,14 @@
 """`cosmosbi tune`: trials as cached stage runs on shared simulations, resume, best config, search-space checks."""
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from optuna.distributions import CategoricalDistribution
 
 from cosmosbi.cli import main
 from cosmosbi.config import ConfigError, load_config
@@ -68,7 +72,8 @@ def test_three_trials_finish_and_best_yaml_reproduces_the_best_trial(tuned):
     assert best_config.estimator.training["learning_rate"] == best["estimator.training.learning_rate"]
     # the best config trains exactly what the best trial trained (same stage keys: same cached results)
     keys = {s.name: s.key for s in plan_stages(best_config)}
-    trial_keys = {s.name: s.key for s in plan_stages(trial_config(config, {k: best[k] for k in SPACE}, best["run_dir"]))}
+    trial = trial_config(config, {k: best[k] for k in SPACE}, best["run_dir"])
+    trial_keys = {s.name: s.key for s in plan_stages(trial)}
     for name in ("simulate:train", "compress", "summarise:train", "estimate"):
         assert keys[name] == trial_keys[name]
     for name in ("compress", "estimate"):
@@ -106,6 +111,23 @@ def test_a_study_refuses_changed_shared_settings(tuned, tmp_path):
         open_study(load_config(write(tmp_path / "changed.yaml", data)))
 
 
+def test_a_killed_trial_is_run_again_with_its_settings(tmp_path):
+    path = write(tmp_path / "tiny.yaml", tiny_config(tmp_path / "run", trials=2))
+    config = load_config(path)
+    tune(load_config(write(tmp_path / "none.yaml", tiny_config(tmp_path / "run", trials=1))), str(path),
+         progress=False, echo=quiet)
+    study, _ = open_study(config)
+    killed = study.ask({"compressor.network.hidden": CategoricalDistribution([8, 16])})
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    killed.set_user_attr("pid", gone.pid)
+    killed.set_user_attr("host", socket.gethostname())
+    results = tune(config, str(path), progress=False, echo=quiet)
+    states = {t["trial"]: t["state"] for t in results["trials"]}
+    assert states == {0: "complete", 1: "fail", 2: "complete"}
+    assert results["trials"][2]["compressor.network.hidden"] == killed.params["compressor.network.hidden"]
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [
@@ -113,7 +135,8 @@ def test_a_study_refuses_changed_shared_settings(tuned, tmp_path):
         ({"compressor.network.widht": [8, 16]}, "tune.space.compressor.network.widht: .*unknown key"),
         ({"estimator.flow.hidden_featurez": [8]}, "tune.space.estimator.flow.hidden_featurez: .*unknown key"),
         ({"compressor.train.batch_size": [64, 0]}, r"tune.space.compressor.train.batch_size: value 0"),
-        ({"compressor.train.learning_rate": {"low": 0.1, "high": 0.01}}, "tune.space.compressor.train.learning_rate.*low"),
+        ({"compressor.train.learning_rate": {"low": 0.1, "high": 0.01}},
+         "tune.space.compressor.train.learning_rate.*low"),
         ({"estimator.training.learning_rate": {"low": 0, "high": 0.1, "log": True}}, "log: needs low > 0"),
     ],
 )
@@ -127,3 +150,16 @@ def test_tune_without_a_tune_section_says_so(tmp_path, capsys):
     del data["tune"]
     assert main(["tune", str(write(tmp_path / "plain.yaml", data))]) == 2
     assert "no tune section" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a minute: the worker process imports torch and sbi
+def test_parallel_workers_share_one_study(tmp_path):
+    data = tiny_config(tmp_path / "run", trials=4)
+    data["tune"]["parallel"] = 2
+    path = write(tmp_path / "tiny.yaml", data)
+    results = tune(load_config(path), str(path), progress=False, echo=quiet)
+    complete = [t for t in results["trials"] if t["state"] == "complete"]
+    assert 4 <= len(complete) <= 5  # a worker may start one trial while the last ones finish
+    assert len({t["run_dir"] for t in complete}) == len(complete)
+    for row in complete:
+        assert row["score"] == trial_scores(row["run_dir"])["estimator_val_loss"]
