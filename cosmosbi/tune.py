@@ -27,7 +27,8 @@ The search runs ``parallel`` trials at once: ``cosmosbi tune`` starts ``parallel
 processes (``cosmosbi tune CONFIG --worker K``) beside itself, and ``cosmosbi slurm submit``
 runs them as a job array; every worker holds the parent run directory shared (never beside a
 ``cosmosbi run`` of it) and its trial's directory exclusively. A rerun does not redo finished
-trials; a trial whose process was killed is failed and its settings queued again. The study
+trials; a trial whose process was killed is failed and its settings queued again. Trial 0 of
+a new study runs the config's own values of the searched settings (those inside the space). The study
 keeps the hash of the settings it searches around: changing anything else (datasets, the
 simulator, untuned estimator settings) stops the rerun with a message, since earlier scores
 would no longer compare.
@@ -54,7 +55,7 @@ from cosmosbi.lock import pid_alive, run_lock
 from cosmosbi.pipeline import run_pipeline
 
 __all__ = [
-    "STUDY_NAME", "trial_config", "best_config", "trial_scores", "open_study", "run_trials", "tune",
+    "STUDY_NAME", "trial_config", "best_config", "config_settings", "trial_scores", "open_study", "run_trials", "tune",
     "write_report", "link_simulations",
 ]
 
@@ -145,6 +146,25 @@ def trial_scores(run_dir: str | Path) -> dict:
     return {"compressor_val_loss": compressor, "estimator_val_loss": _estimator_loss(layout.estimator)}
 
 
+def config_settings(config) -> dict:
+    """The config's own values of the searched settings, those that lie in the search space
+    ({dotted key: value}; settings the config leaves to their defaults are absent)."""
+    dump = _base_dump(config)
+    found = {}
+    for key, spec in _section(config).space.items():
+        value = dump
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(spec, list):
+            inside = value is not None and value in spec
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            inside = number and spec.low <= value <= spec.high
+        if inside:
+            found[key] = value
+    return found
+
+
 def _suggest(trial, key: str, spec):
     if isinstance(spec, list):
         return trial.suggest_categorical(key, spec)
@@ -175,6 +195,9 @@ def open_study(config, *, worker: int = 0):
     recorded = study.user_attrs.get("shared_settings")
     if recorded is None:
         study.set_user_attr("shared_settings", shared)
+        settings = config_settings(config)
+        if settings:  # trial 0: the config's own settings, so the best is never worse than them
+            study.enqueue_trial(settings)
     elif recorded != shared:
         raise ValueError(
             f"{layout.tune}: the study was started with other settings besides the searched ones (datasets, simulator "

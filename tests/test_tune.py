@@ -63,6 +63,7 @@ def test_three_trials_finish_and_best_yaml_reproduces_the_best_trial(tuned):
     assert [t["state"] for t in trials] == ["complete"] * 3
     best = results["best"]
     assert best["score"] == min(t["score"] for t in trials)
+    assert trials[0]["compressor.network.hidden"] == 16  # trial 0: the config's own settings
     assert best["score"] == trial_scores(best["run_dir"])["estimator_val_loss"]
     for name in ("results.csv", "results.json", "tune.png"):
         assert (layout_tune / name).is_file()
