@@ -28,7 +28,8 @@ processes (``cosmosbi tune CONFIG --worker K``) beside itself, and ``cosmosbi sl
 runs them as a job array; every worker holds the parent run directory shared (never beside a
 ``cosmosbi run`` of it) and its trial's directory exclusively. A rerun does not redo finished
 trials; a trial whose process was killed is failed and its settings queued again. Trial 0 of
-a new study runs the config's own values of the searched settings (those inside the space). The study
+a new study runs the settings the config runs with (its own values, else the defaults), where
+they lie inside the search space, so the best is never worse than them. The study
 keeps the hash of the settings it searches around: changing anything else (datasets, the
 simulator, untuned estimator settings) stops the rerun with a message, since earlier scores
 would no longer compare.
@@ -146,15 +147,39 @@ def trial_scores(run_dir: str | Path) -> dict:
     return {"compressor_val_loss": compressor, "estimator_val_loss": _estimator_loss(layout.estimator)}
 
 
+def _default_setting(config, key: str):
+    """The value a setting the config leaves out takes (None if unknown): the estimator's flow
+    and training defaults, the compressor network's constructor defaults."""
+    import inspect
+
+    section, _, name = key.rpartition(".")
+    if section in ("estimator.flow", "estimator.training") and config.estimator is not None:
+        from cosmosbi.estimators.nle import NLE
+        from cosmosbi.estimators.npe import NPE
+
+        cls = NPE if config.estimator.kind == "npe" else NLE
+        defaults = cls.default_flow if section == "estimator.flow" else cls.default_training
+        return getattr(defaults, name, None)
+    if section == "compressor.network" and config.compressor is not None:
+        from cosmosbi.compressors.networks import network_options
+
+        parameter = network_options(config.compressor.network["kind"]).get(name)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return None
+
+
 def config_settings(config) -> dict:
-    """The config's own values of the searched settings, those that lie in the search space
-    ({dotted key: value}; settings the config leaves to their defaults are absent)."""
+    """The values the config runs with of the searched settings (its own, else their defaults),
+    those that lie in the search space ({dotted key: value})."""
     dump = _base_dump(config)
     found = {}
     for key, spec in _section(config).space.items():
         value = dump
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            value = _default_setting(config, key)
         if isinstance(spec, list):
             inside = value is not None and value in spec
         else:
