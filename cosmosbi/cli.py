@@ -100,8 +100,9 @@ def _build_parser() -> argparse.ArgumentParser:
             "Write one batch script per stage kind of CONFIG (simulate as an MPI job or a job array, "
             "then compress, estimate, validate, sample) to RUN_DIR/slurm/ and submit them, each "
             "with --dependency=afterok on the previous one. Each job runs `cosmosbi run CONFIG "
-            "--stage KIND`, so resubmitting skips finished work. Resources, partition, account, "
-            "modules and setup lines come from the config's slurm section."
+            "--stage KIND`, so resubmitting skips finished work. A config with a tune section gets the "
+            "simulate job, a job array of `cosmosbi tune --worker` tasks and a job that writes the results "
+            "instead. Resources, partition, account, modules and setup lines come from the config's slurm section."
         ),
     )
     submit.add_argument("config", help="YAML config of the analysis")
