@@ -9,6 +9,7 @@
     cosmosbi train CONFIG.yaml        fit the config's estimator (NPE / NLE) on its dataset
     cosmosbi sample CONFIG.yaml --obs FILE   posterior samples for observations in FILE
     cosmosbi validate CONFIG.yaml     SBC, coverage, TARP, exact comparison, domain shift -> report
+    cosmosbi tune CONFIG.yaml         search compressor and estimator settings -> RUN_DIR/tune/best.yaml
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ def _build_parser() -> argparse.ArgumentParser:
             "Write one batch script per stage kind of CONFIG (simulate as an MPI job or a job array, "
             "then compress, estimate, validate, sample) to RUN_DIR/slurm/ and submit them, each "
             "with --dependency=afterok on the previous one. Each job runs `cosmosbi run CONFIG "
-            "--stage KIND`, so resubmitting skips finished work. Resources, partition, account, "
-            "modules and setup lines come from the config's slurm section."
+            "--stage KIND`, so resubmitting skips finished work. A config with a tune section gets the "
+            "simulate job, a job array of `cosmosbi tune --worker` tasks and a job that writes the results "
+            "instead. Resources, partition, account, modules and setup lines come from the config's slurm section."
         ),
     )
     submit.add_argument("config", help="YAML config of the analysis")
@@ -146,6 +148,25 @@ def _build_parser() -> argparse.ArgumentParser:
     validate.add_argument("config", help="YAML config with estimator and validation sections")
     _add_run_dir(validate)
     _add_lock_options(validate)
+
+    tune = commands.add_parser(
+        "tune",
+        help="search compressor and estimator settings (Optuna); write the best as a config",
+        description=(
+            "Simulate CONFIG's datasets, then run the trials of its tune section: each trial is the config "
+            "with the trial's settings, run up to the estimator in RUN_DIR/tune/trial-K on the shared "
+            "simulations and scored by the estimator's validation loss (the compressor's without an "
+            "estimator). `parallel` trials run at once. Writes RUN_DIR/tune/results.csv, results.json, "
+            "tune.png and best.yaml (the config with the best settings). A rerun resumes the search."
+        ),
+    )
+    tune.add_argument("config", help="YAML config with a tune section")
+    tune.add_argument("--worker", type=int, metavar="K",
+                      help="only run trials, as worker K of a parallel search (the simulations must be done)")
+    tune.add_argument("--report", action="store_true", help="only write the results, best.yaml and the plot")
+    _add_run_dir(tune)
+    _add_quiet(tune)
+    _add_lock_options(tune)
     return parser
 
 
@@ -313,6 +334,32 @@ def _sample(args, comm) -> int:
     return 0
 
 
+def _tune(args, comm) -> int:
+    if comm.Get_rank() != 0:
+        return 0
+    from cosmosbi import tune
+    from cosmosbi.layout import RunLayout
+
+    config = _load_config(args)
+    if args.worker is not None or args.report:
+        with _locked(args, config, shared=True):  # beside the other workers, never beside `cosmosbi run`
+            if args.worker is not None:
+                ran = tune.run_trials(config, _source(args), worker=args.worker, progress=not args.quiet)
+                print(f"worker {args.worker}: {ran} trial(s) run")
+            results = tune.write_report(config) if args.report else None
+    else:
+        results = tune.tune(config, _source(args), progress=not args.quiet, wait_s=args.wait)
+    if results is not None:
+        best = results["best"]
+        where = RunLayout(config.run_dir).tune
+        if best is None:
+            print(f"no trial finished; see {where / 'results.csv'}")
+        else:
+            print(f"best of {len(results['trials'])} trial(s): trial {best['trial']}, {results['objective']} "
+                  f"{best['score']:.6g}; settings in {where / 'best.yaml'}, table in {where / 'results.csv'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -320,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"run": _run, "status": _status, "slurm": _slurm, "simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators, "train": _train, "sample": _sample, "validate": _validate}[args.command]
+    handler = {"run": _run, "status": _status, "slurm": _slurm, "simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators, "train": _train, "sample": _sample, "validate": _validate, "tune": _tune}[args.command]
     from cosmosbi.simulators.mpi import get_comm
 
     comm = get_comm()

@@ -38,6 +38,7 @@ checked when a stage builds the simulator (``SimulateConfig.build_simulator``), 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -60,7 +61,8 @@ from cosmosbi.simulators.priors import Prior, prior_from_config
 
 __all__ = [
     "ConfigError", "OptionError", "SimulateConfig", "DatasetConfig", "SimulatorConfig", "EstimatorConfig",
-    "BaselineConfig", "load_config", "default_config_path", "check_options", "is_factory_name", "Int", "Seed", "Real",
+    "BaselineConfig", "TuneConfig", "TuneRange", "load_config", "default_config_path", "check_options",
+    "is_factory_name", "with_setting", "TUNABLE", "Int", "Seed", "Real",
 ]
 
 
@@ -341,7 +343,9 @@ class SlurmConfig(_Strict):
     python: str = Field(default="python", description="the Python interpreter that has cosmosbi installed")
     mpi: str = Field(default="pmi2", description="srun --mpi= plugin for the MPI simulate job")
     sbatch_options: list[str] = Field(default_factory=list, description="extra #SBATCH options for every job, e.g. --qos=normal")
-    jobs: dict[Literal["simulate", "compress", "estimate", "validate", "baseline", "sample"], SlurmJobConfig] = Field(default_factory=dict)
+    jobs: dict[
+        Literal["simulate", "compress", "estimate", "validate", "baseline", "sample", "tune"], SlurmJobConfig
+    ] = Field(default_factory=dict)
 
 
 class ObservationConfig(_Strict):
@@ -383,6 +387,56 @@ class BaselineConfig(_Strict):
     seed: Seed = 0
 
 
+# settings ``cosmosbi tune`` may search: the options under these sections, and these keys
+TUNABLE = (
+    "compressor.network.", "compressor.train.", "compressor.loss_options.", "compressor.summary_dim",
+    "estimator.flow.", "estimator.training.",
+)
+
+
+class TuneRange(_Strict):
+    """A numeric search range: integers when ``low`` and ``high`` are both integers, else reals;
+    ``log``: sampled uniformly in the logarithm (``low`` > 0)."""
+
+    low: Annotated[int | float, BeforeValidator(_not_bool)]
+    high: Annotated[int | float, BeforeValidator(_not_bool)]
+    log: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self):
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got low={self.low!r}, high={self.high!r}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: needs low > 0, got low={self.low!r}")
+        return self
+
+
+Choice = str | int | float | bool | None
+
+
+class TuneConfig(_Strict):
+    """The optional ``tune`` section, read by ``cosmosbi tune`` (see :mod:`cosmosbi.tune`)::
+
+        tune:
+          trials: 20
+          parallel: 2
+          space:
+            compressor.network.width: [8, 16, 32]            # a choice
+            estimator.training.learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}
+            estimator.flow.hidden_features: {low: 16, high: 128}   # integers
+
+    Keys are dotted paths to settings of the compressor (``network``, ``train``,
+    ``loss_options``, ``summary_dim``) or the estimator (``flow``, ``training``); every value
+    a key can take is checked when the config is read.
+    """
+
+    trials: Int = Field(default=20, gt=0, description="trials of the search (finished trials count across resumes)")
+    parallel: Int = Field(default=1, gt=0, description="trials run at once (processes, or SLURM array tasks)")
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: Seed = 0
+    space: dict[str, Annotated[list[Choice], Field(min_length=1)] | TuneRange] = Field(min_length=1)
+
+
 class SimulateConfig(_Strict):
     run_dir: str = "cosmosbi-run"
     simulator: SimulatorConfig
@@ -394,6 +448,7 @@ class SimulateConfig(_Strict):
     validation: ValidationConfig | None = None
     observations: dict[str, ObservationConfig] | None = None
     baseline: BaselineConfig | None = None
+    tune: TuneConfig | None = None
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     @pydantic.field_validator("datasets", "observations", mode="before")
@@ -505,6 +560,8 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
                 raise ConfigError(f"{path}: {key}: no dataset {name!r}; the config defines {list(config.datasets)}")
         if config.baseline is not None:
             _check_baseline(config, path)
+        if config.tune is not None:
+            _check_tune(config, path)
         for name, obs in (config.observations or {}).items():
             if config.estimator is None:
                 raise ConfigError(f"{path}: observations need an estimator section to sample their posteriors")
@@ -555,6 +612,45 @@ def _check_baseline(config: SimulateConfig, path) -> None:
             raise ConfigError(f"{path}: baseline.pair: unknown parameter {name!r}; parameters are {names}")
     if section.pair is not None and section.pair[0] == section.pair[1]:
         raise ConfigError(f"{path}: baseline.pair: two different parameters needed, got {section.pair}")
+
+
+def with_setting(dump: dict, key: str, value) -> dict:
+    """A copy of config data ``dump`` with the setting at dotted path ``key`` set to ``value``
+    (``compressor.network.width``); a KeyError names a missing section."""
+    dump = copy.deepcopy(dump)
+    *sections, last = key.split(".")
+    node = dump
+    for depth, section in enumerate(sections):
+        if not isinstance(node.get(section), dict):
+            raise KeyError(f"the config has no {'.'.join(sections[: depth + 1])} section")
+        node = node[section]
+    node[last] = value
+    return dump
+
+
+def _check_tune(config: SimulateConfig, path) -> None:
+    """Every key of the search space names a tunable setting, and every value it can take
+    (each choice; both ends of a range) is valid there."""
+    if config.compressor is None and config.estimator is None:
+        raise ConfigError(
+            f"{path}: tune: needs a compressor or an estimator section (whose validation loss scores a trial)"
+        )
+    dump = config.model_dump(mode="json")
+    for key, spec in config.tune.space.items():
+        where = f"{path}: tune.space.{key}"
+        if not any(key.startswith(p) if p.endswith(".") else key == p for p in TUNABLE):
+            prefixes = [p for p in TUNABLE if p.endswith(".")]
+            raise ConfigError(f"{where}: not a tunable setting; keys start with {prefixes}"
+                              f" or are {[p for p in TUNABLE if p not in prefixes]}")
+        if key.endswith(".") or key.split(".")[-1] == "kind":
+            raise ConfigError(f"{where}: not a tunable setting (name one option, e.g. compressor.network.width)")
+        for value in spec if isinstance(spec, list) else [spec.low, spec.high]:
+            try:
+                SimulateConfig.model_validate(with_setting(dump, key, value))
+            except KeyError as err:
+                raise ConfigError(f"{where}: {err.args[0]}") from None
+            except pydantic.ValidationError as err:
+                raise ConfigError(f"{where}: value {value!r} is not valid there: {_describe(err)}") from None
 
 
 def _message(item) -> str:

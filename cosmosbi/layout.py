@@ -14,6 +14,7 @@ and the SLURM writer ask for paths.
       validation/               metrics.json, report.html, figures/
       baseline/                 power-spectrum baseline: metrics.json, samples.npz, triangle.png
       posterior/                posterior samples of the config's observations
+      tune/                     `cosmosbi tune`: study journal, trial-K/ run directories, results, best.yaml
       slurm/                    batch scripts and job ids of ``cosmosbi slurm submit``
       locks/                    who holds the run directory now (see :mod:`cosmosbi.lock`)
 """
@@ -82,6 +83,10 @@ class RunLayout:
     @property
     def posterior(self) -> Path:
         return self.root / "posterior"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
 
     @property
     def slurm(self) -> Path:

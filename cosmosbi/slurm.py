@@ -11,6 +11,11 @@ succeeded (``--dependency=afterok``):
   :mod:`cosmosbi.compressors.distributed`; the script exports ``MASTER_ADDR`` and ``MASTER_PORT``);
 - ``estimate``, ``validate``, ``baseline``, ``sample``: one task each.
 
+A config with a ``tune`` section is searched instead (see :mod:`cosmosbi.tune`): the simulate
+job(s), then a job array of ``tune.parallel`` tasks, each ``cosmosbi tune CONFIG --worker K``
+(resources from ``slurm.jobs.tune``), then a one-task job that writes the results and
+``RUN_DIR/tune/best.yaml``; submit ``best.yaml`` for the analysis with the best settings.
+
 Every job runs ``cosmosbi run CONFIG --stage KIND``, so a chain resubmitted after a failure or a
 time-out skips what is done and resumes the rest, exactly like ``cosmosbi run``. The config's
 ``slurm`` section sets partition, account, modules, setup lines, the interpreter and per-job
@@ -103,6 +108,8 @@ def batch_jobs(config, config_path: str | Path, *, run_dir: str | None = None, w
     log_dir = RunLayout(run_path if run_path.is_absolute() else workdir / run_path).slurm
     base = [str(Path(config_path).resolve())] + (["--run-dir", str(run_dir)] if run_dir else [])
     kinds = list(dict.fromkeys(s.kind for s in plan_stages(config)))
+    if config.tune is not None:
+        kinds = [k for k in kinds if k == "simulate"]
     jobs = []
     for kind in kinds:
         job = settings.jobs.get(kind)
@@ -125,7 +132,28 @@ def batch_jobs(config, config_path: str | Path, *, run_dir: str | None = None, w
         jobs.append(BatchJob(kind, f"{len(jobs):02d}-{kind}.sbatch",
                              _script(kind, config, settings, job, stage, log_dir, workdir, srun=kind == "simulate" or parallel,
                                      rendezvous=parallel)))
+    if config.tune is not None:
+        jobs += _tune_jobs(config, settings, base, log_dir, workdir, first=len(jobs))
     return jobs
+
+
+def _tune_jobs(config, settings, base: list[str], log_dir: Path, workdir: Path, first: int) -> list[BatchJob]:
+    """The job array of tune workers and the job that writes the search's results."""
+    from cosmosbi.config import SlurmJobConfig
+
+    job = settings.jobs.get("tune") or SlurmJobConfig()
+    if job.ntasks not in (None, 1) or job.array is not None:
+        raise ValueError("slurm.jobs.tune: each array task is one process (set tune.parallel for more tasks); "
+                         f"got ntasks={job.ntasks}, array={job.array}")
+    worker = ["tune", *base, "--worker", "$SLURM_ARRAY_TASK_ID", "--quiet"]
+    report = ["tune", *base, "--report"]
+    single = job.model_copy(update={"gpus": None})
+    return [
+        BatchJob("tune-array", f"{first:02d}-tune-array.sbatch",
+                 _script("tune-array", config, settings, job, worker, log_dir, workdir, array=config.tune.parallel)),
+        BatchJob("tune-report", f"{first + 1:02d}-tune-report.sbatch",
+                 _script("tune-report", config, settings, single, report, log_dir, workdir)),
+    ]
 
 
 def submit_jobs(jobs: list[BatchJob], out_dir: str | Path, *, sbatch: str = "sbatch", env: dict | None = None) -> list[str]:

@@ -3,7 +3,7 @@
 Rooms, lowest first (a module may import from its own room and the rooms below it):
 
     helpers (files, cores, torch_runtime, layout, lock, artifacts) <- simulators <- compressors
-    <- estimators <- analyses <- config <- stages <- pipeline <- slurm <- cli
+    <- estimators <- analyses <- config <- stages <- pipeline <- slurm, tune <- cli
 
 so the library (simulators, compressors, estimators, analyses) never imports the code that runs
 configs (config, stages, pipeline, slurm, cli). A new top-level module must be given a room here.
@@ -23,7 +23,7 @@ PACKAGE = Path(cosmosbi.__file__).parent
 ROOMS = {
     "__init__": 0, "files": 0, "cores": 0, "torch_runtime": 0, "layout": 0, "lock": 0, "artifacts": 0,
     "simulators": 1, "compressors": 2, "estimators": 3, "analyses": 4,
-    "config": 5, "stages": 6, "pipeline": 7, "slurm": 8, "cli": 9, "__main__": 10,
+    "config": 5, "stages": 6, "pipeline": 7, "slurm": 8, "tune": 8, "cli": 9, "__main__": 10,
 }
 
 

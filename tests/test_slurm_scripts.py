@@ -49,6 +49,22 @@ def test_job_array_simulation_adds_a_merge_job(tmp_path):
     assert "--stage simulate" in jobs[1].script and "--array" not in jobs[1].script
 
 
+def test_a_tune_section_makes_a_worker_array_and_a_report_job(tmp_path):
+    tune = {"trials": 20, "parallel": 4, "space": {"compressor.network.hidden": [16, 32]}}
+    data = {**ANALYSIS, "tune": tune, "slurm": {"jobs": {"tune": {"gpus": 1, "time": "01:00:00"}}}}
+    jobs = batch_jobs(SimulateConfig.model_validate(data), tmp_path / "a.yaml", workdir=tmp_path)
+    assert [j.name for j in jobs] == ["simulate", "tune-array", "tune-report"]
+    worker, report = jobs[1].script.splitlines(), jobs[2].script.splitlines()
+    for line in ("#SBATCH --array=0-3", "#SBATCH --gpus=1", "#SBATCH --time=01:00:00",
+                 f"python -m cosmosbi tune {tmp_path / 'a.yaml'} --worker $SLURM_ARRAY_TASK_ID --quiet",
+                 f"#SBATCH --output={tmp_path / 'runs/a/slurm/tune-array-%A_%a.out'}"):
+        assert line in worker, line
+    assert f"python -m cosmosbi tune {tmp_path / 'a.yaml'} --report" in report
+    assert not any(line.startswith(("#SBATCH --array", "#SBATCH --gpus")) for line in report)
+    with pytest.raises(ValueError, match="slurm.jobs.tune"):
+        batch_jobs(SimulateConfig.model_validate({**data, "slurm": {"jobs": {"tune": {"ntasks": 2}}}}), "a.yaml")
+
+
 def test_bad_settings_are_named(tmp_path):
     data = {**ANALYSIS, "slurm": {"jobs": {"estimate": {"ntasks": 4}}}}
     with pytest.raises(ValueError, match="slurm.jobs.estimate.ntasks"):
