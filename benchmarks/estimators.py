@@ -145,6 +145,11 @@ class LinearGaussian:
     dim = 10
     prior = Gaussian([f"t{i}" for i in range(dim)], mean=[0.0] * dim, std=[np.sqrt(0.1)] * dim)
 
+    def sbi_prior(self):
+        """The same prior as a torch distribution that sbi's posterior accepts (its check of
+        ``prior.to_torch()`` for unbounded marginals fails)."""
+        return torch.distributions.MultivariateNormal(torch.zeros(self.dim), 0.1 * torch.eye(self.dim))
+
     def simulate(self, theta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return theta + np.sqrt(0.1) * rng.standard_normal(theta.shape)
 
@@ -158,14 +163,14 @@ class LinearGaussian:
 PROBLEMS = {p.name: p for p in (GaussianFieldProblem, TwoMoons, GaussianMixture, LinearGaussian)}
 
 
-def train_sbi_defaults(prior, theta: np.ndarray, x: np.ndarray, rng: np.random.Generator):
+def train_sbi_defaults(prior: torch.distributions.Distribution, theta: np.ndarray, x: np.ndarray, rng: np.random.Generator):
     """sbi's NPE with every default. Returns (posterior, wall seconds, CPU seconds, epochs)."""
     from sbi.inference import NPE as SbiNPE
 
     with seeded_torch(rng), contextlib.redirect_stdout(io.StringIO()):
         start, cpu_start = time.perf_counter(), time.process_time()
         # NullTracker: no TensorBoard files in the working directory (does not change training)
-        inference = SbiNPE(prior=prior.to_torch(), show_progress_bars=False, tracker=NullTracker())
+        inference = SbiNPE(prior=prior, show_progress_bars=False, tracker=NullTracker())
         inference.append_simulations(torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32))
         inference.train()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -187,20 +192,21 @@ def run_problem(problem, n: int, n_obs: int, n_samples: int, arms: dict) -> list
     reference = [problem.reference(i, row, n_samples, np.random.default_rng(6 + i)) for i, row in enumerate(x_obs)]
     rows = []
     for arm, train_and_sample in arms.items():
-        seconds, cpu_seconds, epochs, samples = train_and_sample(problem.prior, theta, x, x_obs, n_samples)
+        seconds, cpu_seconds, epochs, samples = train_and_sample(problem, theta, x, x_obs, n_samples)
         scores = [c2st(s, r, seed=0) for s, r in zip(samples, reference)]
         rows.append({"problem": problem.name, "arm": arm, "seconds": seconds, "cpu_seconds": cpu_seconds, "epochs": epochs, "c2st": scores})
     return rows
 
 
-def sbi_arm(prior, theta, x, x_obs, n_samples):
+def sbi_arm(problem, theta, x, x_obs, n_samples):
+    prior = problem.sbi_prior() if hasattr(problem, "sbi_prior") else problem.prior.to_torch()
     posterior, seconds, cpu_seconds, epochs = train_sbi_defaults(prior, theta, x, np.random.default_rng(2))
     return seconds, cpu_seconds, epochs, sample_sbi(posterior, x_obs, n_samples, np.random.default_rng(3))
 
 
-def cosmosbi_arm(prior, theta, x, x_obs, n_samples):
+def cosmosbi_arm(problem, theta, x, x_obs, n_samples):
     cpu_start = time.process_time()
-    npe = NPE(prior, device="cpu").fit(theta, x, np.random.default_rng(2))
+    npe = NPE(problem.prior, device="cpu").fit(theta, x, np.random.default_rng(2))
     return npe.summary.seconds, time.process_time() - cpu_start, npe.summary.epochs, list(npe.sample(n_samples, x_obs, np.random.default_rng(3)))
 
 
