@@ -163,7 +163,8 @@ class LinearGaussian:
 PROBLEMS = {p.name: p for p in (GaussianFieldProblem, TwoMoons, GaussianMixture, LinearGaussian)}
 
 
-def train_sbi_defaults(prior: torch.distributions.Distribution, theta: np.ndarray, x: np.ndarray, rng: np.random.Generator):
+def train_sbi_defaults(prior: torch.distributions.Distribution, theta: np.ndarray, x: np.ndarray,
+                       rng: np.random.Generator):
     """sbi's NPE with every default. Returns (posterior, wall seconds, CPU seconds, epochs)."""
     from sbi.inference import NPE as SbiNPE
 
@@ -171,7 +172,8 @@ def train_sbi_defaults(prior: torch.distributions.Distribution, theta: np.ndarra
         start, cpu_start = time.perf_counter(), time.process_time()
         # NullTracker: no TensorBoard files in the working directory (does not change training)
         inference = SbiNPE(prior=prior, show_progress_bars=False, tracker=NullTracker())
-        inference.append_simulations(torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32))
+        theta_t, x_t = torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
+        inference.append_simulations(theta_t, x_t)
         inference.train()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return inference.build_posterior(), seconds, cpu_seconds, len(inference._summary["validation_loss"])
@@ -194,7 +196,8 @@ def run_problem(problem, n: int, n_obs: int, n_samples: int, arms: dict) -> list
     for arm, train_and_sample in arms.items():
         seconds, cpu_seconds, epochs, samples = train_and_sample(problem, theta, x, x_obs, n_samples)
         scores = [c2st(s, r, seed=0) for s, r in zip(samples, reference)]
-        rows.append({"problem": problem.name, "arm": arm, "seconds": seconds, "cpu_seconds": cpu_seconds, "epochs": epochs, "c2st": scores})
+        rows.append({"problem": problem.name, "arm": arm, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                     "epochs": epochs, "c2st": scores})
     return rows
 
 
@@ -207,7 +210,8 @@ def sbi_arm(problem, theta, x, x_obs, n_samples):
 def cosmosbi_arm(problem, theta, x, x_obs, n_samples):
     cpu_start = time.process_time()
     npe = NPE(problem.prior, device="cpu").fit(theta, x, np.random.default_rng(2))
-    return npe.summary.seconds, time.process_time() - cpu_start, npe.summary.epochs, list(npe.sample(n_samples, x_obs, np.random.default_rng(3)))
+    samples = list(npe.sample(n_samples, x_obs, np.random.default_rng(3)))
+    return npe.summary.seconds, time.process_time() - cpu_start, npe.summary.epochs, samples
 
 
 def main() -> None:
@@ -228,12 +232,14 @@ def main() -> None:
     print(f"# {args.n} simulations, {args.n_obs} observations x {args.n_samples} samples per problem; "
           f"C2ST null sd {c2st_null_std(args.n_samples):.3f} per observation; 1 torch thread; "
           f"{platform.machine()}, torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")
-    print("| problem | arm | train s (wall) | train s (CPU) | epochs | C2ST per observation | mean C2ST | CPU speed-up |")
+    print("| problem | arm | train s (wall) | train s (CPU) | epochs | C2ST per observation | mean C2ST "
+          "| CPU speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     base = {}
     for row in rows:
         base.setdefault(row["problem"], row["cpu_seconds"])
-        print(f"| {row['problem']} | {row['arm']} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['epochs']} | "
+        print(f"| {row['problem']} | {row['arm']} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | "
+              f"{row['epochs']} | "
               f"{', '.join(f'{s:.3f}' for s in row['c2st'])} | {np.mean(row['c2st']):.3f} | "
               f"{base[row['problem']] / row['cpu_seconds']:.2f}x |")
     if args.json:

@@ -65,7 +65,8 @@ def exact_line_posterior_std(y: np.ndarray, x: np.ndarray, sigma: float = 0.1, n
     out = np.empty((len(y), 2))
     for i, row in enumerate(y):
         # sum_p (y_p - a x_p - b)^2 expanded in a and b
-        chi2 = (row @ row - 2 * a * (row @ x) - 2 * b * row.sum() + a * a * (x @ x) + 2 * a * b * x.sum() + b * b * len(x)) / sigma**2
+        chi2 = (row @ row - 2 * a * (row @ x) - 2 * b * row.sum()
+                + a * a * (x @ x) + 2 * a * b * x.sum() + b * b * len(x)) / sigma**2
         weight = np.exp(-0.5 * (chi2 - chi2.min()))
         weight /= weight.sum()
         for j, value in enumerate((a, b)):

@@ -123,7 +123,9 @@ class TrainingConfig:
         if not 0 < self.lr_decay_factor <= 1:
             raise ValueError(f"lr_decay_factor: expected a number in (0, 1], got {self.lr_decay_factor!r}")
         if not 0 < self.min_learning_rate <= self.learning_rate:
-            raise ValueError(f"min_learning_rate: expected a number in (0, learning_rate], got {self.min_learning_rate!r}")
+            raise ValueError(
+                f"min_learning_rate: expected a number in (0, learning_rate], got {self.min_learning_rate!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,7 +272,9 @@ def train_network(
     n = len(theta)
     n_validation = max(1, round(training.validation_fraction * n))
     if n - n_validation < 1:
-        raise ValueError(f"train_network: {n} simulations leave none for training after holding out {n_validation} for validation")
+        raise ValueError(
+            f"train_network: {n} simulations leave none for training after holding out {n_validation} for validation"
+        )
     start = time.perf_counter()
     with seeded_torch(rng), torch_threads(training.num_threads):
         order = torch.randperm(n)
@@ -297,27 +301,36 @@ def train_network(
                 optimizer.step()
             net.eval()
             with torch.no_grad():
-                total = sum(float(net.loss(val_in[i : i + 4096], condition=val_cond[i : i + 4096]).sum()) for i in range(0, len(val_in), 4096))
+                total = sum(
+                    float(net.loss(val_in[i : i + 4096], condition=val_cond[i : i + 4096]).sum())
+                    for i in range(0, len(val_in), 4096)
+                )
             history.append(total / len(val_in))
             if progress:
-                print(f"epoch {epoch + 1}: validation loss {history[-1]:.4f}, learning rate {learning_rate:.2g}", file=sys.stderr)
+                print(f"epoch {epoch + 1}: validation loss {history[-1]:.4f}, learning rate {learning_rate:.2g}",
+                      file=sys.stderr)
             if history[-1] < best_loss:
                 best_loss, best_epoch = history[-1], epoch
                 best_state = copy.deepcopy(net.state_dict())
             since_best = epoch - best_epoch
             if since_best >= training.stop_after_epochs:
                 break
-            if since_best > 0 and since_best % training.lr_decay_after_epochs == 0 and learning_rate > training.min_learning_rate:
+            decay_due = since_best > 0 and since_best % training.lr_decay_after_epochs == 0
+            if decay_due and learning_rate > training.min_learning_rate:
                 learning_rate = max(learning_rate * training.lr_decay_factor, training.min_learning_rate)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate
         if best_state is None:
-            raise RuntimeError(f"train_network: the validation loss was never finite ({history[-3:]}); check theta and x for outliers")
+            raise RuntimeError(
+                f"train_network: the validation loss was never finite ({history[-3:]}); check theta and x for outliers"
+            )
         net.load_state_dict(best_state)
     seconds = time.perf_counter() - start
     net.eval()
-    summary = TrainingSummary(epochs=len(history), best_validation_loss=best_loss, seconds=seconds, validation_loss=history)
-    logger.info("trained %s network: %d epochs, best validation loss %.4f (epoch %d), %.1f s", kind.upper(), len(history), best_loss, best_epoch + 1, seconds)
+    summary = TrainingSummary(epochs=len(history), best_validation_loss=best_loss, seconds=seconds,
+                              validation_loss=history)
+    logger.info("trained %s network: %d epochs, best validation loss %.4f (epoch %d), %.1f s",
+                kind.upper(), len(history), best_loss, best_epoch + 1, seconds)
     return net, summary
 
 
