@@ -71,3 +71,10 @@ def test_too_few_simulations_is_a_clear_error():
     theta, x = torch.randn(1, 2), torch.randn(1, 3)
     with pytest.raises(ValueError, match="leave none for training"):
         train_network("npe", SMALL, TrainingConfig(), theta, x, np.random.default_rng(0), device="cpu")
+
+
+def test_automatic_batch_size_gives_small_sets_enough_steps():
+    from cosmosbi.estimators.networks import automatic_batch_size
+
+    assert [automatic_batch_size(n) for n in (100, 1800, 9000, 10**6)] == [16, 56, 256, 256]
+    assert TrainingConfig().batch_size is None
