@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from cosmosbi.analyses.metrics import c2st
+from cosmosbi.estimators.baselines import exact_posterior_samples
 from cosmosbi.estimators.reference import PowerSpectrumProblem
 from cosmosbi.estimators.sequential import sequential_npe
 from cosmosbi.estimators.toy_problems import TwoMoons
-from cosmosbi.simulators import exact_posterior_samples
 
 TARGET = 0.55
 

@@ -112,7 +112,7 @@ class NPE(NetworkEstimator):
 
     Args:
         prior: the prior the training parameters were drawn from.
-        flow: architecture (default :class:`FlowConfig`: a 2-transform NSF of 32 units).
+        flow: architecture (default :class:`FlowConfig`: a 3-transform NSF of 50 units, 10 bins).
         training: optimiser settings (default :class:`TrainingConfig`).
         embedding_net: a torch module applied to x before the flow and trained jointly with it
             (e.g. a compressor CNN); None to use x (summaries from a frozen compressor) as is.
