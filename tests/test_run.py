@@ -186,7 +186,7 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
     parts = run / "sims" / "train" / "parts"
 
     # killed while simulating: the parts written survive
-    assert _run_until(command, tmp_path, lambda: parts.is_dir() and len(list(parts.glob("part-*.h5"))) >= 2)
+    assert _run_until(command, tmp_path, lambda: parts.is_dir() and len(list(parts.glob("part-*.h5"))) >= 1)
     assert [r["state"] for r in stage_status_of(run, config)][:1] == ["interrupted"]
     # killed while training the compressor, after its first checkpoint
     checkpoint = run / "compressor" / "checkpoint.pt"

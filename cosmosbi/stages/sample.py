@@ -78,12 +78,15 @@ def output_shape(config, source: str = "config") -> tuple[str, tuple[int, ...]]:
     return name, tuple(stored[name]["shape"])
 
 
-def posterior_samples(config, layout, x: np.ndarray, n: int, source: str = "config"):
+def posterior_samples(config, layout, x: np.ndarray, n: int, source: str = "config", *, keep_going: bool = False):
     """Posterior samples of M observations x: (M, *output shape) by the trained estimator.
 
     Each observation is summarised as the estimator's training data were and sampled in turn
     with one generator seeded ``estimator.seed + 1``. Returns (samples (M, n, D), the
-    estimator).
+    estimator, {m: message} of the observations that could not be sampled). An observation
+    whose estimated posterior has almost no mass inside the prior (far outside the training
+    data) stops the sampling with a ``RuntimeError``; with ``keep_going`` its block of samples
+    is NaN and the message is returned instead.
     """
     from cosmosbi.estimators.io import load_estimator
 
@@ -92,13 +95,22 @@ def posterior_samples(config, layout, x: np.ndarray, n: int, source: str = "conf
     estimator = load_estimator(layout.estimator, device=config.estimator.device)
     t = observation_summaries(config, layout, np.asarray(x))
     rng = np.random.default_rng(config.estimator.seed + 1)
-    samples = [estimator.sample(int(n), t[m : m + 1], rng)[0] for m in range(len(t))]
-    return np.stack(samples) if samples else np.empty((0, int(n), len(estimator.prior.names))), estimator
+    samples, failures = np.full((len(t), int(n), len(estimator.prior.names)), np.nan), {}
+    for m in range(len(t)):
+        try:
+            samples[m] = estimator.sample(int(n), t[m : m + 1], rng)[0]
+        except RuntimeError as err:
+            if not keep_going:
+                raise
+            failures[m] = str(err)
+    return samples, estimator, failures
 
 
-def check_observations(config, layout, rows: dict[str, np.ndarray], samples: np.ndarray, source: str = "config"):
+def check_observations(config, layout, rows: dict[str, np.ndarray], samples: np.ndarray, source: str = "config",
+                       failures: dict[int, str] | None = None):
     """The checks of observations ``rows`` ({name: one simulator output}) with posterior samples
-    (M, n, D), as described in the module docstring.
+    (M, n, D), as described in the module docstring; ``failures`` ({m: message}) names the
+    observations without posterior samples (no predictive check for them, and flagged).
 
     Writes ``NAME-checks.png`` for each observation with a predictive check and returns
     ({name: checks as JSON data}, the :class:`~cosmosbi.analyses.report.Report` of them all,
@@ -130,7 +142,10 @@ def check_observations(config, layout, rows: dict[str, np.ndarray], samples: np.
         }
         problems = [f"out of the training distribution (OOD p = {ood[m]:.3g})"] if ood[m] < ALPHA else []
         groups = {}
-        if n_ppc > 0:
+        if failures and m in failures:
+            problems.append(f"no posterior: {failures[m]}")
+            result["posterior_error"] = failures[m]
+        elif n_ppc > 0:
             seed = np.random.SeedSequence([settings.seed, zlib.crc32(name.encode())])
             _, predicted = simulate_predictive(simulator, samples[m], n_ppc, output, seed, config.batch_size)
             predicted_t = observation_summaries(config, layout, predicted)
@@ -199,12 +214,17 @@ def sample_observations(config, layout, source: str = "config") -> str:
             raise ValueError(
                 f"{source}: observations.{name}: expected one output of shape {expected}, got {np.shape(x)}"
             )
-    samples, estimator = posterior_samples(config, layout, np.stack(list(rows.values())), n_samples, source)
+    samples, estimator, failures = posterior_samples(
+        config, layout, np.stack(list(rows.values())), n_samples, source, keep_going=True
+    )
     out_dir = layout.posterior
     out_dir.mkdir(parents=True, exist_ok=True)
-    checks, report, warnings = check_observations(config, layout, rows, samples, source)
+    checks, report, warnings = check_observations(config, layout, rows, samples, source, failures)
     summary = {}
-    for name, block in zip(rows, samples):
+    for m, (name, block) in enumerate(zip(rows, samples)):
+        if m in failures:  # nothing to write but the checks, which flag it
+            summary[name] = {"checks": checks[name]}
+            continue
         save_samples_hdf5(out_dir / f"{name}.h5", block, names, attrs={"observation": name})
         write_getdist_chain(out_dir / name, block, names, prior=estimator.prior)
         figure = plots.corner({name: block}, names, title=f"posterior of {name}")
@@ -227,6 +247,7 @@ def sample_observations(config, layout, source: str = "config") -> str:
     shown = "; ".join(
         f"{n}: " + ", ".join(f"{p} = {s[p]['mean']:.4g} +- {s[p]['std']:.2g}" for p in names)
         for n, s in summary.items()
+        if names[0] in s
     )
     flagged = f"; WARNING {' | '.join(warnings)}" if warnings else "; every observation passes its checks"
     return f"{n_samples} posterior samples per observation -> {out_dir}; {shown}{flagged}"
@@ -259,7 +280,7 @@ def sample_file(
     if not single and tuple(x.shape[1:]) != shape:
         raise ValueError(f"--obs: expected one {name} of shape {shape} or a batch (M, *{shape}), got {x.shape}")
     n = int(n_samples or config.estimator.n_samples)
-    samples, estimator = posterior_samples(config, layout, x[None] if single else x, n, source)
+    samples, estimator, _ = posterior_samples(config, layout, x[None] if single else x, n, source)
     out = Path(out) if out is not None else layout.posterior / "samples"
     names = list(config.build_simulator(source).parameter_names)
     h5 = save_samples_hdf5(

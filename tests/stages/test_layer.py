@@ -1,6 +1,5 @@
 """The stage layer: keys and run directories of the previous release, the import direction, the registry."""
 
-import ast
 import shutil
 from pathlib import Path
 
@@ -43,60 +42,6 @@ def test_a_run_directory_of_the_previous_release_is_read_and_resumed(tmp_path, m
     assert main(["status", "run"]) == 0
     out = capsys.readouterr().out
     assert out.count(" done ") == 10 and "last invocation" in out
-
-
-def _imports(path: Path) -> list[tuple[str, list[str]]]:
-    """(module, names) of every `import` / `from ... import` in a file, at any depth."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            found.append((node.module, [a.name for a in node.names]))
-        elif isinstance(node, ast.Import):
-            found += [(a.name, []) for a in node.names]
-    return found
-
-
-def _module(path: Path) -> str:
-    return ".".join(("cosmosbi", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
-
-
-def test_the_library_never_imports_the_stage_layer_and_the_layer_imports_downward():
-    """simulators <- compressors <- estimators <- analyses <- stages <- pipeline/slurm <- cli."""
-    above = {  # the modules a module of each part must not import
-        "library": ("cosmosbi.stages", "cosmosbi.pipeline", "cosmosbi.slurm", "cosmosbi.cli"),
-        "cosmosbi.stages": ("cosmosbi.pipeline", "cosmosbi.slurm", "cosmosbi.cli"),
-        "cosmosbi.pipeline": ("cosmosbi.slurm", "cosmosbi.cli"),
-        "cosmosbi.slurm": ("cosmosbi.cli",),
-    }
-    wrong = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        module = _module(path)
-        part = next((p for p in above if p != "library" and (module == p or module.startswith(p + "."))), "library")
-        if module in ("cosmosbi.cli", "cosmosbi.__main__"):
-            continue
-        for imported, _ in _imports(path):
-            if any(imported == a or imported.startswith(a + ".") for a in above[part]):
-                wrong.append(f"{module} imports {imported}")
-    assert wrong == []
-
-
-def test_the_stage_layer_uses_no_private_names_of_other_modules():
-    layer = [
-        *(PACKAGE / "stages").glob("*.py"),
-        PACKAGE / "pipeline.py",
-        PACKAGE / "slurm.py",
-        PACKAGE / "cli.py",
-        PACKAGE / "layout.py",
-    ]
-    wrong = [
-        f"{path.name}: {module}.{name}"
-        for path in layer
-        for module, names in _imports(path)
-        if module.startswith("cosmosbi")
-        for name in names
-        if name.startswith("_") and name != "__version__"
-    ]
-    assert wrong == []
 
 
 def test_every_stage_module_is_registered_once_and_in_order():

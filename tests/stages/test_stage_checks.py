@@ -31,9 +31,9 @@ def config_data(run_dir, observation_file, **estimator) -> dict:
 
 
 def test_a_field_of_another_model_is_flagged_and_a_held_out_simulation_is_not(tmp_path, caplog):
-    # a power law 100 times above the prior's largest amplitude (A <= 2): far from every training field
+    # a power law 5 times above the prior's largest amplitude (A <= 2): far from every training field
     simulator = make_simulator("gaussian_field", {"n_pixels": 16})
-    loud = simulator.simulate(np.array([[200.0, 2.0]]), np.random.default_rng(5))["field"][0]
+    loud = simulator.simulate(np.array([[10.0, 2.0]]), np.random.default_rng(5))["field"][0]
     np.save(tmp_path / "loud.npy", loud)
     config = SimulateConfig.model_validate(config_data(tmp_path / "run", tmp_path / "loud.npy", ppc_simulations=200))
     lines = []
@@ -43,18 +43,26 @@ def test_a_field_of_another_model_is_flagged_and_a_held_out_simulation_is_not(tm
     mock, flagged = summary["mock"]["checks"], summary["loud"]["checks"]
     # smallest possible p-values: 1 / (1 + 300 training fields) and 1 / (1 + 200 simulations)
     assert flagged["in_distribution"]["pvalue"] == pytest.approx(1 / 301)
-    assert flagged["predictive"]["summaries"]["pvalue"] == pytest.approx(1 / 201)
-    assert flagged["flagged"] and "power_spectrum" not in flagged["predictive"]  # the summaries are the spectrum
+    assert flagged["flagged"]
+    if "posterior_error" in flagged:  # the estimate put almost no mass inside the prior: no posterior to check
+        assert "predictive" not in flagged and "loud" not in h5py_names(tmp_path / "run" / "posterior")
+    else:
+        assert flagged["predictive"]["summaries"]["pvalue"] == pytest.approx(1 / 201)
+        assert "power_spectrum" not in flagged["predictive"]  # the summaries are the spectrum
     # a simulation of the prior: p-values are uniform (or larger) there; 1e-3 and 1/201 are far in the tail
     assert mock["in_distribution"]["pvalue"] > 1e-3 and mock["predictive"]["summaries"]["pvalue"] > 1 / 201
     assert mock["predictive"]["n_simulations"] == 200 and len(mock["predictive"]["summaries"]["statistics"]) == 11
     assert set(summary["mock"]) == {"A", "B", "checks"}
     assert any("WARNING loud: out of the training distribution" in line for line in lines)
     assert any("observation loud" in r.getMessage() for r in caplog.records)
-    for name in ("mock", "loud"):
-        assert (tmp_path / "run" / "posterior" / f"{name}-checks.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "posterior" / "mock-checks.png").stat().st_size > 1000
     page = (tmp_path / "run" / "posterior" / "checks.html").read_text()
-    assert "Posterior predictive check of loud" in page and "flagged" in page
+    assert "loud" in page and "flagged" in page
+
+
+def h5py_names(directory):
+    """Stems of the posterior sample files in ``directory``."""
+    return {p.stem for p in directory.glob("*.h5")}
 
 
 def test_the_number_of_simulations_is_hashed_only_when_set(tmp_path):
