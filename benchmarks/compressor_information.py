@@ -62,7 +62,10 @@ def fiducial_design(sim, theta0, step, n_cov: int, n_deriv: int, work: Path) -> 
 
 def compress_design(compressor, design: dict, work: Path, tag: str) -> dict[str, np.ndarray]:
     """Summaries (n, d) of every design dataset under ``compressor``."""
-    return {name: compress_dataset(compressor, ds, work / f"{name}-{tag}", device="cpu").read("t").astype(np.float64) for name, ds in design.items()}
+    return {
+        name: compress_dataset(compressor, ds, work / f"{name}-{tag}", device="cpu").read("t").astype(np.float64)
+        for name, ds in design.items()
+    }
 
 
 def simulation_fisher(t: dict[str, np.ndarray], step, n_boot: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
@@ -97,7 +100,9 @@ def simulation_fisher(t: dict[str, np.ndarray], step, n_boot: int = 300, seed: i
     cross = np.einsum("ina,jnb->ijab", centred, centred) / (n_deriv - 1)  # Cov(diff_i, diff_j) per row
     bias = np.einsum("ab,ijab->ij", precision, cross) / n_deriv
     rng = np.random.default_rng(seed)
-    boot = np.stack([fisher(fid[rng.integers(0, n, n)], diffs[:, rng.integers(0, n_deriv, n_deriv)])[0] for _ in range(n_boot)])
+    boot = np.stack(
+        [fisher(fid[rng.integers(0, n, n)], diffs[:, rng.integers(0, n_deriv, n_deriv)])[0] for _ in range(n_boot)]
+    )
     return {"F": F, "F_debiased": F - bias, "boot": boot}
 
 
@@ -115,11 +120,15 @@ def report(name: str, est: dict, exact: np.ndarray) -> float:
     se = np.std(np.linalg.det(est["boot"]) / det_exact, ddof=1)
     debiased = np.linalg.det(est["F_debiased"]) / det_exact
     print(f"marginal sigma {name}: {np.sqrt(np.diag(np.linalg.inv(est['F']))).round(5).tolist()}")
-    print(f"det(F_{name}) / det(F_exact) = {ratio:.3f} +- {se:.3f} (bootstrap); derivative-noise bias removed: {debiased:.3f}")
+    print(
+        f"det(F_{name}) / det(F_exact) = {ratio:.3f} +- {se:.3f} (bootstrap); derivative-noise bias removed: {debiased:.3f}"
+    )
     return ratio
 
 
-def report_with_subset(name: str, t: dict[str, np.ndarray], step, exact: np.ndarray, n_cov: int = 2000, n_deriv: int = 1000) -> None:
+def report_with_subset(
+    name: str, t: dict[str, np.ndarray], step, exact: np.ndarray, n_cov: int = 2000, n_deriv: int = 1000
+) -> None:
     """Report the estimate from all simulations and, when there are more, from the first
     ``n_cov`` fiducial / ``n_deriv`` derivative simulations (the same simulations as a run
     with those sizes: simulation i has its own seed)."""
@@ -137,23 +146,42 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--stem-kernel", type=int, default=3, help="kernel size of the stem convolution")
-    parser.add_argument("--linear-stem", action="store_true", help="pool the moments of the stem convolution before its activation")
+    parser.add_argument(
+        "--linear-stem", action="store_true", help="pool the moments of the stem convolution before its activation"
+    )
     parser.add_argument("--summary-dim", type=int, default=2, help="number of learned summaries d")
     parser.add_argument("--norm", default="batch", choices=["batch", "none"])
     parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--loss", default="vmim", choices=["vmim", "mse", "gaussian_nll"])
-    parser.add_argument("--network", default="resnet2d", choices=["resnet2d", "hybrid2d"],
-                        help="CNN only, or the hybrid: unit-width |k| bandpowers of every mode next to the CNN branch")
+    parser.add_argument(
+        "--network",
+        default="resnet2d",
+        choices=["resnet2d", "hybrid2d"],
+        help="CNN only, or the hybrid: unit-width |k| bandpowers of every mode next to the CNN branch",
+    )
     parser.add_argument("--cnn-features", type=int, default=16, help="hybrid2d: outputs of the CNN branch")
     parser.add_argument("--augment", action="store_true", help="train on randomly flipped / 90-degree rotated fields")
-    parser.add_argument("--ensemble", type=int, default=1, help="train this many networks (seeds 0, 1, ...) and concatenate their summaries")
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="train this many networks (seeds 0, 1, ...) and concatenate their summaries",
+    )
     parser.add_argument("--n-cov", type=int, default=50000, help="fiducial simulations for the covariance")
-    parser.add_argument("--n-deriv", type=int, default=10000, help="seed-matched pairs per parameter for the derivatives")
-    parser.add_argument("--check-estimator", action="store_true", help="estimate the Fisher matrix of the exact score instead of training")
+    parser.add_argument(
+        "--n-deriv", type=int, default=10000, help="seed-matched pairs per parameter for the derivatives"
+    )
+    parser.add_argument(
+        "--check-estimator",
+        action="store_true",
+        help="estimate the Fisher matrix of the exact score instead of training",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads while training")
-    parser.add_argument("--work-dir", type=Path, help="keep the simulations and the compressor here (default: a temporary directory)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="keep the simulations and the compressor here (default: a temporary directory)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,8 +190,10 @@ def main() -> None:
     theta0 = np.array([1.0, 2.0])
     exact = sim.fisher_matrix(theta0)
     step = 0.5 * np.sqrt(np.diag(np.linalg.inv(exact)))  # half a marginal standard deviation
-    print(f"Gaussian field {args.n_pixels}x{args.n_pixels}, theta0 = {theta0.tolist()}; Fisher from {args.n_cov} fiducial "
-          f"simulations and {args.n_deriv} seed-matched pairs per parameter; torch {torch.__version__}, {platform.machine()}")
+    print(
+        f"Gaussian field {args.n_pixels}x{args.n_pixels}, theta0 = {theta0.tolist()}; Fisher from {args.n_cov} fiducial "
+        f"simulations and {args.n_deriv} seed-matched pairs per parameter; torch {torch.__version__}, {platform.machine()}"
+    )
     print(f"marginal sigma exact: {np.sqrt(np.diag(np.linalg.inv(exact))).round(5).tolist()}")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
@@ -176,22 +206,43 @@ def main() -> None:
         started = time.time()
         run_simulations(sim, args.n_train, work / "train", seed=1, progress=False)
         dataset = SimulationDataset(work / "train")
-        network = {"kind": args.network, "width": args.width, "depth": args.depth, "norm": args.norm,
-                   "stem_kernel": args.stem_kernel, "linear_stem": args.linear_stem}
+        network = {
+            "kind": args.network,
+            "width": args.width,
+            "depth": args.depth,
+            "norm": args.norm,
+            "stem_kernel": args.stem_kernel,
+            "linear_stem": args.linear_stem,
+        }
         if args.network == "hybrid2d":  # unit-width bins up to the corner of the grid: every mode is in a bin
-            network.update(cnn_features=args.cnn_features,
-                           bin_edges=np.arange(0.5, args.n_pixels / np.sqrt(2) + 1.0).tolist())
-        print(f"{args.n_train} training simulations, network {network}, loss {args.loss}, d = {args.summary_dim}, "
-              f"lr {args.lr}, batch {args.batch_size}, {torch.get_num_threads()} threads")
+            network.update(
+                cnn_features=args.cnn_features, bin_edges=np.arange(0.5, args.n_pixels / np.sqrt(2) + 1.0).tolist()
+            )
+        print(
+            f"{args.n_train} training simulations, network {network}, loss {args.loss}, d = {args.summary_dim}, "
+            f"lr {args.lr}, batch {args.batch_size}, {torch.get_num_threads()} threads"
+        )
         summaries = []
         for member in range(args.ensemble):
-            settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
-                                     seed=member, device="auto", num_threads=args.threads, augment=args.augment)
-            compressor = make_compressor(network, dataset, "field", loss=args.loss, summary_dim=args.summary_dim, seed=member)
+            settings = TrainSettings(
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.lr,
+                patience=args.patience,
+                seed=member,
+                device="auto",
+                num_threads=args.threads,
+                augment=args.augment,
+            )
+            compressor = make_compressor(
+                network, dataset, "field", loss=args.loss, summary_dim=args.summary_dim, seed=member
+            )
             loss = make_loss(args.loss, 2, args.summary_dim, seed=member)
             result = train_compressor(compressor, loss, dataset, work / f"compressor{member}", settings, progress=False)
-            print(f"network {member}: {len(result.history)} epochs (best {result.best_epoch}, validation loss {result.best_val_loss:.4f}), "
-                  f"{time.time() - started:.0f} s since start")
+            print(
+                f"network {member}: {len(result.history)} epochs (best {result.best_epoch}, validation loss {result.best_val_loss:.4f}), "
+                f"{time.time() - started:.0f} s since start"
+            )
             t = compress_design(compressor.cpu(), design, work, f"t{member}")
             if args.ensemble > 1:
                 report(f"network{member}", simulation_fisher(t, step), exact)

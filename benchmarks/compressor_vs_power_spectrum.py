@@ -59,18 +59,39 @@ class LognormalCamelsMaps:
 
     parameter_names = ("Omega_m", "sigma_8")
 
-    def __init__(self, n_grid: int, box_size: float, slab_depth: float, noise: float, nodes: int, transfer_function: str = "eisenstein_hu"):
+    def __init__(
+        self,
+        n_grid: int,
+        box_size: float,
+        slab_depth: float,
+        noise: float,
+        nodes: int,
+        transfer_function: str = "eisenstein_hu",
+    ):
         if noise < 0:
             raise ValueError(f"noise must be non-negative, got {noise}")
         if nodes < 4:
             raise ValueError(f"nodes must be at least 4 for a cubic interpolation, got {nodes}")
-        self.camels = CamelsLike(n_grid=n_grid, box_size=box_size, slab_depth=slab_depth, field="lognormal", transfer_function=transfer_function)
+        self.camels = CamelsLike(
+            n_grid=n_grid,
+            box_size=box_size,
+            slab_depth=slab_depth,
+            field="lognormal",
+            transfer_function=transfer_function,
+        )
         self.grid = self.camels.grid
         self.noise = float(noise)
         self.prior = Prior({"Omega_m": Uniform(0.1, 0.5), "sigma_8": Uniform(0.6, 1.0)})
         self.output_spec = {"delta": OutputSpec((n_grid, n_grid), "float32")}
-        self.description = {"name": "lognormal_camels_maps", "n_grid": n_grid, "box_size": box_size, "slab_depth": slab_depth,
-                            "noise": noise, "nodes": nodes, "transfer_function": transfer_function}
+        self.description = {
+            "name": "lognormal_camels_maps",
+            "n_grid": n_grid,
+            "box_size": box_size,
+            "slab_depth": slab_depth,
+            "noise": noise,
+            "nodes": nodes,
+            "transfer_function": transfer_function,
+        }
         axes = (np.linspace(0.1, 0.5, nodes), np.linspace(0.6, 1.0, nodes))
         table = np.stack([[self.exact_power_2d((om, s8)) for s8 in axes[1]] for om in axes[0]])
         self._k0 = self.grid.k == 0
@@ -116,9 +137,13 @@ def main() -> None:
     parser.add_argument("--ps-bins", type=int, default=15, help="number of power-spectrum bins")
     parser.add_argument("--n-cov", type=int, default=5000)
     parser.add_argument("--n-deriv", type=int, default=1000)
-    parser.add_argument("--step", type=float, nargs=2, default=(0.01, 0.01), help="finite-difference steps in Omega_m and sigma_8")
+    parser.add_argument(
+        "--step", type=float, nargs=2, default=(0.01, 0.01), help="finite-difference steps in Omega_m and sigma_8"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--work-dir", type=Path, help="keep the simulations and the compressor here (default: a temporary directory)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="keep the simulations and the compressor here (default: a temporary directory)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,10 +155,14 @@ def main() -> None:
     theta0 = np.array([0.3, 0.8])
     step = np.asarray(args.step, dtype=float)
     edges = np.linspace(1.0, args.n_grid / np.sqrt(2), args.ps_bins + 1)
-    print(f"lognormal camels_like maps {args.n_grid}x{args.n_grid}, box {args.box_size} Mpc/h, slab {args.slab_depth} Mpc/h, pixel noise rms {args.noise}; "
-          f"spectrum table {args.nodes}x{args.nodes} ({time.time() - started:.0f} s), max interpolation error at {check}: {interp_error:.1e}")
-    print(f"theta0 = {theta0.tolist()}, steps {step.tolist()}; Fisher from {args.n_cov} maps at theta0 and {args.n_deriv} seed-matched pairs per parameter; "
-          f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads")
+    print(
+        f"lognormal camels_like maps {args.n_grid}x{args.n_grid}, box {args.box_size} Mpc/h, slab {args.slab_depth} Mpc/h, pixel noise rms {args.noise}; "
+        f"spectrum table {args.nodes}x{args.nodes} ({time.time() - started:.0f} s), max interpolation error at {check}: {interp_error:.1e}"
+    )
+    print(
+        f"theta0 = {theta0.tolist()}, steps {step.tolist()}; Fisher from {args.n_cov} maps at theta0 and {args.n_deriv} seed-matched pairs per parameter; "
+        f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -143,17 +172,36 @@ def main() -> None:
         run_simulations(sim, args.n_train, work / "train", seed=1, progress=False, description=sim.description)
         dataset = SimulationDataset(work / "train")
         x = dataset.read("delta", np.arange(min(500, len(dataset))))
-        print(f"{args.n_train} training maps ({time.time() - started:.0f} s): pixel rms {x.std():.3f}, skewness {((x - x.mean()) ** 3).mean() / x.std() ** 3:.2f}")
+        print(
+            f"{args.n_train} training maps ({time.time() - started:.0f} s): pixel rms {x.std():.3f}, skewness {((x - x.mean()) ** 3).mean() / x.std() ** 3:.2f}"
+        )
         design = fiducial_design(sim, theta0, step, args.n_cov, args.n_deriv, work)
         print(f"Fisher simulations done ({time.time() - started:.0f} s)")
 
-        network = {"kind": "resnet2d", "width": args.width, "depth": args.depth, "norm": "none", "stem_kernel": args.stem_kernel, "linear_stem": True}
-        settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, seed=0, device="cpu", num_threads=args.threads)
+        network = {
+            "kind": "resnet2d",
+            "width": args.width,
+            "depth": args.depth,
+            "norm": "none",
+            "stem_kernel": args.stem_kernel,
+            "linear_stem": True,
+        }
+        settings = TrainSettings(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            patience=args.patience,
+            seed=0,
+            device="cpu",
+            num_threads=args.threads,
+        )
         compressor = make_compressor(network, dataset, "delta", loss="vmim", summary_dim=args.summary_dim)
         loss = make_loss("vmim", 2, args.summary_dim)
         result = train_compressor(compressor, loss, dataset, work / "compressor", settings, progress=False)
-        print(f"VMIM CNN {network}, d = {args.summary_dim}: {len(result.history)} epochs (best {result.best_epoch}, "
-              f"validation loss {result.best_val_loss:.4f}), {time.time() - started:.0f} s since start")
+        print(
+            f"VMIM CNN {network}, d = {args.summary_dim}: {len(result.history)} epochs (best {result.best_epoch}, "
+            f"validation loss {result.best_val_loss:.4f}), {time.time() - started:.0f} s since start"
+        )
 
         t_cnn = compress_design(compressor.cpu(), design, work, "cnn")
         t_ps = {name: flat_power_spectrum(ds.read("delta"), edges)[1] for name, ds in design.items()}
@@ -162,14 +210,18 @@ def main() -> None:
         est = {name: simulation_fisher(t, step) for name, t in summaries.items()}
 
     for name, e in est.items():
-        print(f"{name:7s} (d = {summaries[name]['fiducial'].shape[1]:2d}): marginal sigma (Omega_m, sigma_8) = "
-              f"{np.sqrt(np.diag(np.linalg.inv(e['F']))).round(5).tolist()}, det F = {np.linalg.det(e['F']):.4g}")
+        print(
+            f"{name:7s} (d = {summaries[name]['fiducial'].shape[1]:2d}): marginal sigma (Omega_m, sigma_8) = "
+            f"{np.sqrt(np.diag(np.linalg.inv(e['F']))).round(5).tolist()}, det F = {np.linalg.det(e['F']):.4g}"
+        )
     det_ps = np.linalg.det(est["ps"]["F"])
     ratio = np.linalg.det(est["cnn"]["F"]) / det_ps
     se = np.std(np.linalg.det(est["cnn"]["boot"]) / np.linalg.det(est["ps"]["boot"]), ddof=1)
     debiased = np.linalg.det(est["cnn"]["F_debiased"]) / np.linalg.det(est["ps"]["F_debiased"])
     print(f"det F_cnn / det F_ps = {ratio:.3f} +- {se:.3f} (bootstrap); derivative-noise bias removed: {debiased:.3f}")
-    print(f"det F_cnn+ps / det F_ps = {np.linalg.det(est['cnn+ps']['F']) / det_ps:.3f}; total {time.time() - started:.0f} s")
+    print(
+        f"det F_cnn+ps / det F_ps = {np.linalg.det(est['cnn+ps']['F']) / det_ps:.3f}; total {time.time() - started:.0f} s"
+    )
 
 
 if __name__ == "__main__":

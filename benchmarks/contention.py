@@ -125,13 +125,16 @@ def main() -> None:
         print(json.dumps(train_once(args.child, args.dataset, args.epochs, args.out)))
         return
 
-    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(
+        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"
+    )
     with tempfile.TemporaryDirectory(prefix="cosmosbi-contention-") as tmp:
         work = Path(tmp)
         dataset_dir = simulate_training_data(work / "run", args.n)
-        print(f"quick-start compressor, {args.n} simulations, {args.epochs} epochs per training, "
-              f"median of {args.repeats}")
+        print(
+            f"quick-start compressor, {args.n} simulations, {args.epochs} epochs per training, median of {args.repeats}"
+        )
         print(f"{'set-up':<6} {'threads':>7} {'wait policy':>11} {'quiet s':>8} {'contended s':>11} {'ratio':>6}")
         for mode in ("old", "new"):
             times = {}
@@ -139,8 +142,11 @@ def main() -> None:
                 runs = [timed_training(mode, dataset_dir, args.epochs, contended, work) for _ in range(args.repeats)]
                 times[contended] = statistics.median(r["seconds"] for r in runs)
             info = runs[-1]
-            print(f"{mode:<6} {info['threads']:>7} {info['wait_policy']:>11} {times[False]:>8.1f} {times[True]:>11.1f} "
-                  f"{times[True] / times[False]:>6.2f}", flush=True)
+            print(
+                f"{mode:<6} {info['threads']:>7} {info['wait_policy']:>11} {times[False]:>8.1f} {times[True]:>11.1f} "
+                f"{times[True] / times[False]:>6.2f}",
+                flush=True,
+            )
     print(f"uptime after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 
 

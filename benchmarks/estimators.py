@@ -104,7 +104,7 @@ class TwoMoons:
     def reference(self, i: int, x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         out = np.empty((0, 2))
         while len(out) < n:
-            q = x[None, :] - self._moon(4 * n, rng)          # q = (-|z0|, z1)
+            q = x[None, :] - self._moon(4 * n, rng)  # q = (-|z0|, z1)
             z0 = -q[:, 0] * rng.choice([-1.0, 1.0], len(q))  # either sign of t1 + t2, equally likely
             theta = np.stack([(z0 - q[:, 1]) / np.sqrt(2), (z0 + q[:, 1]) / np.sqrt(2)], axis=1)
             keep = (q[:, 0] <= 0) & np.all(np.abs(theta) <= 1, axis=1)
@@ -163,8 +163,9 @@ class LinearGaussian:
 PROBLEMS = {p.name: p for p in (GaussianFieldProblem, TwoMoons, GaussianMixture, LinearGaussian)}
 
 
-def train_sbi_defaults(prior: torch.distributions.Distribution, theta: np.ndarray, x: np.ndarray,
-                       rng: np.random.Generator):
+def train_sbi_defaults(
+    prior: torch.distributions.Distribution, theta: np.ndarray, x: np.ndarray, rng: np.random.Generator
+):
     """sbi's NPE with every default. Returns (posterior, wall seconds, CPU seconds, epochs)."""
     from sbi.inference import NPE as SbiNPE
 
@@ -181,8 +182,10 @@ def train_sbi_defaults(prior: torch.distributions.Distribution, theta: np.ndarra
 
 def sample_sbi(posterior, x_obs: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
     with seeded_torch(rng):
-        return [posterior.sample((n,), x=torch.as_tensor(row, dtype=torch.float32), show_progress_bars=False).numpy()
-                for row in x_obs]
+        return [
+            posterior.sample((n,), x=torch.as_tensor(row, dtype=torch.float32), show_progress_bars=False).numpy()
+            for row in x_obs
+        ]
 
 
 def run_problem(problem, n: int, n_obs: int, n_samples: int, arms: dict) -> list[dict]:
@@ -196,8 +199,16 @@ def run_problem(problem, n: int, n_obs: int, n_samples: int, arms: dict) -> list
     for arm, train_and_sample in arms.items():
         seconds, cpu_seconds, epochs, samples = train_and_sample(problem, theta, x, x_obs, n_samples)
         scores = [c2st(s, r, seed=0) for s, r in zip(samples, reference)]
-        rows.append({"problem": problem.name, "arm": arm, "seconds": seconds, "cpu_seconds": cpu_seconds,
-                     "epochs": epochs, "c2st": scores})
+        rows.append(
+            {
+                "problem": problem.name,
+                "arm": arm,
+                "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "epochs": epochs,
+                "c2st": scores,
+            }
+        )
     return rows
 
 
@@ -229,19 +240,24 @@ def main() -> None:
     for name in args.problems:
         rows += run_problem(PROBLEMS[name](), args.n, args.n_obs, args.n_samples, arms)
 
-    print(f"# {args.n} simulations, {args.n_obs} observations x {args.n_samples} samples per problem; "
-          f"C2ST null sd {c2st_null_std(args.n_samples):.3f} per observation; 1 torch thread; "
-          f"{platform.machine()}, torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")
-    print("| problem | arm | train s (wall) | train s (CPU) | epochs | C2ST per observation | mean C2ST "
-          "| CPU speed-up |")
+    print(
+        f"# {args.n} simulations, {args.n_obs} observations x {args.n_samples} samples per problem; "
+        f"C2ST null sd {c2st_null_std(args.n_samples):.3f} per observation; 1 torch thread; "
+        f"{platform.machine()}, torch {torch.__version__}, load {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "| problem | arm | train s (wall) | train s (CPU) | epochs | C2ST per observation | mean C2ST | CPU speed-up |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     base = {}
     for row in rows:
         base.setdefault(row["problem"], row["cpu_seconds"])
-        print(f"| {row['problem']} | {row['arm']} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | "
-              f"{row['epochs']} | "
-              f"{', '.join(f'{s:.3f}' for s in row['c2st'])} | {np.mean(row['c2st']):.3f} | "
-              f"{base[row['problem']] / row['cpu_seconds']:.2f}x |")
+        print(
+            f"| {row['problem']} | {row['arm']} | {row['seconds']:.1f} | {row['cpu_seconds']:.1f} | "
+            f"{row['epochs']} | "
+            f"{', '.join(f'{s:.3f}' for s in row['c2st'])} | {np.mean(row['c2st']):.3f} | "
+            f"{base[row['problem']] / row['cpu_seconds']:.2f}x |"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)

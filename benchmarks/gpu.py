@@ -57,7 +57,9 @@ def cnn_training_rate(device: torch.device, mixed_precision: bool, seconds: floa
     generator = torch.Generator().manual_seed(0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        network = build_network({"kind": "resnet2d", "width": 16, "depth": 3, "in_channels": 1, "out_features": 2}).to(device)
+        network = build_network({"kind": "resnet2d", "width": 16, "depth": 3, "in_channels": 1, "out_features": 2}).to(
+            device
+        )
     loss = make_loss("mse", 2, 2).to(device)
     x = torch.randn(batch, 1, 64, 64, generator=generator).to(device)
     theta = torch.randn(batch, 2, generator=generator).to(device)
@@ -91,8 +93,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")]
-    print(f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{args.threads} CPU thread(s)); load average at start: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    print(
+        f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.threads} CPU thread(s)); load average at start: " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+    )
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
         print(f"GPU: {torch.cuda.get_device_name(0)}")
@@ -104,7 +108,9 @@ def main() -> None:
         "strong lens, float32 (img/s)": lambda d: strong_lens_rate(d, "float32", args.seconds),
         "strong lens, float64 (img/s)": lambda d: strong_lens_rate(d, "float64", args.seconds),
     }
-    header = "| figure | " + " | ".join(d.type.upper() for d in devices) + (" | GPU / CPU |" if len(devices) > 1 else " |")
+    header = (
+        "| figure | " + " | ".join(d.type.upper() for d in devices) + (" | GPU / CPU |" if len(devices) > 1 else " |")
+    )
     print("\n" + header + "\n|" + "---|" * (header.count("|") - 1))
     for name, measure in rows.items():
         rates = [measure(d) for d in devices]

@@ -26,7 +26,19 @@ from cosmosbi.simulators.store import SimulationDataset
 
 def run(ranks: int, config: Path, run_dir: Path) -> tuple[float, float]:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    command = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "cosmosbi", "simulate", "-q", str(config), "--run-dir", str(run_dir)]
+    command = [
+        "mpiexec",
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "cosmosbi",
+        "simulate",
+        "-q",
+        str(config),
+        "--run-dir",
+        str(run_dir),
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
@@ -54,18 +66,24 @@ def main() -> None:
                 }
             )
         )
-        print(f"Gaussian field {args.n_pixels}x{args.n_pixels}, {args.n} simulations, batch {args.batch_size}; "
-              f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}")
+        print(
+            f"Gaussian field {args.n_pixels}x{args.n_pixels}, {args.n} simulations, batch {args.batch_size}; "
+            f"{platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}"
+        )
         rates = {}
         for ranks in args.ranks:
             seconds, wall = run(ranks, config, tmp / f"r{ranks}")
             rates[ranks] = args.n / seconds
-            print(f"{ranks} rank(s): {rates[ranks]:8.1f} simulations/s  (run {seconds:.2f} s, wall with start-up {wall:.2f} s)")
+            print(
+                f"{ranks} rank(s): {rates[ranks]:8.1f} simulations/s  (run {seconds:.2f} s, wall with start-up {wall:.2f} s)"
+            )
         base = SimulationDataset(tmp / f"r{args.ranks[0]}" / "sims" / "bench")
         for ranks in args.ranks[1:]:
             other = SimulationDataset(tmp / f"r{ranks}" / "sims" / "bench")
             same = np.array_equal(base.theta, other.theta) and np.array_equal(base.read("field"), other.read("field"))
-            print(f"speed-up with {ranks} ranks: {rates[ranks] / rates[args.ranks[0]]:.2f}x; dataset identical to {args.ranks[0]} rank(s): {same}")
+            print(
+                f"speed-up with {ranks} ranks: {rates[ranks] / rates[args.ranks[0]]:.2f}x; dataset identical to {args.ranks[0]} rank(s): {same}"
+            )
 
 
 if __name__ == "__main__":

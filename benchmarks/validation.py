@@ -41,7 +41,10 @@ def toy_problem(dim: int):
 
     def simulate(n, rng):
         theta = prior.sample(n, rng)
-        x = np.concatenate([theta + 0.3 * rng.standard_normal(theta.shape), theta**2 / 2 + 0.3 * rng.standard_normal(theta.shape)], axis=1)
+        x = np.concatenate(
+            [theta + 0.3 * rng.standard_normal(theta.shape), theta**2 / 2 + 0.3 * rng.standard_normal(theta.shape)],
+            axis=1,
+        )
         return theta, x
 
     return prior, simulate
@@ -92,7 +95,9 @@ def main() -> None:
 
     def ours():
         started = time.perf_counter()
-        result = validate_posterior(npe, theta_test, x_test, names, np.random.default_rng(1), n_samples=args.n_samples, alpha=args.alpha)
+        result = validate_posterior(
+            npe, theta_test, x_test, names, np.random.default_rng(1), n_samples=args.n_samples, alpha=args.alpha
+        )
         return result, time.perf_counter() - started
 
     first, ours_before = ours()
@@ -113,7 +118,9 @@ def main() -> None:
     try:
         torch.manual_seed(2)
         started = time.perf_counter()
-        ranks, dap_samples = run_sbc(thetas, xs, posterior, num_posterior_samples=args.n_samples, show_progress_bar=False)
+        ranks, dap_samples = run_sbc(
+            thetas, xs, posterior, num_posterior_samples=args.n_samples, show_progress_bar=False
+        )
         run_seconds = time.perf_counter() - started
         stats = check_sbc(ranks, thetas, dap_samples, num_posterior_samples=args.n_samples)
         sbi_seconds = time.perf_counter() - started
@@ -123,20 +130,30 @@ def main() -> None:
     second, ours_after = ours()
     ours_seconds = (ours_before + ours_after) / 2
 
-    print(f"NPE ({args.model}, {npe.summary.epochs} epochs, {train_seconds:.0f} s) on the {label}; {args.n_test} test simulations x "
-          f"{args.n_samples} samples; torch {torch.__version__}, {args.threads} thread(s) for both arms, {platform.machine()}")
-    print(f"cosmosbi validate_posterior (SBC + HPD coverage + TARP): {ours_before:.1f} s before sbi, {ours_after:.1f} s after "
-          f"(mean {ours_seconds:.1f} s)")
+    print(
+        f"NPE ({args.model}, {npe.summary.epochs} epochs, {train_seconds:.0f} s) on the {label}; {args.n_test} test simulations x "
+        f"{args.n_samples} samples; torch {torch.__version__}, {args.threads} thread(s) for both arms, {platform.machine()}"
+    )
+    print(
+        f"cosmosbi validate_posterior (SBC + HPD coverage + TARP): {ours_before:.1f} s before sbi, {ours_after:.1f} s after "
+        f"(mean {ours_seconds:.1f} s)"
+    )
     for label_, result in (("before", first), ("after", second)):
         print(f"  stages ({label_}): " + ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items()))
     print(f"sbi run_sbc: {run_seconds:.1f} s (sampling {sum(sampling):.1f} s); + check_sbc: {sbi_seconds:.1f} s")
-    print(f"speed ratio vs run_sbc: {run_seconds / ours_seconds:.1f}x; vs run_sbc + check_sbc: {sbi_seconds / ours_seconds:.1f}x (target >= 3)")
-    print(f"sampling alone: sbi {sum(sampling):.1f} s vs cosmosbi {(first.seconds['sampling'] + second.seconds['sampling']) / 2:.1f} s")
+    print(
+        f"speed ratio vs run_sbc: {run_seconds / ours_seconds:.1f}x; vs run_sbc + check_sbc: {sbi_seconds / ours_seconds:.1f}x (target >= 3)"
+    )
+    print(
+        f"sampling alone: sbi {sum(sampling):.1f} s vs cosmosbi {(first.seconds['sampling'] + second.seconds['sampling']) / 2:.1f} s"
+    )
     ours_verdicts = dict(zip(first.sbc.names, first.sbc.verdicts))
     ks = stats["ks_pvals"].numpy()
     sbi_verdicts = dict(zip(names, ["calibrated" if p >= args.alpha else "miscalibrated" for p in ks]))
     ours_p = dict(zip(first.sbc.names, np.minimum(first.sbc.ks_pvalue, first.sbc.chi2_pvalue).round(3).tolist()))
-    print(f"cosmosbi SBC verdicts (min of chi^2 and KS p): {ours_verdicts} {ours_p}; HPD: {first.coverage.verdict}, TARP: {first.tarp.verdict}")
+    print(
+        f"cosmosbi SBC verdicts (min of chi^2 and KS p): {ours_verdicts} {ours_p}; HPD: {first.coverage.verdict}, TARP: {first.tarp.verdict}"
+    )
     print(f"sbi KS p-values: {dict(zip(names, ks.round(3).tolist()))} -> {sbi_verdicts}")
     same = all((ours_verdicts[n] == "calibrated") == (sbi_verdicts[n] == "calibrated") for n in names)
     print(f"same calibration verdict per parameter: {'yes' if same else 'no'}")

@@ -106,5 +106,6 @@ def main() -> None:
         f"ratio of minima {t_survey.min() / t_synfast.min():.2f}x (target <= 1.5x)"
     )
 
+
 if __name__ == "__main__":
     main()

@@ -1,15 +1,15 @@
 """The ``cosmosbi`` command line.
 
-    cosmosbi run [CONFIG.yaml]        every stage of the analysis, skipping what is done (works under MPI)
-    cosmosbi status RUN_DIR           the state of each stage of a run
-    cosmosbi simulate [CONFIG.yaml]   simulate the config's datasets (works under mpiexec / srun)
-    cosmosbi compress CONFIG.yaml     train the compressor, write the summaries of the datasets
-    cosmosbi info PATH                what a run directory or dataset holds
-    cosmosbi simulators               the registered simulators and their options
-    cosmosbi train CONFIG.yaml        fit the config's estimator (NPE / NLE) on its dataset
-    cosmosbi sample CONFIG.yaml --obs FILE   posterior samples for observations in FILE
-    cosmosbi validate CONFIG.yaml     SBC, coverage, TARP, exact comparison, domain shift -> report
-    cosmosbi tune CONFIG.yaml         search compressor and estimator settings -> RUN_DIR/tune/best.yaml
+cosmosbi run [CONFIG.yaml]        every stage of the analysis, skipping what is done (works under MPI)
+cosmosbi status RUN_DIR           the state of each stage of a run
+cosmosbi simulate [CONFIG.yaml]   simulate the config's datasets (works under mpiexec / srun)
+cosmosbi compress CONFIG.yaml     train the compressor, write the summaries of the datasets
+cosmosbi info PATH                what a run directory or dataset holds
+cosmosbi simulators               the registered simulators and their options
+cosmosbi train CONFIG.yaml        fit the config's estimator (NPE / NLE) on its dataset
+cosmosbi sample CONFIG.yaml --obs FILE   posterior samples for observations in FILE
+cosmosbi validate CONFIG.yaml     SBC, coverage, TARP, exact comparison, domain shift -> report
+cosmosbi tune CONFIG.yaml         search compressor and estimator settings -> RUN_DIR/tune/best.yaml
 """
 
 from __future__ import annotations
@@ -52,8 +52,12 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("config", nargs="?", help="YAML config (default: the built-in quick-start analysis)")
-    run.add_argument("--stage", action="append", metavar="STAGE",
-                     help="run only stages of this kind (simulate, compress, estimate, validate, baseline, sample; repeatable); earlier stages must be done")
+    run.add_argument(
+        "--stage",
+        action="append",
+        metavar="STAGE",
+        help="run only stages of this kind (simulate, compress, estimate, validate, baseline, sample; repeatable); earlier stages must be done",
+    )
     _add_run_dir(run)
     _add_quiet(run)
     _add_lock_options(run)
@@ -85,8 +89,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_run_dir(simulate)
     _add_quiet(simulate)
     _add_lock_options(simulate)
-    simulate.add_argument("--chunk", metavar="K/N", help="simulate only chunk K of N (0 <= K < N) and leave it unmerged, "
-                          "as one task of a job array; a later run without --chunk merges")
+    simulate.add_argument(
+        "--chunk",
+        metavar="K/N",
+        help="simulate only chunk K of N (0 <= K < N) and leave it unmerged, "
+        "as one task of a job array; a later run without --chunk merges",
+    )
 
     slurm = commands.add_parser(
         "slurm",
@@ -116,7 +124,9 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Show what each dataset holds (parameters, outputs, counts), its failures and its provenance.",
     )
     info.add_argument("path", help="a run directory (RUN_DIR) or one dataset directory (RUN_DIR/sims/NAME)")
-    info.add_argument("--failures", type=int, default=10, metavar="K", help="list at most K failed simulations (default 10)")
+    info.add_argument(
+        "--failures", type=int, default=10, metavar="K", help="list at most K failed simulations (default 10)"
+    )
 
     compress = commands.add_parser(
         "compress",
@@ -161,8 +171,12 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     tune.add_argument("config", help="YAML config with a tune section")
-    tune.add_argument("--worker", type=int, metavar="K",
-                      help="only run trials, as worker K of a parallel search (the simulations must be done)")
+    tune.add_argument(
+        "--worker",
+        type=int,
+        metavar="K",
+        help="only run trials, as worker K of a parallel search (the simulations must be done)",
+    )
     tune.add_argument("--report", action="store_true", help="only write the results, best.yaml and the plot")
     _add_run_dir(tune)
     _add_quiet(tune)
@@ -181,11 +195,21 @@ def _add_quiet(parser) -> None:
 def _add_lock_options(parser) -> None:
     from cosmosbi.lock import DEFAULT_STALE_AFTER_S
 
-    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="when another process holds the run directory, wait up to SECONDS for it (default: stop at once)")
-    parser.add_argument("--stale-lock-after", type=float, default=DEFAULT_STALE_AFTER_S, metavar="SECONDS",
-                        help="take over a lock of another host not refreshed for SECONDS "
-                             f"(default {DEFAULT_STALE_AFTER_S:g}; on this host a lock whose process is gone is taken over at once)")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="when another process holds the run directory, wait up to SECONDS for it (default: stop at once)",
+    )
+    parser.add_argument(
+        "--stale-lock-after",
+        type=float,
+        default=DEFAULT_STALE_AFTER_S,
+        metavar="SECONDS",
+        help="take over a lock of another host not refreshed for SECONDS "
+        f"(default {DEFAULT_STALE_AFTER_S:g}; on this host a lock whose process is gone is taken over at once)",
+    )
 
 
 def _locked(args, config, comm=None, *, shared: bool = False):
@@ -194,8 +218,9 @@ def _locked(args, config, comm=None, *, shared: bool = False):
     from cosmosbi.layout import RunLayout
     from cosmosbi.lock import run_lock
 
-    return run_lock(RunLayout(config.run_dir).locks, shared=shared, wait_s=args.wait, stale_after_s=args.stale_lock_after,
-                    comm=comm)
+    return run_lock(
+        RunLayout(config.run_dir).locks, shared=shared, wait_s=args.wait, stale_after_s=args.stale_lock_after, comm=comm
+    )
 
 
 def _add_estimator_commands(commands) -> None:
@@ -221,10 +246,16 @@ def _add_estimator_commands(commands) -> None:
         ),
     )
     sample.add_argument("config", help="YAML config with an estimator section")
-    sample.add_argument("--obs", required=True, metavar="FILE", help="observation(s): .npy, .npz or .h5 (one output or a batch)")
+    sample.add_argument(
+        "--obs", required=True, metavar="FILE", help="observation(s): .npy, .npz or .h5 (one output or a batch)"
+    )
     sample.add_argument("--obs-key", metavar="KEY", help="array name inside a .npz / .h5 file (h5 default: x)")
-    sample.add_argument("--out", metavar="OUT", help="output path without extension (default RUN_DIR/posterior/samples)")
-    sample.add_argument("-n", "--n-samples", type=int, metavar="N", help="samples per observation (default: the config's)")
+    sample.add_argument(
+        "--out", metavar="OUT", help="output path without extension (default RUN_DIR/posterior/samples)"
+    )
+    sample.add_argument(
+        "-n", "--n-samples", type=int, metavar="N", help="samples per observation (default: the config's)"
+    )
     _add_run_dir(sample)
     _add_lock_options(sample)
 
@@ -252,8 +283,15 @@ def _run(args, comm) -> int:
     from cosmosbi.pipeline import run_pipeline
 
     config = _load_config(args)
-    outcomes = run_pipeline(config, _source(args), only=args.stage, comm=comm, progress=not args.quiet, wait_s=args.wait,
-                            stale_after_s=args.stale_lock_after)
+    outcomes = run_pipeline(
+        config,
+        _source(args),
+        only=args.stage,
+        comm=comm,
+        progress=not args.quiet,
+        wait_s=args.wait,
+        stale_after_s=args.stale_lock_after,
+    )
     if comm.Get_rank() == 0:
         ran = sum(o["action"] == "ran" for o in outcomes)
         print(f"{ran} stage(s) run, {len(outcomes) - ran} skipped; state: cosmosbi status {config.run_dir}")
@@ -278,7 +316,9 @@ def _slurm(args, comm) -> int:
     ids = submit_jobs(jobs, slurm_dir)
     for job, job_id in zip(jobs, ids):
         print(f"{job.name}: job {job_id}")
-    print(f"scripts and job ids in {slurm_dir}; follow with: squeue -j {','.join(ids)}; cosmosbi status {config.run_dir}")
+    print(
+        f"scripts and job ids in {slurm_dir}; follow with: squeue -j {','.join(ids)}; cosmosbi status {config.run_dir}"
+    )
     return 0
 
 
@@ -294,7 +334,9 @@ def _status(args, comm) -> int:
     config = load_config(args.config) if args.config else None
     if config is not None:
         config = config.model_copy(update={"run_dir": args.run_dir})
-    print(f"run {args.run_dir} (config {record['config_source']}, created {record['created']['time']} on {record['created']['host']})")
+    print(
+        f"run {args.run_dir} (config {record['config_source']}, created {record['created']['time']} on {record['created']['host']})"
+    )
     print(format_status(stage_status(args.run_dir, config)))
     last = record["invocations"][-1] if record.get("invocations") else None
     if last:
@@ -325,8 +367,15 @@ def _sample(args, comm) -> int:
 
     config = _load_config(args)
     with _locked(args, config):
-        written = sample_file(config, RunLayout(config.run_dir), args.obs, args.out, n_samples=args.n_samples,
-                              obs_key=args.obs_key, source=_source(args))
+        written = sample_file(
+            config,
+            RunLayout(config.run_dir),
+            args.obs,
+            args.out,
+            n_samples=args.n_samples,
+            obs_key=args.obs_key,
+            source=_source(args),
+        )
     print(
         f"{written['n_samples']} samples for {written['n_observations']} observation(s) -> {written['hdf5']} "
         f"and GetDist chain(s) {', '.join(str(c) for c in written['chains'][:3])}{' ...' if len(written['chains']) > 3 else ''}"
@@ -355,19 +404,35 @@ def _tune(args, comm) -> int:
         if best is None:
             print(f"no trial finished; see {where / 'results.csv'}")
         else:
-            print(f"best of {len(results['trials'])} trial(s): trial {best['trial']}, {results['objective']} "
-                  f"{best['score']:.6g}; settings in {where / 'best.yaml'}, table in {where / 'results.csv'}")
+            print(
+                f"best of {len(results['trials'])} trial(s): trial {best['trial']}, {results['objective']} "
+                f"{best['score']:.6g}; settings in {where / 'best.yaml'}, table in {where / 'results.csv'}"
+            )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"run": _run, "status": _status, "slurm": _slurm, "simulate": _simulate, "compress": _compress, "info": _info, "simulators": _simulators, "train": _train, "sample": _sample, "validate": _validate, "tune": _tune}[args.command]
+    handler = {
+        "run": _run,
+        "status": _status,
+        "slurm": _slurm,
+        "simulate": _simulate,
+        "compress": _compress,
+        "info": _info,
+        "simulators": _simulators,
+        "train": _train,
+        "sample": _sample,
+        "validate": _validate,
+        "tune": _tune,
+    }[args.command]
     from cosmosbi.simulators.mpi import get_comm
 
     comm = get_comm()
@@ -412,8 +477,15 @@ def _simulate(args, comm) -> int:
     config = _load_config(args)
     chunk = _chunk(args.chunk)
     with _locked(args, config, comm, shared=chunk is not None):  # the chunks of a job array run side by side
-        message = simulate_datasets(config, RunLayout(config.run_dir), args.dataset, _source(args), comm=comm,
-                                    progress=not args.quiet, chunk=chunk)
+        message = simulate_datasets(
+            config,
+            RunLayout(config.run_dir),
+            args.dataset,
+            _source(args),
+            comm=comm,
+            progress=not args.quiet,
+            chunk=chunk,
+        )
     if comm.Get_rank() == 0:
         print(message.replace("; ", "\n"))
         print(f"inspect with: cosmosbi info {config.run_dir}")
@@ -445,8 +517,9 @@ def _compress(args, comm) -> int:
 
     config = _load_config(args)
     with _locked(args, config, comm if parallel else None):
-        message = compress(config, RunLayout(config.run_dir), _source(args), progress=not args.quiet and rank == 0,
-                           summaries=rank == 0)
+        message = compress(
+            config, RunLayout(config.run_dir), _source(args), progress=not args.quiet and rank == 0, summaries=rank == 0
+        )
         if rank == 0:
             print(message)
     return 0
@@ -476,7 +549,9 @@ def _info(args, comm) -> int:
     else:
         datasets = RunLayout(path).datasets(MANIFEST)
         if not datasets:
-            raise ValueError(f"{path}: neither a dataset directory (no {MANIFEST}) nor a run directory (no sims/*/{MANIFEST})")
+            raise ValueError(
+                f"{path}: neither a dataset directory (no {MANIFEST}) nor a run directory (no sims/*/{MANIFEST})"
+            )
     for k, dataset in enumerate(datasets):
         if k:
             print()
@@ -497,7 +572,9 @@ def _describe_dataset(path: Path, max_failures: int) -> str:
     ]
     if "compressed_from" in identity:
         network = identity["compressor"]["network"]
-        lines.append(f"summaries of {identity['compressed_from']} by a {network['kind']} compressor (loss {identity['compressor']['loss']})")
+        lines.append(
+            f"summaries of {identity['compressed_from']} by a {network['kind']} compressor (loss {identity['compressor']['loss']})"
+        )
     else:
         lines += [
             f"simulator {identity['simulator'].get('name')} {identity['simulator'].get('options', {})}",
@@ -523,7 +600,9 @@ def _describe_dataset(path: Path, max_failures: int) -> str:
     created = m.get("created", {})
     lines.append(f"created   {created.get('time')} on {created.get('host')}; versions {created.get('versions')}")
     for run in m.get("runs", []):
-        lines.append(f"  run {run['time']}: {run['new_simulations']} simulations on {run['n_ranks']} rank(s) in {run['seconds']} s")
+        lines.append(
+            f"  run {run['time']}: {run['new_simulations']} simulations on {run['n_ranks']} rank(s) in {run['seconds']} s"
+        )
     return "\n".join(lines)
 
 

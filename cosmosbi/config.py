@@ -60,9 +60,24 @@ from cosmosbi.simulators.base import Simulator, make_simulator, simulator_names
 from cosmosbi.simulators.priors import Prior, prior_from_config
 
 __all__ = [
-    "ConfigError", "OptionError", "SimulateConfig", "DatasetConfig", "SimulatorConfig", "EstimatorConfig",
-    "BaselineConfig", "TuneConfig", "TuneRange", "load_config", "default_config_path", "check_options",
-    "is_factory_name", "with_setting", "TUNABLE", "Int", "Seed", "Real",
+    "ConfigError",
+    "OptionError",
+    "SimulateConfig",
+    "DatasetConfig",
+    "SimulatorConfig",
+    "EstimatorConfig",
+    "BaselineConfig",
+    "TuneConfig",
+    "TuneRange",
+    "load_config",
+    "default_config_path",
+    "check_options",
+    "is_factory_name",
+    "with_setting",
+    "TUNABLE",
+    "Int",
+    "Seed",
+    "Real",
 ]
 
 
@@ -123,9 +138,12 @@ def check_options(options: dict, fields: dict[str, tuple[Any, Any]]) -> dict:
     if not isinstance(options, dict):
         raise OptionError(None, f"expected a mapping of options, got {type(options).__name__}")
     model = pydantic.create_model(
-        "Options", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-        **{name: (_config_type(annotation), None if default is inspect.Parameter.empty else default)
-           for name, (annotation, default) in fields.items()},
+        "Options",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **{
+            name: (_config_type(annotation), None if default is inspect.Parameter.empty else default)
+            for name, (annotation, default) in fields.items()
+        },
     )
     try:
         validated = model.model_validate(options)
@@ -141,8 +159,11 @@ def check_options(options: dict, fields: dict[str, tuple[Any, Any]]) -> dict:
 def _dataclass_options(cls, options: dict) -> dict:
     """Options of dataclass ``cls`` (types and checks from the dataclass itself)."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: (hints[f.name], None if f.default is dataclasses.MISSING else f.default)
-              for f in dataclasses.fields(cls) if f.init}
+    fields = {
+        f.name: (hints[f.name], None if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(cls)
+        if f.init
+    }
     values = check_options(options, fields)
     try:
         cls(**values)
@@ -177,7 +198,9 @@ class DatasetConfig(_Strict):
         default=None, description="a variant simulator for this dataset (same parameters), e.g. another feedback model"
     )
     simulation_timeout_s: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False,
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
         description="seconds one simulation may take; a slower one is recorded as failed (a SIGALRM guard)",
     )
 
@@ -206,13 +229,15 @@ class TrainConfig(_Strict):
     num_workers: Int = Field(default=0, ge=0)
     num_threads: Int | None = Field(default=None, gt=0)
     augment: bool = Field(
-        default=False, description="move training maps by random exact symmetries (flips, 90-degree rotations)")
+        default=False, description="move training maps by random exact symmetries (flips, 90-degree rotations)"
+    )
 
 
 class CompressorConfig(_Strict):
     input: str = Field(description="name of the simulator output to compress")
     network: dict[str, Any] = Field(
-        description="{kind: resnet2d | healpix_cnn | hybrid2d | hybrid_healpix | mlp, options...}")
+        description="{kind: resnet2d | healpix_cnn | hybrid2d | hybrid_healpix | mlp, options...}"
+    )
     loss: str = "vmim"
     loss_options: dict[str, Any] = Field(default_factory=dict)
     summary_dim: Int | None = Field(default=None, gt=0)
@@ -275,7 +300,9 @@ class EstimatorConfig(_Strict):
     seed: Seed = 0
     n_samples: Int = Field(default=1000, gt=0, description="posterior samples per observation")
     ppc_simulations: Int | None = Field(
-        default=None, ge=0, le=100_000,
+        default=None,
+        ge=0,
+        le=100_000,
         description="simulations at posterior draws for each observation's posterior predictive check "
         "(default 100; 0: no check)",
     )
@@ -311,9 +338,14 @@ class ValidationConfig(_Strict):
     n_samples: Int = Field(default=1000, gt=1, description="posterior samples per test simulation")
     corner: Int = Field(default=3, ge=0, description="test simulations shown in triangle plots")
     exact: bool = Field(default=True, description="compare with the exact posterior where the simulator has one")
-    exact_on: str | None = Field(default=None, description="dataset whose first `corner` simulations are shown and compared with the exact posterior (default: the test dataset)")
+    exact_on: str | None = Field(
+        default=None,
+        description="dataset whose first `corner` simulations are shown and compared with the exact posterior (default: the test dataset)",
+    )
     derived: list[str] = Field(default_factory=list, description="derived quantities to calibrate, e.g. [S_8]")
-    shift: list[str] = Field(default_factory=list, description="datasets (e.g. another variant) to check domain shift on")
+    shift: list[str] = Field(
+        default_factory=list, description="datasets (e.g. another variant) to check domain shift on"
+    )
     alpha: Real = Field(default=0.01, gt=0, lt=1, description="significance level of the calibration tests")
     seed: Seed = 0
 
@@ -324,13 +356,19 @@ class SlurmJobConfig(_Strict):
     time: str | None = Field(default=None, description="wall-clock limit, e.g. 04:00:00")
     nodes: Int | None = Field(default=None, gt=0, description="nodes (--nodes)")
     ntasks: Int | None = Field(
-        default=None, gt=0, description="MPI tasks of the simulate job; data-parallel training processes of the compress job"
+        default=None,
+        gt=0,
+        description="MPI tasks of the simulate job; data-parallel training processes of the compress job",
     )
     cpus_per_task: Int | None = Field(default=None, gt=0)
     mem: str | None = Field(default=None, description="memory per node, e.g. 16G")
     gpus: Int | None = Field(default=None, ge=0, description="GPUs (--gpus)")
     partition: str | None = Field(default=None, description="overrides slurm.partition for this job")
-    array: Int | None = Field(default=None, gt=0, description="simulate only: run as a job array of this many independent chunks instead of one MPI job")
+    array: Int | None = Field(
+        default=None,
+        gt=0,
+        description="simulate only: run as a job array of this many independent chunks instead of one MPI job",
+    )
 
 
 class SlurmConfig(_Strict):
@@ -339,10 +377,14 @@ class SlurmConfig(_Strict):
     partition: str | None = None
     account: str | None = None
     modules: list[str] = Field(default_factory=list, description="modules to `module load` in every job")
-    setup: list[str] = Field(default_factory=list, description="shell lines run before cosmosbi, e.g. `source venv/bin/activate`")
+    setup: list[str] = Field(
+        default_factory=list, description="shell lines run before cosmosbi, e.g. `source venv/bin/activate`"
+    )
     python: str = Field(default="python", description="the Python interpreter that has cosmosbi installed")
     mpi: str = Field(default="pmi2", description="srun --mpi= plugin for the MPI simulate job")
-    sbatch_options: list[str] = Field(default_factory=list, description="extra #SBATCH options for every job, e.g. --qos=normal")
+    sbatch_options: list[str] = Field(
+        default_factory=list, description="extra #SBATCH options for every job, e.g. --qos=normal"
+    )
     jobs: dict[
         Literal["simulate", "compress", "estimate", "validate", "baseline", "sample", "tune"], SlurmJobConfig
     ] = Field(default_factory=dict)
@@ -371,10 +413,15 @@ class BaselineConfig(_Strict):
     (see :mod:`cosmosbi.analyses.baseline`)."""
 
     summary: Literal["healpix_bandpowers", "power_spectrum"] = Field(
-        description="tomographic pseudo-C_ell on the footprint, or the power spectrum of a flat field")
-    input: str | None = Field(default=None, description="simulator output to take bandpowers of (default: the only map output)")
+        description="tomographic pseudo-C_ell on the footprint, or the power spectrum of a flat field"
+    )
+    input: str | None = Field(
+        default=None, description="simulator output to take bandpowers of (default: the only map output)"
+    )
     bin_edges: list[Real] | None = Field(default=None, description="multipole (or wavenumber) bin edges")
-    transform: Literal["log_auto", "none"] = Field(default="log_auto", description="log of the auto-spectrum bandpowers, or none")
+    transform: Literal["log_auto", "none"] = Field(
+        default="log_auto", description="log of the auto-spectrum bandpowers, or none"
+    )
     fiducial: str = Field(description="dataset simulated at one fixed theta, for the covariance")
     correction: Literal["hartlap", "sellentin-heavens", "none"] = "hartlap"
     mean_dataset: str = Field(default="train", description="dataset the polynomial mean mu(theta) is fitted to")
@@ -382,15 +429,21 @@ class BaselineConfig(_Strict):
     test: str = Field(default="test", description="dataset of the test observations")
     n_test: Int = Field(default=50, gt=1, description="compare on the first n_test test simulations")
     n_samples: Int = Field(default=2000, gt=1, description="posterior samples per observation and method")
-    pair: list[str] | None = Field(default=None, min_length=2, max_length=2, description="parameters of the area ratio (default: the first two)")
+    pair: list[str] | None = Field(
+        default=None, min_length=2, max_length=2, description="parameters of the area ratio (default: the first two)"
+    )
     figure_dpi: Int = Field(default=80, gt=0)
     seed: Seed = 0
 
 
 # settings ``cosmosbi tune`` may search: the options under these sections, and these keys
 TUNABLE = (
-    "compressor.network.", "compressor.train.", "compressor.loss_options.", "compressor.summary_dim",
-    "estimator.flow.", "estimator.training.",
+    "compressor.network.",
+    "compressor.train.",
+    "compressor.loss_options.",
+    "compressor.summary_dim",
+    "estimator.flow.",
+    "estimator.training.",
 )
 
 
@@ -481,8 +534,12 @@ class SimulateConfig(_Strict):
                         f"parameters {list(simulator.parameter_names)} (same names, same order)"
                     )
                 simulator.prior = prior
-            if dataset is not None and tuple(simulator.parameter_names) != tuple(self.build_simulator(source).parameter_names):
-                raise ValueError(f"{where}: the variant's parameters {list(simulator.parameter_names)} differ from the main simulator's")
+            if dataset is not None and tuple(simulator.parameter_names) != tuple(
+                self.build_simulator(source).parameter_names
+            ):
+                raise ValueError(
+                    f"{where}: the variant's parameters {list(simulator.parameter_names)} differ from the main simulator's"
+                )
         except ValueError as err:
             raise ConfigError(f"{source}: {err}") from None
         return simulator
@@ -551,11 +608,24 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
             name = config.estimator.dataset
             raise ConfigError(f"{path}: estimator.dataset: no dataset {name!r}; datasets are {list(config.datasets)}")
         if config.compressor is not None:
-            for key, name in [("train_on", config.compressor.train_on), *(("apply_to", n) for n in config.compressor.apply_to or [])]:
+            for key, name in [
+                ("train_on", config.compressor.train_on),
+                *(("apply_to", n) for n in config.compressor.apply_to or []),
+            ]:
                 if name not in config.datasets:
-                    raise ConfigError(f"{path}: compressor.{key}: no dataset {name!r}; the config defines {list(config.datasets)}")
+                    raise ConfigError(
+                        f"{path}: compressor.{key}: no dataset {name!r}; the config defines {list(config.datasets)}"
+                    )
         v = config.validation
-        for key, name in ([("validation.test", v.test), ("validation.exact_on", v.exact_on), *(("validation.shift", n) for n in v.shift)] if v else []):
+        for key, name in (
+            [
+                ("validation.test", v.test),
+                ("validation.exact_on", v.exact_on),
+                *(("validation.shift", n) for n in v.shift),
+            ]
+            if v
+            else []
+        ):
             if name is not None and name not in config.datasets:
                 raise ConfigError(f"{path}: {key}: no dataset {name!r}; the config defines {list(config.datasets)}")
         if config.baseline is not None:
@@ -566,7 +636,9 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
             if config.estimator is None:
                 raise ConfigError(f"{path}: observations need an estimator section to sample their posteriors")
             if obs.dataset is not None and obs.dataset not in config.datasets:
-                raise ConfigError(f"{path}: observations.{name}.dataset: no dataset {obs.dataset!r}; the config defines {list(config.datasets)}")
+                raise ConfigError(
+                    f"{path}: observations.{name}.dataset: no dataset {obs.dataset!r}; the config defines {list(config.datasets)}"
+                )
     return config
 
 
@@ -603,9 +675,13 @@ def _check_baseline(config: SimulateConfig, path) -> None:
     for key in ("fiducial", "mean_dataset", "test"):
         name = getattr(section, key)
         if name not in config.datasets:
-            raise ConfigError(f"{path}: baseline.{key}: no dataset {name!r}; the config defines {list(config.datasets)}")
+            raise ConfigError(
+                f"{path}: baseline.{key}: no dataset {name!r}; the config defines {list(config.datasets)}"
+            )
     if config.datasets[section.fiducial].fixed is None:
-        raise ConfigError(f"{path}: baseline.fiducial: dataset {section.fiducial!r} must set `fixed` (simulations at one theta give the covariance)")
+        raise ConfigError(
+            f"{path}: baseline.fiducial: dataset {section.fiducial!r} must set `fixed` (simulations at one theta give the covariance)"
+        )
     names = config.declared_parameter_names(str(path))
     for name in section.pair if names is not None and section.pair else []:
         if name not in names:
@@ -640,8 +716,10 @@ def _check_tune(config: SimulateConfig, path) -> None:
         where = f"{path}: tune.space.{key}"
         if not any(key.startswith(p) if p.endswith(".") else key == p for p in TUNABLE):
             prefixes = [p for p in TUNABLE if p.endswith(".")]
-            raise ConfigError(f"{where}: not a tunable setting; keys start with {prefixes}"
-                              f" or are {[p for p in TUNABLE if p not in prefixes]}")
+            raise ConfigError(
+                f"{where}: not a tunable setting; keys start with {prefixes}"
+                f" or are {[p for p in TUNABLE if p not in prefixes]}"
+            )
         if key.endswith(".") or key.split(".")[-1] == "kind":
             raise ConfigError(f"{where}: not a tunable setting (name one option, e.g. compressor.network.width)")
         for value in spec if isinstance(spec, list) else [spec.low, spec.high]:

@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = [
-    "safe_name", "atomic_path", "atomic_write_json", "read_json", "load_weights", "config_hash", "UNHASHED_SETTINGS",
-    "HASHED_WHEN_SET", "hashed_settings", "package_versions", "provenance",
+    "safe_name",
+    "atomic_path",
+    "atomic_write_json",
+    "read_json",
+    "load_weights",
+    "config_hash",
+    "UNHASHED_SETTINGS",
+    "HASHED_WHEN_SET",
+    "hashed_settings",
+    "package_versions",
+    "provenance",
 ]
 
 
@@ -137,11 +146,16 @@ def hashed_settings(settings: dict, drop=()) -> dict:
     """``settings`` (nested dicts) as keys hash them: without :data:`UNHASHED_SETTINGS`, the keys in
     ``drop``, and the :data:`HASHED_WHEN_SET` settings that hold their default, at any depth."""
     left_out = UNHASHED_SETTINGS | set(drop)
-    return {k: (hashed_settings(v, drop) if isinstance(v, dict) else v) for k, v in settings.items()
-            if k not in left_out and not (k in HASHED_WHEN_SET and v == HASHED_WHEN_SET[k])}
+    return {
+        k: (hashed_settings(v, drop) if isinstance(v, dict) else v)
+        for k, v in settings.items()
+        if k not in left_out and not (k in HASHED_WHEN_SET and v == HASHED_WHEN_SET[k])
+    }
 
 
-def package_versions(names: tuple[str, ...] = ("cosmosbi", "numpy", "scipy", "h5py", "torch", "sbi", "healpy")) -> dict[str, str]:
+def package_versions(
+    names: tuple[str, ...] = ("cosmosbi", "numpy", "scipy", "h5py", "torch", "sbi", "healpy"),
+) -> dict[str, str]:
     """Installed versions of the named distributions (without importing them)."""
     out = {"python": platform.python_version()}
     for name in names:

@@ -68,19 +68,42 @@ RENDEZVOUS = [
 ]
 
 
-def _script(name: str, config, settings, job, command: list[str], log_dir: Path, workdir: Path, *, srun: bool = False,
-            array: int | None = None, rendezvous: bool = False) -> str:
+def _script(
+    name: str,
+    config,
+    settings,
+    job,
+    command: list[str],
+    log_dir: Path,
+    workdir: Path,
+    *,
+    srun: bool = False,
+    array: int | None = None,
+    rendezvous: bool = False,
+) -> str:
     options = [f"--job-name=cosmosbi-{name}", f"--output={log_dir / (name + ('-%A_%a' if array else '-%j') + '.out')}"]
     partition = job.partition or settings.partition
-    for flag, value in (("partition", partition), ("account", settings.account), ("time", job.time), ("nodes", job.nodes),
-                        ("ntasks", job.ntasks),
-                        ("cpus-per-task", job.cpus_per_task), ("mem", job.mem), ("gpus", job.gpus)):
+    for flag, value in (
+        ("partition", partition),
+        ("account", settings.account),
+        ("time", job.time),
+        ("nodes", job.nodes),
+        ("ntasks", job.ntasks),
+        ("cpus-per-task", job.cpus_per_task),
+        ("mem", job.mem),
+        ("gpus", job.gpus),
+    ):
         if value is not None:
             options.append(f"--{flag}={value}")
     if array:
         options.append(f"--array=0-{array - 1}")
     options += settings.sbatch_options
-    lines = ["#!/bin/bash", f"# cosmosbi {name} job of the analysis in {config.run_dir}", *(f"#SBATCH {o}" for o in options), "set -euo pipefail"]
+    lines = [
+        "#!/bin/bash",
+        f"# cosmosbi {name} job of the analysis in {config.run_dir}",
+        *(f"#SBATCH {o}" for o in options),
+        "set -euo pipefail",
+    ]
     lines += [f"module load {m}" for m in settings.modules]
     lines += list(settings.setup)
     lines += [f"cd {shlex.quote(str(workdir))}", "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}"]
@@ -90,7 +113,9 @@ def _script(name: str, config, settings, job, command: list[str], log_dir: Path,
     return "\n".join(lines) + "\n"
 
 
-def batch_jobs(config, config_path: str | Path, *, run_dir: str | None = None, workdir: str | Path | None = None) -> list[BatchJob]:
+def batch_jobs(
+    config, config_path: str | Path, *, run_dir: str | None = None, workdir: str | Path | None = None
+) -> list[BatchJob]:
     """The batch scripts of ``config``'s analysis, in submission order.
 
     Args:
@@ -121,17 +146,43 @@ def batch_jobs(config, config_path: str | Path, *, run_dir: str | None = None, w
         if kind == "simulate" and job.array:
             chunk = ["simulate", *base, "--quiet", "--chunk", f"$SLURM_ARRAY_TASK_ID/{job.array}"]
             single = job.model_copy(update={"ntasks": 1, "array": None})
-            jobs.append(BatchJob("simulate-array", f"{len(jobs):02d}-simulate-array.sbatch",
-                                 _script("simulate-array", config, settings, single, chunk, log_dir, workdir, array=job.array)))
-            jobs.append(BatchJob("simulate-merge", f"{len(jobs):02d}-simulate-merge.sbatch",
-                                 _script("simulate-merge", config, settings, single, stage, log_dir, workdir)))
+            jobs.append(
+                BatchJob(
+                    "simulate-array",
+                    f"{len(jobs):02d}-simulate-array.sbatch",
+                    _script("simulate-array", config, settings, single, chunk, log_dir, workdir, array=job.array),
+                )
+            )
+            jobs.append(
+                BatchJob(
+                    "simulate-merge",
+                    f"{len(jobs):02d}-simulate-merge.sbatch",
+                    _script("simulate-merge", config, settings, single, stage, log_dir, workdir),
+                )
+            )
             continue
         if kind not in ("simulate", "compress") and job.ntasks not in (None, 1):
-            raise ValueError(f"slurm.jobs.{kind}.ntasks: only the simulate and compress jobs run several tasks; got {job.ntasks}")
+            raise ValueError(
+                f"slurm.jobs.{kind}.ntasks: only the simulate and compress jobs run several tasks; got {job.ntasks}"
+            )
         parallel = kind == "compress" and (job.ntasks or 1) > 1
-        jobs.append(BatchJob(kind, f"{len(jobs):02d}-{kind}.sbatch",
-                             _script(kind, config, settings, job, stage, log_dir, workdir, srun=kind == "simulate" or parallel,
-                                     rendezvous=parallel)))
+        jobs.append(
+            BatchJob(
+                kind,
+                f"{len(jobs):02d}-{kind}.sbatch",
+                _script(
+                    kind,
+                    config,
+                    settings,
+                    job,
+                    stage,
+                    log_dir,
+                    workdir,
+                    srun=kind == "simulate" or parallel,
+                    rendezvous=parallel,
+                ),
+            )
+        )
     if config.tune is not None:
         jobs += _tune_jobs(config, settings, base, log_dir, workdir, first=len(jobs))
     return jobs
@@ -143,20 +194,30 @@ def _tune_jobs(config, settings, base: list[str], log_dir: Path, workdir: Path, 
 
     job = settings.jobs.get("tune") or SlurmJobConfig()
     if job.ntasks not in (None, 1) or job.array is not None:
-        raise ValueError("slurm.jobs.tune: each array task is one process (set tune.parallel for more tasks); "
-                         f"got ntasks={job.ntasks}, array={job.array}")
+        raise ValueError(
+            "slurm.jobs.tune: each array task is one process (set tune.parallel for more tasks); "
+            f"got ntasks={job.ntasks}, array={job.array}"
+        )
     worker = ["tune", *base, "--worker", "$SLURM_ARRAY_TASK_ID", "--quiet"]
     report = ["tune", *base, "--report"]
     single = job.model_copy(update={"gpus": None})
     return [
-        BatchJob("tune-array", f"{first:02d}-tune-array.sbatch",
-                 _script("tune-array", config, settings, job, worker, log_dir, workdir, array=config.tune.parallel)),
-        BatchJob("tune-report", f"{first + 1:02d}-tune-report.sbatch",
-                 _script("tune-report", config, settings, single, report, log_dir, workdir)),
+        BatchJob(
+            "tune-array",
+            f"{first:02d}-tune-array.sbatch",
+            _script("tune-array", config, settings, job, worker, log_dir, workdir, array=config.tune.parallel),
+        ),
+        BatchJob(
+            "tune-report",
+            f"{first + 1:02d}-tune-report.sbatch",
+            _script("tune-report", config, settings, single, report, log_dir, workdir),
+        ),
     ]
 
 
-def submit_jobs(jobs: list[BatchJob], out_dir: str | Path, *, sbatch: str = "sbatch", env: dict | None = None) -> list[str]:
+def submit_jobs(
+    jobs: list[BatchJob], out_dir: str | Path, *, sbatch: str = "sbatch", env: dict | None = None
+) -> list[str]:
     """Write the scripts to ``out_dir`` and submit them as a chain (each ``afterok`` the previous).
 
     Returns the job ids; ``out_dir/jobs.json`` records them. A failed submission raises
@@ -170,13 +231,21 @@ def submit_jobs(jobs: list[BatchJob], out_dir: str | Path, *, sbatch: str = "sba
         path = out_dir / job.file_name
         with atomic_path(path) as tmp:
             tmp.write_text(job.script)
-        command = [sbatch, "--parsable"] + ([f"--dependency=afterok:{ids[-1]}", "--kill-on-invalid-dep=yes"] if ids else []) + [str(path)]
+        command = (
+            [sbatch, "--parsable"]
+            + ([f"--dependency=afterok:{ids[-1]}", "--kill-on-invalid-dep=yes"] if ids else [])
+            + [str(path)]
+        )
         try:
             done = subprocess.run(command, capture_output=True, text=True, env=env)
         except FileNotFoundError:
-            raise RuntimeError(f"{sbatch!r} not found: is SLURM installed here? Use --dry-run to only write the scripts") from None
+            raise RuntimeError(
+                f"{sbatch!r} not found: is SLURM installed here? Use --dry-run to only write the scripts"
+            ) from None
         if done.returncode != 0:
-            raise RuntimeError(f"sbatch {path} failed ({done.stderr.strip() or done.stdout.strip()}); already submitted: {ids or 'none'}")
+            raise RuntimeError(
+                f"sbatch {path} failed ({done.stderr.strip() or done.stdout.strip()}); already submitted: {ids or 'none'}"
+            )
         ids.append(done.stdout.strip().split(";")[0])
         record["jobs"].append({"name": job.name, "script": str(path), "job_id": ids[-1]})
         atomic_write_json(out_dir / "jobs.json", record)

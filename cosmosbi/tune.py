@@ -56,8 +56,16 @@ from cosmosbi.lock import pid_alive, run_lock
 from cosmosbi.pipeline import run_pipeline
 
 __all__ = [
-    "STUDY_NAME", "trial_config", "best_config", "config_settings", "trial_scores", "open_study", "run_trials", "tune",
-    "write_report", "link_simulations",
+    "STUDY_NAME",
+    "trial_config",
+    "best_config",
+    "config_settings",
+    "trial_scores",
+    "open_study",
+    "run_trials",
+    "tune",
+    "write_report",
+    "link_simulations",
 ]
 
 STUDY_NAME = "cosmosbi-tune"
@@ -89,8 +97,13 @@ def trial_config(config, params: dict, run_dir: str | Path) -> SimulateConfig:
     dump = best_config(config, params)
     needed = [(dump["compressor"] or {}).get("train_on"), (dump["estimator"] or {}).get("dataset")]
     needed = list(dict.fromkeys(n for n in needed if n is not None))
-    dump.update(run_dir=str(run_dir), validation=None, baseline=None, observations=None,
-                datasets={n: dump["datasets"][n] for n in needed})
+    dump.update(
+        run_dir=str(run_dir),
+        validation=None,
+        baseline=None,
+        observations=None,
+        datasets={n: dump["datasets"][n] for n in needed},
+    )
     if dump["compressor"] is not None:
         estimator = dump["estimator"]
         dump["compressor"]["apply_to"] = [estimator["dataset"] if estimator else dump["compressor"]["train_on"]]
@@ -115,8 +128,10 @@ def link_simulations(trial: SimulateConfig, parent: RunLayout) -> None:
         source = parent.stage_record(f"simulate-{name}")
         record = read_json(source) if source.is_file() else None
         if not record or record.get("status") != "done":
-            raise ValueError(f"{parent.root}: dataset {name!r} is not simulated yet (run `cosmosbi tune` without "
-                             "--worker, or `cosmosbi run CONFIG --stage simulate`)")
+            raise ValueError(
+                f"{parent.root}: dataset {name!r} is not simulated yet (run `cosmosbi tune` without "
+                "--worker, or `cosmosbi run CONFIG --stage simulate`)"
+            )
         link = layout.sims(name)
         link.parent.mkdir(parents=True, exist_ok=True)
         target = Path(os.path.relpath(parent.sims(name).resolve(), link.parent.resolve()))
@@ -236,8 +251,11 @@ def _counted(study) -> int:
     """Trials that count towards ``trials``: finished or running, not those failed by an interruption."""
     from optuna.trial import TrialState
 
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")) for t in study.trials)
+    return sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"))
+        for t in study.trials
+    )
 
 
 def _requeue_interrupted(study, storage) -> int:
@@ -252,8 +270,11 @@ def _requeue_interrupted(study, storage) -> int:
             storage.set_trial_user_attr(trial_id, "interrupted", True)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
     done = set(study.user_attrs.get("requeued", []))
-    again = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-             if t.user_attrs.get("interrupted") and t.number not in done]
+    again = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.user_attrs.get("interrupted") and t.number not in done
+    ]
     for t in again:
         study.enqueue_trial(t.params, skip_if_exists=False)
     if again:
@@ -274,8 +295,13 @@ def _objective(config, source: str, progress: bool, echo):
         try:
             settings = trial_config(config, params, run_dir)
             link_simulations(settings, parent)
-            run_pipeline(settings, f"{source} (trial {trial.number})", only=TRIAL_STAGES, progress=progress,
-                         echo=lambda line: echo(f"trial {trial.number}: {line}"))
+            run_pipeline(
+                settings,
+                f"{source} (trial {trial.number})",
+                only=TRIAL_STAGES,
+                progress=progress,
+                echo=lambda line: echo(f"trial {trial.number}: {line}"),
+            )
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
@@ -326,7 +352,8 @@ def tune(config, source: str, *, progress: bool = True, echo=print, wait_s: floa
             echo(f"{requeued} interrupted trial(s) queued again")
         workers = [
             subprocess.Popen(_worker_command(source, config.run_dir, k))
-            for k in range(1, section.parallel) if _counted(study) + k < section.trials
+            for k in range(1, section.parallel)
+            if _counted(study) + k < section.trials
         ]
         try:
             run_trials(config, source, worker=0, progress=progress, echo=echo)
@@ -334,8 +361,10 @@ def tune(config, source: str, *, progress: bool = True, echo=print, wait_s: floa
             codes = [w.wait() for w in workers]
         failed = [k + 1 for k, code in enumerate(codes) if code != 0]
         if failed:
-            raise RuntimeError(f"tune worker(s) {failed} failed (exit codes {[codes[k - 1] for k in failed]}); "
-                               f"rerun `cosmosbi tune {source}` to resume")
+            raise RuntimeError(
+                f"tune worker(s) {failed} failed (exit codes {[codes[k - 1] for k in failed]}); "
+                f"rerun `cosmosbi tune {source}` to resume"
+            )
         return write_report(config)
 
 
@@ -349,14 +378,19 @@ def write_report(config) -> dict:
     keys = list(_section(config).space)
     rows = []
     for t in study.trials:
-        rows.append({
-            "trial": t.number, "state": t.state.name.lower(), "score": t.value,
-            **{k: t.params.get(k) for k in keys},
-            "compressor_val_loss": t.user_attrs.get("compressor_val_loss"),
-            "estimator_val_loss": t.user_attrs.get("estimator_val_loss"),
-            "seconds": None if t.duration is None else round(t.duration.total_seconds(), 2),
-            "run_dir": t.user_attrs.get("run_dir"), "error": t.user_attrs.get("error"),
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                "score": t.value,
+                **{k: t.params.get(k) for k in keys},
+                "compressor_val_loss": t.user_attrs.get("compressor_val_loss"),
+                "estimator_val_loss": t.user_attrs.get("estimator_val_loss"),
+                "seconds": None if t.duration is None else round(t.duration.total_seconds(), 2),
+                "run_dir": t.user_attrs.get("run_dir"),
+                "error": t.user_attrs.get("error"),
+            }
+        )
     complete = [r for r in rows if r["state"] == TrialState.COMPLETE.name.lower()]
     best = min(complete, key=lambda r: r["score"]) if complete else None
     objective = "estimator validation loss" if config.estimator is not None else "compressor validation loss"
@@ -369,8 +403,10 @@ def write_report(config) -> dict:
             writer.writerows(rows)
     if best is not None:
         text = io.StringIO()
-        text.write(f"# best of {len(complete)} tune trial(s): trial {best['trial']}, {results['objective']} "
-                   f"{best['score']:.6g}\n")
+        text.write(
+            f"# best of {len(complete)} tune trial(s): trial {best['trial']}, {results['objective']} "
+            f"{best['score']:.6g}\n"
+        )
         yaml.safe_dump(best_config(config, {k: best[k] for k in keys}), text, sort_keys=False)
         with atomic_path(layout.tune / "best.yaml") as tmp:
             tmp.write_text(text.getvalue())

@@ -69,8 +69,14 @@ def test_examples_are_valid_configs():
         ({**GOOD, "datasets": {"train": {"n": 3, "seed": 1, "sed": 2}}}, "datasets.train.sed: unknown key"),
         ({**GOOD, "simulator": {"name": "weak_lensingg"}}, "simulator.name: unknown simulator 'weak_lensingg'"),
         ({**GOOD, "simulator": {"name": "gaussian_field", "options": {"npix": 8}}}, "has no option 'npix'"),
-        ({**GOOD, "prior": {"A": {"uniform": [2, 1]}, "B": {"uniform": [1, 3]}}}, r"prior.A: uniform needs finite low < high"),
-        ({**GOOD, "prior": {"B": {"uniform": [1, 3]}, "A": {"uniform": [0, 1]}}}, "must match the simulator's parameters"),
+        (
+            {**GOOD, "prior": {"A": {"uniform": [2, 1]}, "B": {"uniform": [1, 3]}}},
+            r"prior.A: uniform needs finite low < high",
+        ),
+        (
+            {**GOOD, "prior": {"B": {"uniform": [1, 3]}, "A": {"uniform": [0, 1]}}},
+            "must match the simulator's parameters",
+        ),
     ],
 )
 def test_config_errors_name_file_and_key(tmp_path, mutate, message):
@@ -108,8 +114,12 @@ def test_compress_trains_and_writes_summaries(tmp_path, capsys):
         "run_dir": str(tmp_path / "run"),
         "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
         "datasets": {"train": {"n": 120, "seed": 1}, "test": {"n": 20, "seed": 2}},
-        "compressor": {"input": "field", "network": {"kind": "resnet2d", "width": 4, "depth": 1}, "loss": "mse",
-                       "train": {"epochs": 1, "batch_size": 32, "device": "cpu"}},
+        "compressor": {
+            "input": "field",
+            "network": {"kind": "resnet2d", "width": 4, "depth": 1},
+            "loss": "mse",
+            "train": {"epochs": 1, "batch_size": 32, "device": "cpu"},
+        },
     }
     path = write(tmp_path, config)
     assert main(["compress", "-q", str(path)]) == 2
@@ -156,11 +166,18 @@ def test_run_help_says_a_config_runs_code():
     assert "runs that code" in " ".join(done.stdout.split())
 
 
-@pytest.mark.parametrize("error", [
-    TypeError("unsupported operand"), OverflowError("Python int too large to convert to C long"),
-    pickle.UnpicklingError("Weights only load failed.\n\nmore text"), ZeroDivisionError(),
-    KeyError("field"), KeyError("no output 'x'; outputs are ['field']"), KeyboardInterrupt(),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        TypeError("unsupported operand"),
+        OverflowError("Python int too large to convert to C long"),
+        pickle.UnpicklingError("Weights only load failed.\n\nmore text"),
+        ZeroDivisionError(),
+        KeyError("field"),
+        KeyError("no output 'x'; outputs are ['field']"),
+        KeyboardInterrupt(),
+    ],
+)
 def test_every_error_is_one_line_without_traceback(tmp_path, capsys, monkeypatch, error):
     import cosmosbi.stages.simulate
 

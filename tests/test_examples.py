@@ -18,13 +18,24 @@ def _stages(name: str):
 
 def test_camels_domain_shift_trains_on_tng_like_and_tests_on_simba_like():
     config, stages = _stages("camels_domain_shift.yaml")
-    assert stages == ["simulate:train", "simulate:test", "simulate:simba", "compress", "summarise:train", "summarise:test",
-                      "summarise:simba", "estimate", "validate", "sample"]
+    assert stages == [
+        "simulate:train",
+        "simulate:test",
+        "simulate:simba",
+        "compress",
+        "summarise:train",
+        "summarise:test",
+        "summarise:simba",
+        "estimate",
+        "validate",
+        "sample",
+    ]
     assert config.simulator.name == "camels_like" and config.simulator.options["model"] == "tng_like"
     assert config.datasets["simba"].simulator.options["model"] == "simba_like"
     # the variant differs from the training simulator only in its feedback model
-    assert {k: v for k, v in config.datasets["simba"].simulator.options.items() if k != "model"} == \
-        {k: v for k, v in config.simulator.options.items() if k != "model"}
+    assert {k: v for k, v in config.datasets["simba"].simulator.options.items() if k != "model"} == {
+        k: v for k, v in config.simulator.options.items() if k != "model"
+    }
     assert config.validation.shift == ["simba"] and config.validation.test == "test"
     assert config.compressor.network["kind"] == "resnet2d" and config.compressor.loss == "vmim"
     assert config.compressor.train.num_threads == 1
@@ -34,7 +45,16 @@ def test_camels_domain_shift_trains_on_tng_like_and_tests_on_simba_like():
 
 def test_strong_lens_substructure_infers_sigma_sub_with_marginalised_nuisances():
     config, stages = _stages("strong_lens_substructure.yaml")
-    assert stages == ["simulate:train", "simulate:test", "compress", "summarise:train", "summarise:test", "estimate", "validate", "sample"]
+    assert stages == [
+        "simulate:train",
+        "simulate:test",
+        "compress",
+        "summarise:train",
+        "summarise:test",
+        "estimate",
+        "validate",
+        "sample",
+    ]
     simulator = config.build_simulator()
     assert list(simulator.prior.names) == ["Sigma_sub", "beta"]  # lens and source parameters are not in theta
     assert config.compressor.network["kind"] == "resnet2d" and config.compressor.loss == "vmim"

@@ -21,9 +21,24 @@ import cosmosbi
 
 PACKAGE = Path(cosmosbi.__file__).parent
 ROOMS = {
-    "__init__": 0, "files": 0, "cores": 0, "torch_runtime": 0, "layout": 0, "lock": 0, "artifacts": 0,
-    "simulators": 1, "compressors": 2, "estimators": 3, "analyses": 4,
-    "config": 5, "stages": 6, "pipeline": 7, "slurm": 8, "tune": 8, "cli": 9, "__main__": 10,
+    "__init__": 0,
+    "files": 0,
+    "cores": 0,
+    "torch_runtime": 0,
+    "layout": 0,
+    "lock": 0,
+    "artifacts": 0,
+    "simulators": 1,
+    "compressors": 2,
+    "estimators": 3,
+    "analyses": 4,
+    "config": 5,
+    "stages": 6,
+    "pipeline": 7,
+    "slurm": 8,
+    "tune": 8,
+    "cli": 9,
+    "__main__": 10,
 }
 
 
@@ -56,7 +71,8 @@ def cosmosbi_imports(path: Path) -> list[tuple[int, str]]:
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
                 is_module = (PACKAGE.parent / candidate.replace(".", "/")).with_suffix(".py").is_file() or (
-                    PACKAGE.parent / candidate.replace(".", "/") / "__init__.py").is_file()
+                    PACKAGE.parent / candidate.replace(".", "/") / "__init__.py"
+                ).is_file()
                 found.append((node.lineno, candidate if is_module else base))
     return found
 
@@ -86,8 +102,11 @@ def test_no_private_names_imported_across_modules():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cosmosbi"):
-                private += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} imports {node.module}.{a.name}"
-                            for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+                private += [
+                    f"{path.relative_to(PACKAGE.parent)}:{node.lineno} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and a.name != "__version__"
+                ]
     assert not private, "\n".join(private)
 
 

@@ -108,8 +108,13 @@ def test_two_runs_on_one_directory_one_refuses_one_waits_and_the_result_is_one_r
     }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
-    first = subprocess.Popen([sys.executable, "-m", "cosmosbi", "run", "-q", str(path)], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cosmosbi", "run", "-q", str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     locks = tmp_path / "run" / "locks"
     deadline = time.time() + 120
     while not lock_holders(locks) and time.time() < deadline and first.poll() is None:
@@ -128,8 +133,12 @@ def test_two_runs_on_one_directory_one_refuses_one_waits_and_the_result_is_one_r
 
 
 def test_the_commands_that_write_take_the_lock(tmp_path, capsys):
-    config = {"run_dir": str(tmp_path / "run"), "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
-              "datasets": {"train": {"n": 10, "seed": 1}}, "estimator": {"kind": "npe"}}
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
+        "datasets": {"train": {"n": 10, "seed": 1}},
+        "estimator": {"kind": "npe"},
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     locks = tmp_path / "run" / "locks"

@@ -44,8 +44,14 @@ def test_custom_simulator_walkthrough_runs_as_a_config(tmp_path):
     config = re.search(r"```yaml\n(# line.yaml.*?)```", text, flags=re.S).group(1)
     (tmp_path / "line_model.py").write_text(module)
     (tmp_path / "line.yaml").write_text(config)
-    done = subprocess.run([sys.executable, "-m", "cosmosbi", "run", "-q", "line.yaml"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "cosmosbi", "run", "-q", "line.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "converged" not in done.stdout  # sbi's training messages stay off stdout
     metrics = read_json(tmp_path / "runs" / "line_analysis" / "validation" / "metrics.json")
@@ -69,8 +75,9 @@ def exact_line_posterior_std(y: np.ndarray, x: np.ndarray, sigma: float = 0.1, n
     out = np.empty((len(y), 2))
     for i, row in enumerate(y):
         # sum_p (y_p - a x_p - b)^2 expanded in a and b
-        chi2 = (row @ row - 2 * a * (row @ x) - 2 * b * row.sum()
-                + a * a * (x @ x) + 2 * a * b * x.sum() + b * b * len(x)) / sigma**2
+        chi2 = (
+            row @ row - 2 * a * (row @ x) - 2 * b * row.sum() + a * a * (x @ x) + 2 * a * b * x.sum() + b * b * len(x)
+        ) / sigma**2
         weight = np.exp(-0.5 * (chi2 - chi2.min()))
         weight /= weight.sum()
         for j, value in enumerate((a, b)):
@@ -99,12 +106,22 @@ def walkthrough_npe(seed: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [
-    1,
-    2,
-    pytest.param(3, marks=pytest.mark.xfail(strict=False, reason=(
-        "open: on seed 3 the 2000-simulation NPE is biased (mean normalised rank 0.58 for b, KS p 5e-4)"))),
-])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        1,
+        2,
+        pytest.param(
+            3,
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason=(
+                    "open: on seed 3 the 2000-simulation NPE is biased (mean normalised rank 0.58 for b, KS p 5e-4)"
+                ),
+            ),
+        ),
+    ],
+)
 def test_walkthrough_first_analysis_passes_sbc_across_seeds(seed):
     from cosmosbi.analyses.validation import validate_posterior
 

@@ -28,8 +28,12 @@ def small_config(run_dir, **changes) -> dict:
         "prior": {"A": {"uniform": [0.5, 2.0]}, "B": {"uniform": [1.0, 3.0]}},
         "datasets": {"train": {"n": 300, "seed": 1}, "test": {"n": 40, "seed": 2}},
         "batch_size": 100,
-        "compressor": {"input": "field", "network": {"kind": "mlp", "hidden": 16}, "loss": "mse",
-                       "train": {"epochs": 2, "batch_size": 64}},
+        "compressor": {
+            "input": "field",
+            "network": {"kind": "mlp", "hidden": 16},
+            "loss": "mse",
+            "train": {"epochs": 2, "batch_size": 64},
+        },
         "estimator": {"kind": "npe", "summary": "compressor", "training": {"max_epochs": 5}, "n_samples": 100},
         "validation": {"test": "test", "n_samples": 50, "corner": 0},
     }
@@ -53,7 +57,15 @@ def actions(outcomes) -> dict:
 
 def test_keys_change_only_downstream_of_a_changed_setting(tmp_path):
     base = {s.name: s.key for s in plan_stages(config_of(small_config(tmp_path)))}
-    assert list(base) == ["simulate:train", "simulate:test", "compress", "summarise:train", "summarise:test", "estimate", "validate"]
+    assert list(base) == [
+        "simulate:train",
+        "simulate:test",
+        "compress",
+        "summarise:train",
+        "summarise:test",
+        "estimate",
+        "validate",
+    ]
     estimator = {**small_config(tmp_path)["estimator"], "seed": 3}
     changed = {s.name: s.key for s in plan_stages(config_of(small_config(tmp_path, estimator=estimator)))}
     assert [n for n in base if base[n] != changed[n]] == ["estimate", "validate"]
@@ -61,7 +73,10 @@ def test_keys_change_only_downstream_of_a_changed_setting(tmp_path):
     changed = {s.name: s.key for s in plan_stages(config_of(small_config(tmp_path, datasets=datasets)))}
     assert [n for n in base if base[n] != changed[n]] == ["simulate:test", "summarise:test", "validate"]
     # where things run does not change what they compute
-    compressor = {**small_config(tmp_path)["compressor"], "train": {"epochs": 2, "batch_size": 64, "device": "cpu", "num_threads": 1}}
+    compressor = {
+        **small_config(tmp_path)["compressor"],
+        "train": {"epochs": 2, "batch_size": 64, "device": "cpu", "num_threads": 1},
+    }
     assert {s.name: s.key for s in plan_stages(config_of(small_config(tmp_path, compressor=compressor)))} == base
     assert {s.name: s.key for s in plan_stages(config_of(small_config(tmp_path, batch_size=7)))} == base
 
@@ -77,8 +92,14 @@ def test_rerun_skips_and_a_changed_setting_reruns_only_what_depends_on_it(tmp_pa
     estimator = {**small_config(tmp_path)["estimator"], "seed": 3}
     changed = config_of(small_config(tmp_path / "run", estimator=estimator))
     assert actions(run_pipeline(changed, progress=False, echo=lambda s: None)) == {
-        "simulate:train": "skipped", "simulate:test": "skipped", "compress": "skipped", "summarise:train": "skipped",
-        "summarise:test": "skipped", "estimate": "ran", "validate": "ran"}
+        "simulate:train": "skipped",
+        "simulate:test": "skipped",
+        "compress": "skipped",
+        "summarise:train": "skipped",
+        "summarise:test": "skipped",
+        "estimate": "ran",
+        "validate": "ran",
+    }
     archived = sorted(p.name for p in (tmp_path / "run" / "stages" / "previous").iterdir())
     assert [a.split("-")[0] for a in archived] == ["estimate", "validate"]
     # back to the first settings: the archived artifacts return, nothing is recomputed
@@ -109,7 +130,10 @@ def test_a_stage_alone_needs_its_inputs(tmp_path):
         run_pipeline(config, only=["compress"], progress=False, echo=lambda s: None)
     with pytest.raises(ValueError, match="unknown stage 'train'"):
         run_pipeline(config, only=["train"], progress=False, echo=lambda s: None)
-    assert actions(run_pipeline(config, only=["simulate"], progress=False, echo=lambda s: None)) == {"simulate:train": "ran", "simulate:test": "ran"}
+    assert actions(run_pipeline(config, only=["simulate"], progress=False, echo=lambda s: None)) == {
+        "simulate:train": "ran",
+        "simulate:test": "ran",
+    }
     assert [r["state"] for r in stage_status(tmp_path / "run")] == ["done"] * 2 + ["pending"] * 5
 
 
@@ -132,7 +156,10 @@ def test_run_and_status_commands(tmp_path, capsys):
 def test_observations_from_a_file_and_a_dataset(tmp_path, capsys):
     field = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
     np.save(tmp_path / "obs.npy", field)
-    config = small_config(tmp_path / "run", observations={"real": {"file": str(tmp_path / "obs.npy")}, "mock": {"dataset": "test", "index": 2}})
+    config = small_config(
+        tmp_path / "run",
+        observations={"real": {"file": str(tmp_path / "obs.npy")}, "mock": {"dataset": "test", "index": 2}},
+    )
     config["estimator"]["summary"] = "power_spectrum"
     del config["compressor"]
     run_pipeline(config_of(config), progress=False, echo=lambda s: None)
@@ -145,7 +172,11 @@ def test_observations_from_a_file_and_a_dataset(tmp_path, capsys):
         assert np.all((chain[:, 2] >= 0.5) & (chain[:, 2] <= 2.0))
     # a different observation file reruns only the sample stage
     np.save(tmp_path / "obs.npy", 2 * field)
-    assert [s for s, a in actions(run_pipeline(config_of(config), progress=False, echo=lambda s: None)).items() if a == "ran"] == ["sample"]
+    assert [
+        s
+        for s, a in actions(run_pipeline(config_of(config), progress=False, echo=lambda s: None)).items()
+        if a == "ran"
+    ] == ["sample"]
     bad = {**config, "validation": {"exact_on": "fiducial"}}
     with pytest.raises(ValueError, match="validation.exact_on: no dataset 'fiducial'"):
         load_config(write(tmp_path / "bad.yaml", bad))
@@ -163,7 +194,9 @@ def test_quickstart_example_is_the_built_in_default():
 
 def _run_until(command, cwd, ready, timeout=120):
     """Start ``command``, SIGKILL it once ``ready()`` is true; returns whether it was killed mid-way."""
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
         if ready():
@@ -179,8 +212,12 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
     run = tmp_path / "run"
     config = small_config(run, datasets={"train": {"n": 6000, "seed": 1}, "test": {"n": 40, "seed": 2}}, batch_size=200)
     config["simulator"]["options"]["n_pixels"] = 16
-    config["compressor"] = {"input": "field", "network": {"kind": "resnet2d", "width": 4, "depth": 1, "norm": "none"},
-                            "loss": "mse", "train": {"epochs": 4, "batch_size": 256, "patience": 10, "num_threads": 1}}
+    config["compressor"] = {
+        "input": "field",
+        "network": {"kind": "resnet2d", "width": 4, "depth": 1, "norm": "none"},
+        "loss": "mse",
+        "train": {"epochs": 4, "batch_size": 256, "patience": 10, "num_threads": 1},
+    }
     path = write(tmp_path / "c.yaml", config)
     command = [sys.executable, "-m", "cosmosbi", "run", "-q", str(path)]
     parts = run / "sims" / "train" / "parts"

@@ -36,13 +36,27 @@ def wait_for(job_id: str, env: dict, timeout: float = 300) -> str:
 
 
 def test_mpi_simulation_job_gives_the_serial_dataset(tmp_path, slurm_cluster, mpiexec):
-    config = {"run_dir": str(tmp_path / "run"), "simulator": {"name": "gaussian_field", "options": {"n_pixels": 16}},
-              "datasets": {"train": {"n": 150, "seed": 4}}, "batch_size": 16}
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "simulator": {"name": "gaussian_field", "options": {"n_pixels": 16}},
+        "datasets": {"train": {"n": 150, "seed": 4}},
+        "batch_size": 16,
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = {**slurm_cluster, "PATH": f"{Path(sys.executable).parent}:{slurm_cluster.get('PATH', '')}"}
     submitted = subprocess.run(
-        ["sbatch", "--parsable", "--ntasks=2", f"--output={tmp_path}/job-%j.out", str(ROOT / "slurm" / "simulate.sbatch"), str(tmp_path / "c.yaml")],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
+        [
+            "sbatch",
+            "--parsable",
+            "--ntasks=2",
+            f"--output={tmp_path}/job-%j.out",
+            str(ROOT / "slurm" / "simulate.sbatch"),
+            str(tmp_path / "c.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
@@ -51,7 +65,9 @@ def test_mpi_simulation_job_gives_the_serial_dataset(tmp_path, slurm_cluster, mp
     assert state == "COMPLETED", log
     dataset = SimulationDataset(tmp_path / "run" / "sims" / "train")
     assert dataset.manifest["runs"][-1]["n_ranks"] == 2
-    serial = run_simulations(make_simulator("gaussian_field", {"n_pixels": 16}), 150, tmp_path / "serial", seed=4, progress=False)
+    serial = run_simulations(
+        make_simulator("gaussian_field", {"n_pixels": 16}), 150, tmp_path / "serial", seed=4, progress=False
+    )
     reference = SimulationDataset(serial.path)
     np.testing.assert_array_equal(dataset.theta, reference.theta)
     np.testing.assert_array_equal(dataset.read("field"), reference.read("field"))
@@ -95,7 +111,9 @@ def test_submitted_chain_gives_the_results_of_cosmosbi_run(tmp_path, slurm_clust
         np.testing.assert_array_equal(batch.read("field"), local.read("field"))
     batch, local = (read_json(tmp_path / d / "validation" / "metrics.json")["validation"] for d in ("batch", "local"))
     assert batch["sbc"] == local["sbc"]
-    assert read_json(tmp_path / "batch" / "posterior" / "summary.json") == read_json(tmp_path / "local" / "posterior" / "summary.json")
+    assert read_json(tmp_path / "batch" / "posterior" / "summary.json") == read_json(
+        tmp_path / "local" / "posterior" / "summary.json"
+    )
     # resubmitting a finished analysis runs nothing again
     assert main(["slurm", "submit", "c.yaml"]) == 0
     for job in read_json(tmp_path / "batch" / "slurm" / "jobs.json")["jobs"]:
@@ -120,6 +138,8 @@ def test_job_array_simulation_equals_the_mpi_one(tmp_path, slurm_cluster, monkey
     for job in jobs:
         assert wait_for(job["job_id"], slurm_cluster) == "COMPLETED"
     assert len(list((tmp_path / "array" / "slurm").glob("simulate-array-*_*.out"))) == 3
-    serial = run_simulations(make_simulator("gaussian_field", {"n_pixels": 8}), 400, tmp_path / "serial", seed=1, progress=False)
+    serial = run_simulations(
+        make_simulator("gaussian_field", {"n_pixels": 8}), 400, tmp_path / "serial", seed=1, progress=False
+    )
     merged = SimulationDataset(tmp_path / "array" / "sims" / "train")
     np.testing.assert_array_equal(merged.read("field"), SimulationDataset(serial.path).read("field"))

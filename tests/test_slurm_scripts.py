@@ -17,9 +17,15 @@ ANALYSIS = {
     "estimator": {"summary": "compressor"},
     "validation": {},
     "slurm": {
-        "partition": "cpu", "account": "cosmo", "modules": ["python/3.11", "openmpi"], "setup": ["source venv/bin/activate"],
+        "partition": "cpu",
+        "account": "cosmo",
+        "modules": ["python/3.11", "openmpi"],
+        "setup": ["source venv/bin/activate"],
         "sbatch_options": ["--qos=normal"],
-        "jobs": {"simulate": {"ntasks": 64, "time": "04:00:00"}, "compress": {"gpus": 1, "partition": "gpu", "cpus_per_task": 8}},
+        "jobs": {
+            "simulate": {"ntasks": 64, "time": "04:00:00"},
+            "compress": {"gpus": 1, "partition": "gpu", "cpus_per_task": 8},
+        },
     },
 }
 
@@ -28,13 +34,25 @@ def test_one_job_per_stage_kind_with_the_configured_resources(tmp_path):
     jobs = batch_jobs(SimulateConfig.model_validate(ANALYSIS), tmp_path / "a.yaml", workdir=tmp_path)
     assert [j.name for j in jobs] == ["simulate", "compress", "estimate", "validate"]
     simulate, compress = jobs[0].script, jobs[1].script
-    for line in ("#SBATCH --ntasks=64", "#SBATCH --time=04:00:00", "#SBATCH --partition=cpu", "#SBATCH --account=cosmo",
-                 "#SBATCH --qos=normal", "module load openmpi", "source venv/bin/activate", f"cd {tmp_path}",
-                 f"srun --mpi=pmi2 python -m cosmosbi run {tmp_path / 'a.yaml'} --stage simulate --quiet",
-                 f"#SBATCH --output={tmp_path / 'runs/a/slurm/simulate-%j.out'}"):
+    for line in (
+        "#SBATCH --ntasks=64",
+        "#SBATCH --time=04:00:00",
+        "#SBATCH --partition=cpu",
+        "#SBATCH --account=cosmo",
+        "#SBATCH --qos=normal",
+        "module load openmpi",
+        "source venv/bin/activate",
+        f"cd {tmp_path}",
+        f"srun --mpi=pmi2 python -m cosmosbi run {tmp_path / 'a.yaml'} --stage simulate --quiet",
+        f"#SBATCH --output={tmp_path / 'runs/a/slurm/simulate-%j.out'}",
+    ):
         assert line in simulate.splitlines(), line
-    for line in ("#SBATCH --gpus=1", "#SBATCH --partition=gpu", "#SBATCH --cpus-per-task=8",
-                 f"python -m cosmosbi run {tmp_path / 'a.yaml'} --stage compress --quiet"):
+    for line in (
+        "#SBATCH --gpus=1",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --cpus-per-task=8",
+        f"python -m cosmosbi run {tmp_path / 'a.yaml'} --stage compress --quiet",
+    ):
         assert line in compress.splitlines(), line
     assert "srun" not in compress and "--ntasks" not in compress
 
@@ -55,9 +73,13 @@ def test_a_tune_section_makes_a_worker_array_and_a_report_job(tmp_path):
     jobs = batch_jobs(SimulateConfig.model_validate(data), tmp_path / "a.yaml", workdir=tmp_path)
     assert [j.name for j in jobs] == ["simulate", "tune-array", "tune-report"]
     worker, report = jobs[1].script.splitlines(), jobs[2].script.splitlines()
-    for line in ("#SBATCH --array=0-3", "#SBATCH --gpus=1", "#SBATCH --time=01:00:00",
-                 f"python -m cosmosbi tune {tmp_path / 'a.yaml'} --worker $SLURM_ARRAY_TASK_ID --quiet",
-                 f"#SBATCH --output={tmp_path / 'runs/a/slurm/tune-array-%A_%a.out'}"):
+    for line in (
+        "#SBATCH --array=0-3",
+        "#SBATCH --gpus=1",
+        "#SBATCH --time=01:00:00",
+        f"python -m cosmosbi tune {tmp_path / 'a.yaml'} --worker $SLURM_ARRAY_TASK_ID --quiet",
+        f"#SBATCH --output={tmp_path / 'runs/a/slurm/tune-array-%A_%a.out'}",
+    ):
         assert line in worker, line
     assert f"python -m cosmosbi tune {tmp_path / 'a.yaml'} --report" in report
     assert not any(line.startswith(("#SBATCH --array", "#SBATCH --gpus")) for line in report)
@@ -87,9 +109,11 @@ def test_dry_run_prints_the_chain_and_submits_nothing(tmp_path, capsys, monkeypa
 def test_submission_chains_jobs_with_afterok(tmp_path):
     """A fake sbatch that records its arguments stands in for SLURM."""
     fake = tmp_path / "sbatch"
-    fake.write_text(f"#!{sys.executable}\nimport sys, pathlib\nlog = pathlib.Path({str(tmp_path / 'calls')!r})\n"
-                    "n = len(log.read_text().splitlines()) if log.exists() else 0\n"
-                    "log.open('a').write(' '.join(sys.argv[1:]) + '\\n')\nprint(f'{100 + n};cluster')\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys, pathlib\nlog = pathlib.Path({str(tmp_path / 'calls')!r})\n"
+        "n = len(log.read_text().splitlines()) if log.exists() else 0\n"
+        "log.open('a').write(' '.join(sys.argv[1:]) + '\\n')\nprint(f'{100 + n};cluster')\n"
+    )
     fake.chmod(0o755)
     jobs = batch_jobs(SimulateConfig.model_validate(ANALYSIS), "a.yaml", workdir=tmp_path)
     ids = submit_jobs(jobs, tmp_path / "scripts", sbatch=str(fake))
@@ -102,7 +126,9 @@ def test_submission_chains_jobs_with_afterok(tmp_path):
         submit_jobs(jobs, tmp_path / "scripts", sbatch=str(tmp_path / "missing-sbatch"))
 
 
-@pytest.mark.parametrize("template", ["simulate.sbatch", "simulate_array.sbatch", "train_gpu.sbatch", "validate.sbatch"])
+@pytest.mark.parametrize(
+    "template", ["simulate.sbatch", "simulate_array.sbatch", "train_gpu.sbatch", "validate.sbatch"]
+)
 def test_hand_templates_are_valid_bash_that_runs_cosmosbi(template):
     import subprocess
 
@@ -111,7 +137,9 @@ def test_hand_templates_are_valid_bash_that_runs_cosmosbi(template):
     text = path.read_text()
     assert "#SBATCH --job-name=cosmosbi-" in text and "python -m cosmosbi" in text
     # without a config argument the script refuses with its usage line
-    done = subprocess.run(["bash", str(path)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "0"})
+    done = subprocess.run(
+        ["bash", str(path)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "0"}
+    )
     assert done.returncode == 2 and "usage: sbatch" in done.stderr
 
 
@@ -120,10 +148,16 @@ def test_compress_job_over_several_processes_runs_srun_with_a_rendezvous(tmp_pat
     jobs = batch_jobs(SimulateConfig.model_validate(data), tmp_path / "a.yaml", workdir=tmp_path)
     lines = jobs[1].script.splitlines()
     assert jobs[1].name == "compress"
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks=8", "#SBATCH --gpus=8", "#SBATCH --cpus-per-task=4",
-                 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)', "export MASTER_ADDR",
-                 "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
-                 f"srun --mpi=pmi2 python -m cosmosbi run {tmp_path / 'a.yaml'} --stage compress --quiet"):
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks=8",
+        "#SBATCH --gpus=8",
+        "#SBATCH --cpus-per-task=4",
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export MASTER_ADDR",
+        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        f"srun --mpi=pmi2 python -m cosmosbi run {tmp_path / 'a.yaml'} --stage compress --quiet",
+    ):
         assert line in lines, line
     # the rendezvous is exported before the training processes start
     assert lines.index("export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))") < lines.index(lines[-1])

@@ -29,8 +29,12 @@ def tiny_config(run_dir, trials=3, space=None) -> dict:
         "prior": {"A": {"uniform": [0.5, 2.0]}, "B": {"uniform": [1.0, 3.0]}},
         "datasets": {"train": {"n": 200, "seed": 1}, "test": {"n": 20, "seed": 2}},
         "batch_size": 100,
-        "compressor": {"input": "field", "network": {"kind": "mlp", "hidden": 16}, "loss": "mse",
-                       "train": {"epochs": 1, "batch_size": 64}},
+        "compressor": {
+            "input": "field",
+            "network": {"kind": "mlp", "hidden": 16},
+            "loss": "mse",
+            "train": {"epochs": 1, "batch_size": 64},
+        },
         "estimator": {"kind": "npe", "summary": "compressor", "training": {"max_epochs": 2}, "n_samples": 50},
         "validation": {"test": "test", "n_samples": 20, "corner": 0},
         "tune": {"trials": trials, "space": space or SPACE},
@@ -82,13 +86,21 @@ def test_three_trials_finish_and_best_yaml_reproduces_the_best_trial(tuned):
 
 
 def test_trial_zero_runs_the_config_settings_or_their_defaults(tmp_path):
-    space = {**SPACE, "estimator.flow.hidden_features": [32, 64], "estimator.training.batch_size": [50, 100],
-             "compressor.train.batch_size": [32, 64]}
+    space = {
+        **SPACE,
+        "estimator.flow.hidden_features": [32, 64],
+        "estimator.training.batch_size": [50, 100],
+        "compressor.train.batch_size": [32, 64],
+    }
     config = load_config(write(tmp_path / "c.yaml", tiny_config(tmp_path / "run", space=space)))
     # hidden 16 is the config's; 32 hidden features and learning rate 0.003 the NPE defaults (its
     # default batch, 512, is outside the space); 64 the config's compressor batch
-    assert config_settings(config) == {"compressor.network.hidden": 16, "estimator.flow.hidden_features": 32,
-                                       "estimator.training.learning_rate": 0.003, "compressor.train.batch_size": 64}
+    assert config_settings(config) == {
+        "compressor.network.hidden": 16,
+        "estimator.flow.hidden_features": 32,
+        "estimator.training.learning_rate": 0.003,
+        "compressor.train.batch_size": 64,
+    }
 
 
 def test_trials_read_the_parent_simulations_without_copying_them(tuned):
@@ -103,8 +115,10 @@ def test_trials_read_the_parent_simulations_without_copying_them(tuned):
 def test_a_resumed_tune_does_not_redo_finished_trials(tuned, tmp_path):
     path, results = tuned
     config = load_config(path)
-    stamps = {r["run_dir"]: os.stat(Path(r["run_dir"]) / "estimator" / "estimator.json").st_mtime_ns
-              for r in results["trials"]}
+    stamps = {
+        r["run_dir"]: os.stat(Path(r["run_dir"]) / "estimator" / "estimator.json").st_mtime_ns
+        for r in results["trials"]
+    }
     again = tune(config, str(path), progress=False, echo=quiet)
     assert len(again["trials"]) == 3
     more = load_config(write(tmp_path / "more.yaml", tiny_config(config.run_dir, trials=4)))
@@ -125,8 +139,12 @@ def test_a_study_refuses_changed_shared_settings(tuned, tmp_path):
 def test_a_killed_trial_is_run_again_with_its_settings(tmp_path):
     path = write(tmp_path / "tiny.yaml", tiny_config(tmp_path / "run", trials=2))
     config = load_config(path)
-    tune(load_config(write(tmp_path / "none.yaml", tiny_config(tmp_path / "run", trials=1))), str(path),
-         progress=False, echo=quiet)
+    tune(
+        load_config(write(tmp_path / "none.yaml", tiny_config(tmp_path / "run", trials=1))),
+        str(path),
+        progress=False,
+        echo=quiet,
+    )
     study, _ = open_study(config)
     killed = study.ask({"compressor.network.hidden": CategoricalDistribution([8, 16])})
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -146,8 +164,10 @@ def test_a_killed_trial_is_run_again_with_its_settings(tmp_path):
         ({"compressor.network.widht": [8, 16]}, "tune.space.compressor.network.widht: .*unknown key"),
         ({"estimator.flow.hidden_featurez": [8]}, "tune.space.estimator.flow.hidden_featurez: .*unknown key"),
         ({"compressor.train.batch_size": [64, 0]}, r"tune.space.compressor.train.batch_size: value 0"),
-        ({"compressor.train.learning_rate": {"low": 0.1, "high": 0.01}},
-         "tune.space.compressor.train.learning_rate.*low"),
+        (
+            {"compressor.train.learning_rate": {"low": 0.1, "high": 0.01}},
+            "tune.space.compressor.train.learning_rate.*low",
+        ),
         ({"estimator.training.learning_rate": {"low": 0, "high": 0.1, "log": True}}, "log: needs low > 0"),
     ],
 )

@@ -41,7 +41,9 @@ __all__ = ["bandpower_vector", "PolynomialMean", "pair_area", "truth_levels", "c
 # ----------------------------------------------------------------------------- data vector
 
 
-def bandpower_vector(x: np.ndarray, summary: str, bin_edges, *, simulator=None, transform: str = "log_auto") -> np.ndarray:
+def bandpower_vector(
+    x: np.ndarray, summary: str, bin_edges, *, simulator=None, transform: str = "log_auto"
+) -> np.ndarray:
     """Bandpower data vectors (N, B) of simulator outputs x.
 
     Args:
@@ -63,7 +65,9 @@ def bandpower_vector(x: np.ndarray, summary: str, bin_edges, *, simulator=None, 
     edges = np.asarray(bin_edges, dtype=float)
     if summary == "healpix_bandpowers":
         if simulator is None or not hasattr(simulator, "nside"):
-            raise ValueError("baseline.summary: healpix_bandpowers needs a HEALPix simulator (one with nside and pixels)")
+            raise ValueError(
+                "baseline.summary: healpix_bandpowers needs a HEALPix simulator (one with nside and pixels)"
+            )
         _, power, pairs = healpix_bandpowers(x, simulator.nside, getattr(simulator, "pixels", None), edges.astype(int))
         auto = np.array([i == j for i, j in pairs])
         if transform == "log_auto":
@@ -102,13 +106,19 @@ class PolynomialMean:
         if degree < 1:
             raise ValueError(f"baseline.mean_degree must be at least 1, got {degree}")
         if theta.ndim != 2 or data.ndim != 2 or len(theta) != len(data):
-            raise ValueError(f"expected theta (N, D) and data (N, B) with the same N, got {theta.shape} and {data.shape}")
+            raise ValueError(
+                f"expected theta (N, D) and data (N, B) with the same N, got {theta.shape} and {data.shape}"
+            )
         self.degree = int(degree)
         self.center, self.scale = theta.mean(0), np.maximum(theta.std(0), 1e-12)
-        self.terms = [c for k in range(self.degree + 1) for c in itertools.combinations_with_replacement(range(theta.shape[1]), k)]
+        self.terms = [
+            c for k in range(self.degree + 1) for c in itertools.combinations_with_replacement(range(theta.shape[1]), k)
+        ]
         if len(theta) < 2 * len(self.terms):
-            raise ValueError(f"a degree-{degree} mean in {theta.shape[1]} parameters has {len(self.terms)} coefficients; "
-                             f"fit it to at least {2 * len(self.terms)} simulations (got {len(theta)})")
+            raise ValueError(
+                f"a degree-{degree} mean in {theta.shape[1]} parameters has {len(self.terms)} coefficients; "
+                f"fit it to at least {2 * len(self.terms)} simulations (got {len(theta)})"
+            )
         self.coefficients, *_ = np.linalg.lstsq(self._design(theta), data, rcond=None)
 
     def _design(self, theta: np.ndarray) -> np.ndarray:
@@ -139,7 +149,7 @@ def truth_levels(samples: np.ndarray, truth: np.ndarray, pair: tuple[int, int], 
 
     samples, truth = np.asarray(samples), np.asarray(truth)
     pit = (samples < truth).mean(axis=0)
-    sub = samples[: max_points, list(pair)].T
+    sub = samples[:max_points, list(pair)].T
     kde = gaussian_kde(sub)
     density = kde(sub)
     at_truth = kde(truth[list(pair)][:, None])[0]
@@ -166,8 +176,14 @@ def _coverage_summary(pits: np.ndarray, levels: np.ndarray, names: list[str], pa
     return out
 
 
-def compare_posteriors(full: list[np.ndarray], baseline: list[np.ndarray], theta: np.ndarray, names: list[str],
-                       pair: tuple[str, str], derived: dict | None = None) -> dict:
+def compare_posteriors(
+    full: list[np.ndarray],
+    baseline: list[np.ndarray],
+    theta: np.ndarray,
+    names: list[str],
+    pair: tuple[str, str],
+    derived: dict | None = None,
+) -> dict:
     """Area and width ratios (baseline over full field) and calibration of both, over observations.
 
     Args:
@@ -184,8 +200,12 @@ def compare_posteriors(full: list[np.ndarray], baseline: list[np.ndarray], theta
     pits = {"full_field": [], "power_spectrum": []}
     levels = {"full_field": [], "power_spectrum": []}
     for k, (f, b) in enumerate(zip(full, baseline)):
-        row = {"index": k, "theta": theta[k].tolist(),
-               "area_full_field": pair_area(f, i, j), "area_power_spectrum": pair_area(b, i, j)}
+        row = {
+            "index": k,
+            "theta": theta[k].tolist(),
+            "area_full_field": pair_area(f, i, j),
+            "area_power_spectrum": pair_area(b, i, j),
+        }
         row["area_ratio"] = row["area_power_spectrum"] / row["area_full_field"]
         for name, function in derived.items():
             sf, sb = float(np.std(function(f))), float(np.std(function(b)))
@@ -205,13 +225,19 @@ def compare_posteriors(full: list[np.ndarray], baseline: list[np.ndarray], theta
         "area_ratio_mean": float(ratios.mean()),
         "area_ratio_median": float(np.median(ratios)),
         "area_ratio_error": float(ratios.std(ddof=1) / math.sqrt(len(ratios))) if len(ratios) > 1 else None,
-        "area_ratio_of_means": float(np.mean([r["area_power_spectrum"] for r in rows]) / np.mean([r["area_full_field"] for r in rows])),
+        "area_ratio_of_means": float(
+            np.mean([r["area_power_spectrum"] for r in rows]) / np.mean([r["area_full_field"] for r in rows])
+        ),
     }
     for name in [*derived, *names]:
         values = np.array([r[f"{name}_std_ratio"] for r in rows])
         summary[f"{name}_std_ratio_mean"] = float(values.mean())
         summary[f"{name}_std_ratio_median"] = float(np.median(values))
-        summary[f"{name}_std_ratio_error"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+        summary[f"{name}_std_ratio_error"] = (
+            float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+        )
     pair_label = f"({pair[0]}, {pair[1]}) joint"
-    calibration = {label: _coverage_summary(np.array(pits[label]), np.array(levels[label]), names, pair_label) for label in pits}
+    calibration = {
+        label: _coverage_summary(np.array(pits[label]), np.array(levels[label]), names, pair_label) for label in pits
+    }
     return {"summary": summary, "calibration": calibration, "observations": rows}

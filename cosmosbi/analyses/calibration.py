@@ -126,7 +126,19 @@ def sbc(
     expected = np.bincount(bin_of_rank, minlength=n_bins) / (L + 1) * M
     normalised = (ranks + rng.random(ranks.shape)) / (L + 1)
     levels = np.linspace(0.1, 0.9, 9)
-    result = SBCResult(names, ranks, L, n_bins, np.zeros(D), np.zeros(D), np.zeros(D), np.zeros(D), levels, np.zeros((D, len(levels))), normalised.mean(0))
+    result = SBCResult(
+        names,
+        ranks,
+        L,
+        n_bins,
+        np.zeros(D),
+        np.zeros(D),
+        np.zeros(D),
+        np.zeros(D),
+        levels,
+        np.zeros((D, len(levels))),
+        normalised.mean(0),
+    )
     for j in range(D):
         observed = np.bincount(bin_of_rank[ranks[:, j]], minlength=n_bins)
         result.chi2[j] = np.sum((observed - expected) ** 2 / expected)
@@ -179,11 +191,20 @@ class CoverageResult:
     reason: str
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "reason": self.reason, "area": self.area, "abs_area": self.abs_area, "ks_pvalue": self.ks_pvalue,
-                "levels": self.levels.tolist(), "coverage": self.coverage.tolist()}
+        return {
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "area": self.area,
+            "abs_area": self.abs_area,
+            "ks_pvalue": self.ks_pvalue,
+            "levels": self.levels.tolist(),
+            "coverage": self.coverage.tolist(),
+        }
 
 
-def hpd_coverage(log_prob_samples: np.ndarray, log_prob_true: np.ndarray, alpha: float = 0.01, n_levels: int = 101) -> CoverageResult:
+def hpd_coverage(
+    log_prob_samples: np.ndarray, log_prob_true: np.ndarray, alpha: float = 0.01, n_levels: int = 101
+) -> CoverageResult:
     """Expected coverage of highest-posterior-density regions.
 
     Args:
@@ -205,7 +226,9 @@ def hpd_coverage(log_prob_samples: np.ndarray, log_prob_true: np.ndarray, alpha:
     area = float(np.mean(coverage - levels))
     pvalue = float(stats.kstest(credibility, "uniform").pvalue)
     verdict, reason = _verdict(pvalue, area, alpha, f"KS p = {pvalue:.3g}")
-    return CoverageResult(levels, coverage, credibility, area, float(np.mean(np.abs(coverage - levels))), pvalue, verdict, reason)
+    return CoverageResult(
+        levels, coverage, credibility, area, float(np.mean(np.abs(coverage - levels))), pvalue, verdict, reason
+    )
 
 
 @dataclass
@@ -232,11 +255,25 @@ class TARPResult:
     reason: str
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "reason": self.reason, "atc": self.atc, "ks": self.ks, "ks_pvalue": self.ks_pvalue,
-                "levels": self.levels.tolist(), "ecp": self.ecp.tolist()}
+        return {
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "atc": self.atc,
+            "ks": self.ks,
+            "ks_pvalue": self.ks_pvalue,
+            "levels": self.levels.tolist(),
+            "ecp": self.ecp.tolist(),
+        }
 
 
-def tarp(samples: np.ndarray, theta: np.ndarray, rng: np.random.Generator, references: np.ndarray | None = None, alpha: float = 0.01, n_levels: int = 101) -> TARPResult:
+def tarp(
+    samples: np.ndarray,
+    theta: np.ndarray,
+    rng: np.random.Generator,
+    references: np.ndarray | None = None,
+    alpha: float = 0.01,
+    n_levels: int = 101,
+) -> TARPResult:
     """TARP test (Lemos et al. 2023).
 
     Parameters are standardised with the mean and spread of the true values; each test

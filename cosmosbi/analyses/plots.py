@@ -10,8 +10,14 @@ from cosmosbi.analyses.checks import PredictiveCheck
 from cosmosbi.analyses.shift import MMDResult
 
 __all__ = [
-    "rank_histograms", "ecdf_differences", "coverage_curves", "mmd_null", "ood_histogram", "predictive_histograms",
-    "corner", "loss_curves",
+    "rank_histograms",
+    "ecdf_differences",
+    "coverage_curves",
+    "mmd_null",
+    "ood_histogram",
+    "predictive_histograms",
+    "corner",
+    "loss_curves",
 ]
 
 
@@ -44,7 +50,14 @@ def rank_histograms(result: SBCResult, band: float = 0.99):
     low, high = stats.binom.ppf((1 - band) / 2, M, p), stats.binom.ppf(1 - (1 - band) / 2, M, p)
     for j, ax in zip(range(D), axes):
         counts = np.bincount(bin_of_rank[result.ranks[:, j]], minlength=B)
-        ax.fill_between(np.arange(B + 1), np.append(low, low[-1]), np.append(high, high[-1]), step="post", color="0.85", label=f"{band:.0%} band")
+        ax.fill_between(
+            np.arange(B + 1),
+            np.append(low, low[-1]),
+            np.append(high, high[-1]),
+            step="post",
+            color="0.85",
+            label=f"{band:.0%} band",
+        )
         ax.stairs(counts, np.arange(B + 1), color="C0")
         ax.set_title(f"{result.names[j]}: {result.verdicts[j]}", fontsize=9)
         ax.set_xlabel("rank bin")
@@ -72,7 +85,9 @@ def ecdf_differences(result: SBCResult, band: float = 0.95):
     return fig
 
 
-def coverage_curves(coverage: CoverageResult | None = None, tarp: TARPResult | None = None, sbc_result: SBCResult | None = None):
+def coverage_curves(
+    coverage: CoverageResult | None = None, tarp: TARPResult | None = None, sbc_result: SBCResult | None = None
+):
     """Empirical coverage against credibility level: HPD regions, TARP, central intervals."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4, 4))
@@ -137,11 +152,11 @@ def predictive_histograms(checks: dict[str, PredictiveCheck], title: str = "", p
             ax.hist(check.predictive[:, j], bins=20, color="0.6")
             ax.axvline(check.observed[j], color="C3", lw=2)
             ax.set_title(f"{check.names[j]}, p = {check.pvalues[j]:.3g}", fontsize=8)
-        for ax in row[1 + len(shown):]:
+        for ax in row[1 + len(shown) :]:
             ax.set_visible(False)
         for ax in row:
             ax.tick_params(labelsize=7)
-    for ax in axes.flat[len(checks) * cols:]:
+    for ax in axes.flat[len(checks) * cols :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -156,8 +171,10 @@ def corner(samples: dict[str, np.ndarray], names: list[str], truth: np.ndarray |
 
     getdist.chains.print_load_details = False
     labels = [n.replace("_", r"\_") for n in names]
-    sets = [MCSamples(samples=np.asarray(s), names=[f"p{j}" for j in range(len(names))], labels=labels, label=label)
-            for label, s in samples.items()]
+    sets = [
+        MCSamples(samples=np.asarray(s), names=[f"p{j}" for j in range(len(names))], labels=labels, label=label)
+        for label, s in samples.items()
+    ]
     g = plots.get_subplot_plotter(width_inch=2.2 * len(names) + 1.5)
     g.settings.legend_fontsize = 8
     markers = {f"p{j}": float(v) for j, v in enumerate(truth)} if truth is not None else None

@@ -74,19 +74,26 @@ class Report:
         stem = f"{len(self.sections) + 1:02d}-{_slug(heading)}"
         for k, png in enumerate(pngs):
             self.figures.append((f"{stem}-{k + 1}.png" if len(pngs) > 1 else f"{stem}.png", png))
-        images = "".join(f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(heading)}">' for png in pngs)
+        images = "".join(
+            f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(heading)}">'
+            for png in pngs
+        )
         self.sections.append((heading, body_html + images))
 
     def add_table(self, heading: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "") -> None:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
         body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
-        self.sections.append((heading, f"<table><tr>{head}</tr>{body}</table>" + (f"<p>{html.escape(note)}</p>" if note else "")))
+        self.sections.append(
+            (heading, f"<table><tr>{head}</tr>{body}</table>" + (f"<p>{html.escape(note)}</p>" if note else ""))
+        )
 
     def html(self) -> str:
         nav = "".join(f'<a href="#s{k}">{html.escape(h)}</a>' for k, (h, _) in enumerate(self.sections))
         body = "".join(f'<h2 id="s{k}">{html.escape(h)}</h2>{content}' for k, (h, content) in enumerate(self.sections))
-        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-                f"<style>{_STYLE}</style></head><body><h1>{html.escape(self.title)}</h1><nav>{nav}</nav>{body}</body></html>")
+        return (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(self.title)}</h1><nav>{nav}</nav>{body}</body></html>"
+        )
 
     def write(self, out_dir: str | Path, metrics: dict) -> Path:
         """Write ``report.html``, ``metrics.json`` and the figures (``figures/*.png``) atomically

@@ -36,7 +36,9 @@ class MMDResult:
         return {"mmd2": self.mmd2, "pvalue": self.pvalue, "bandwidth": self.bandwidth, "n_permutations": len(self.null)}
 
 
-def mmd_test(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, n_permutations: int = 500, bandwidth: float | None = None) -> MMDResult:
+def mmd_test(
+    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, n_permutations: int = 500, bandwidth: float | None = None
+) -> MMDResult:
     """Two-sample test of x: (n, d) against y: (m, d).
 
     Both samples are standardised with the pooled mean and standard deviation; the Gaussian
@@ -45,7 +47,9 @@ def mmd_test(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, n_permutati
     """
     x, y = np.atleast_2d(np.asarray(x, dtype=float)), np.atleast_2d(np.asarray(y, dtype=float))
     if x.shape[1] != y.shape[1] or len(x) < 2 or len(y) < 2:
-        raise ValueError(f"expected two samples (n >= 2, d) and (m >= 2, d) with the same d, got {x.shape} and {y.shape}")
+        raise ValueError(
+            f"expected two samples (n >= 2, d) and (m >= 2, d) with the same d, got {x.shape} and {y.shape}"
+        )
     pooled = np.vstack([x, y])
     pooled = (pooled - pooled.mean(0)) / np.maximum(pooled.std(0), 1e-12)
     sq = np.sum(pooled**2, axis=1)
@@ -60,7 +64,9 @@ def mmd_test(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, n_permutati
     for p in range(1, n_permutations + 1):
         labels[p, rng.permutation(n + m)[:n]] = True
     mmd2 = _mmd2_unbiased(K, labels, n, m)
-    return MMDResult(float(mmd2[0]), float((1 + np.sum(mmd2[1:] >= mmd2[0])) / (1 + n_permutations)), mmd2[1:], bandwidth)
+    return MMDResult(
+        float(mmd2[0]), float((1 + np.sum(mmd2[1:] >= mmd2[0])) / (1 + n_permutations)), mmd2[1:], bandwidth
+    )
 
 
 def _mmd2_unbiased(K: np.ndarray, is_x: np.ndarray, n: int, m: int) -> np.ndarray:
@@ -86,7 +92,9 @@ def ood_scores(train: np.ndarray, targets: np.ndarray, k: int = 10) -> np.ndarra
 
     train, targets = np.atleast_2d(train).astype(float), np.atleast_2d(targets).astype(float)
     if train.shape[1] != targets.shape[1] or len(train) <= k:
-        raise ValueError(f"expected train (n > k={k}, d) and targets (m, d) with the same d, got {train.shape} and {targets.shape}")
+        raise ValueError(
+            f"expected train (n > k={k}, d) and targets (m, d) with the same d, got {train.shape} and {targets.shape}"
+        )
     shift, scale = train.mean(0), np.maximum(train.std(0), 1e-12)
     tree = cKDTree((train - shift) / scale)
     own = tree.query((train - shift) / scale, k=k + 1)[0][:, 1:].mean(1)  # skip the point itself
@@ -143,6 +151,9 @@ def cross_variant_check(
             for variant, row in table.items()
             if row[name]["sbc_verdict"] != CALIBRATED or abs(row[name]["bias_sigma"]) > max_bias
         ]
-        robustness[name] = {"verdict": "shifted", "reason": "; ".join(problems)} if problems else {
-            "verdict": "robust", "reason": f"calibrated with |bias| <= {max_bias} sigma on every variant"}
+        robustness[name] = (
+            {"verdict": "shifted", "reason": "; ".join(problems)}
+            if problems
+            else {"verdict": "robust", "reason": f"calibrated with |bias| <= {max_bias} sigma on every variant"}
+        )
     return {"variants": table, "robustness": robustness}

@@ -75,11 +75,15 @@ def validate_posterior(
         samples, lp_samples = posterior.sample_and_log_prob(n_samples, x, rng)
         samples, lp_samples = np.asarray(samples), np.asarray(lp_samples)
         if lp_samples.shape != samples.shape[:2]:
-            raise ValueError(f"posterior.sample_and_log_prob returned log-densities {lp_samples.shape} for samples {samples.shape}")
+            raise ValueError(
+                f"posterior.sample_and_log_prob returned log-densities {lp_samples.shape} for samples {samples.shape}"
+            )
     else:
         samples = np.asarray(posterior.sample(n_samples, x, rng))
     if samples.shape != (len(theta), n_samples, theta.shape[1]):
-        raise ValueError(f"posterior.sample returned {samples.shape}, expected {(len(theta), n_samples, theta.shape[1])}")
+        raise ValueError(
+            f"posterior.sample returned {samples.shape}, expected {(len(theta), n_samples, theta.shape[1])}"
+        )
     seconds = {"sampling": round(time.perf_counter() - started, 3)}
     started = time.perf_counter()
     all_samples, all_theta, all_names = samples, theta, list(names)
@@ -107,7 +111,9 @@ def validate_posterior(
     return ValidationResult(samples, theta, sbc_result, coverage, tarp_result, seconds)
 
 
-def compare_with_exact(samples: np.ndarray, exact: np.ndarray, names: list[str], rng: np.random.Generator, c2st=None) -> dict:
+def compare_with_exact(
+    samples: np.ndarray, exact: np.ndarray, names: list[str], rng: np.random.Generator, c2st=None
+) -> dict:
     """Compare posterior samples with exact-posterior samples of the same observation.
 
     Args:
@@ -148,6 +154,11 @@ def posterior_widths(samples: np.ndarray, prior, names: list[str], n_prior: int 
     out = {}
     for j, name in enumerate(names):
         q16, q50, q84 = np.quantile(posterior_std[:, j], [0.16, 0.5, 0.84])
-        out[name] = {"prior_std": float(prior_std[j]), "posterior_std_median": float(q50), "posterior_std_16": float(q16),
-                     "posterior_std_84": float(q84), "ratio_median": float(q50 / prior_std[j])}
+        out[name] = {
+            "prior_std": float(prior_std[j]),
+            "posterior_std_median": float(q50),
+            "posterior_std_16": float(q16),
+            "posterior_std_84": float(q84),
+            "ratio_median": float(q50 / prior_std[j]),
+        }
     return out

@@ -74,8 +74,9 @@ def launch_of(environ=None) -> Launch:
         return Launch()
     for rank, size, local in LAUNCH_VARIABLES:
         if rank in environ and size in environ:
-            launch = Launch(_integer(environ, rank), _integer(environ, size),
-                            _integer(environ, local) if local in environ else 0)
+            launch = Launch(
+                _integer(environ, rank), _integer(environ, size), _integer(environ, local) if local in environ else 0
+            )
             if not 0 <= launch.rank < launch.world_size:
                 raise ValueError(f"environment: {rank}={launch.rank} is not in [0, {size}={launch.world_size})")
             return launch
@@ -130,8 +131,9 @@ class TorchComm:
             backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
             if torch.cuda.is_available():
                 torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
-            torch.distributed.init_process_group(backend, init_method="env://", rank=launch.rank,
-                                                 world_size=launch.world_size)
+            torch.distributed.init_process_group(
+                backend, init_method="env://", rank=launch.rank, world_size=launch.world_size
+            )
 
     def Get_rank(self) -> int:  # mpi4py's name
         return torch.distributed.get_rank()

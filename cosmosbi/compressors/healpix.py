@@ -114,18 +114,43 @@ class HealpixCNN(nn.Module):
         convs: convolutions per level.
     """
 
-    def __init__(self, nside: int, pixels=None, in_channels: int = 1, out_features: int = 2, width: int = 16, depth: int = 3, convs: int = 2):
+    def __init__(
+        self,
+        nside: int,
+        pixels=None,
+        in_channels: int = 1,
+        out_features: int = 2,
+        width: int = 16,
+        depth: int = 3,
+        convs: int = 2,
+    ):
         super().__init__()
         if nside < 1 or nside & (nside - 1):
             raise ValueError(f"healpix_cnn: nside must be a power of two, got {nside}")
         if depth < 1 or 2**depth > nside:
-            raise ValueError(f"healpix_cnn: depth must be in [1, log2(nside)] = [1, {int(np.log2(nside))}], got {depth}")
+            raise ValueError(
+                f"healpix_cnn: depth must be in [1, log2(nside)] = [1, {int(np.log2(nside))}], got {depth}"
+            )
         pixels = np.arange(12 * nside**2) if pixels is None else np.asarray(pixels, dtype=np.int64)
-        if pixels.ndim != 1 or pixels.size == 0 or np.any(np.diff(pixels) <= 0) or pixels[0] < 0 or pixels[-1] >= 12 * nside**2:
-            raise ValueError(f"healpix_cnn: pixels must be sorted unique NESTED indices in [0, {12 * nside**2}) at nside {nside}")
+        if (
+            pixels.ndim != 1
+            or pixels.size == 0
+            or np.any(np.diff(pixels) <= 0)
+            or pixels[0] < 0
+            or pixels[-1] >= 12 * nside**2
+        ):
+            raise ValueError(
+                f"healpix_cnn: pixels must be sorted unique NESTED indices in [0, {12 * nside**2}) at nside {nside}"
+            )
         self.config = {
-            "kind": "healpix_cnn", "nside": nside, "in_channels": in_channels, "out_features": out_features,
-            "width": width, "depth": depth, "convs": convs, "footprint": footprint_ranges(pixels),
+            "kind": "healpix_cnn",
+            "nside": nside,
+            "in_channels": in_channels,
+            "out_features": out_features,
+            "width": width,
+            "depth": depth,
+            "convs": convs,
+            "footprint": footprint_ranges(pixels),
         }
         self.out_features = out_features
         self.n_pixels = len(pixels)
@@ -135,18 +160,26 @@ class HealpixCNN(nn.Module):
         for level in range(depth):
             out = width * 2**level
             for _ in range(convs):
-                layers += [HealpixConv(level_nside, level_pixels, channels, out, bias=False), _PixelBatchNorm(out), nn.GELU()]
+                layers += [
+                    HealpixConv(level_nside, level_pixels, channels, out, bias=False),
+                    _PixelBatchNorm(out),
+                    nn.GELU(),
+                ]
                 channels = out
             pool = HealpixPool(level_pixels)
             layers.append(pool)
             level_pixels, level_nside = pool.parent_pixels, level_nside // 2
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(2 * channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, out_features))
+        self.head = nn.Sequential(
+            nn.Linear(2 * channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, out_features)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             x = x.unsqueeze(1)
         if x.shape[-1] != self.n_pixels:
-            raise ValueError(f"healpix_cnn expects maps with {self.n_pixels} footprint pixels, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"healpix_cnn expects maps with {self.n_pixels} footprint pixels, got shape {tuple(x.shape)}"
+            )
         h = self.features(self.normalise(x).transpose(1, 2).contiguous())  # (N, P, C)
         return self.head(torch.cat([h.mean(dim=1), h.pow(2).mean(dim=1)], dim=1))

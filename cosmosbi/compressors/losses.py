@@ -44,7 +44,11 @@ class VMIMLoss(nn.Module):
 
         layers = []
         for _ in range(transforms):
-            layers.append(MaskedAffineAutoregressiveTransform(features=parameter_dim, hidden_features=hidden, context_features=summary_dim))
+            layers.append(
+                MaskedAffineAutoregressiveTransform(
+                    features=parameter_dim, hidden_features=hidden, context_features=summary_dim
+                )
+            )
             if parameter_dim > 1:
                 layers.append(ReversePermutation(features=parameter_dim))
         self.flow = Flow(CompositeTransform(layers), StandardNormal([parameter_dim]))
@@ -65,7 +69,9 @@ class MSELoss(nn.Module):
     def __init__(self, parameter_dim: int, summary_dim: int):
         super().__init__()
         if summary_dim != parameter_dim:
-            raise ValueError(f"loss 'mse' regresses the parameters: summary_dim must equal the {parameter_dim} parameters, got {summary_dim}")
+            raise ValueError(
+                f"loss 'mse' regresses the parameters: summary_dim must equal the {parameter_dim} parameters, got {summary_dim}"
+            )
         self.config = {"kind": "mse"}
 
     def forward(self, t: torch.Tensor, theta_s: torch.Tensor) -> torch.Tensor:
@@ -83,7 +89,9 @@ class GaussianNLLLoss(nn.Module):
     def __init__(self, parameter_dim: int, summary_dim: int):
         super().__init__()
         if summary_dim != parameter_dim:
-            raise ValueError(f"loss 'gaussian_nll' predicts the parameters: summary_dim must equal the {parameter_dim} parameters, got {summary_dim}")
+            raise ValueError(
+                f"loss 'gaussian_nll' predicts the parameters: summary_dim must equal the {parameter_dim} parameters, got {summary_dim}"
+            )
         self.dim = parameter_dim
         self.config = {"kind": "gaussian_nll"}
 

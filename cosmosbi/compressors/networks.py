@@ -39,7 +39,9 @@ class _ResidualBlock(nn.Module):
     def __init__(self, channels_in: int, channels_out: int, stride: int, padding_mode: str, norm: str):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1, padding_mode=padding_mode, bias=norm == "none"),
+            nn.Conv2d(
+                channels_in, channels_out, 3, stride=stride, padding=1, padding_mode=padding_mode, bias=norm == "none"
+            ),
             _norm(norm, channels_out),
             nn.GELU(),
             nn.Conv2d(channels_out, channels_out, 3, padding=1, padding_mode=padding_mode, bias=norm == "none"),
@@ -48,7 +50,9 @@ class _ResidualBlock(nn.Module):
         self.skip = (
             nn.Identity()
             if stride == 1 and channels_in == channels_out
-            else nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride=stride, bias=norm == "none"), _norm(norm, channels_out))
+            else nn.Sequential(
+                nn.Conv2d(channels_in, channels_out, 1, stride=stride, bias=norm == "none"), _norm(norm, channels_out)
+            )
         )
         self.act = nn.GELU()
 
@@ -85,21 +89,54 @@ class ResNet2D(nn.Module):
             activation (see above).
     """
 
-    def __init__(self, in_channels: int = 1, out_features: int = 2, width: int = 16, depth: int = 3, blocks: int = 1, periodic: bool = True, norm: str = "batch",
-                 stem_kernel: int = 3, linear_stem: bool = False):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_features: int = 2,
+        width: int = 16,
+        depth: int = 3,
+        blocks: int = 1,
+        periodic: bool = True,
+        norm: str = "batch",
+        stem_kernel: int = 3,
+        linear_stem: bool = False,
+    ):
         super().__init__()
-        check_positive(in_channels=in_channels, out_features=out_features, width=width, depth=depth, blocks=blocks,
-                       stem_kernel=stem_kernel)
+        check_positive(
+            in_channels=in_channels,
+            out_features=out_features,
+            width=width,
+            depth=depth,
+            blocks=blocks,
+            stem_kernel=stem_kernel,
+        )
         if stem_kernel % 2 == 0:
             raise ValueError(f"network option stem_kernel must be odd, got {stem_kernel}")
         if not isinstance(linear_stem, bool):
             raise ValueError(f"network option linear_stem must be true or false, got {linear_stem!r}")
-        self.config = {"kind": "resnet2d", "in_channels": in_channels, "out_features": out_features, "width": width, "depth": depth,
-                       "blocks": blocks, "periodic": periodic, "norm": norm, "stem_kernel": stem_kernel, "linear_stem": linear_stem}
+        self.config = {
+            "kind": "resnet2d",
+            "in_channels": in_channels,
+            "out_features": out_features,
+            "width": width,
+            "depth": depth,
+            "blocks": blocks,
+            "periodic": periodic,
+            "norm": norm,
+            "stem_kernel": stem_kernel,
+            "linear_stem": linear_stem,
+        }
         self.out_features = out_features
         self.normalise = Normalise(in_channels)
         pad = "circular" if periodic else "zeros"
-        conv = nn.Conv2d(in_channels, width, stem_kernel, padding=stem_kernel // 2, padding_mode=pad, bias=norm == "none" and not linear_stem)
+        conv = nn.Conv2d(
+            in_channels,
+            width,
+            stem_kernel,
+            padding=stem_kernel // 2,
+            padding_mode=pad,
+            bias=norm == "none" and not linear_stem,
+        )
         self.linear_stem = linear_stem
         self.stem = conv if linear_stem else nn.Sequential(conv, _norm(norm, width), nn.GELU())
         self.stem_act = nn.Sequential(_norm(norm, width), nn.GELU()) if linear_stem else nn.Identity()
@@ -140,7 +177,13 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, out_features: int = 2, hidden: int = 64, layers: int = 2):
         super().__init__()
         check_positive(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers)
-        self.config = {"kind": "mlp", "in_features": in_features, "out_features": out_features, "hidden": hidden, "layers": layers}
+        self.config = {
+            "kind": "mlp",
+            "in_features": in_features,
+            "out_features": out_features,
+            "hidden": hidden,
+            "layers": layers,
+        }
         self.out_features = out_features
         self.normalise = Normalise(in_features)
         sizes = [in_features] + [hidden] * layers

@@ -92,7 +92,9 @@ def healpix_bandpowers(
     edges = np.asarray(ell_edges, dtype=int)
     lmax = int(edges[-1]) - 1
     if edges[0] < 0 or np.any(np.diff(edges) <= 0) or lmax > 3 * nside - 1:
-        raise ValueError(f"ell_edges must increase from >= 0 with the last edge <= 3 nside = {3 * nside}, got {edges.tolist()}")
+        raise ValueError(
+            f"ell_edges must increase from >= 0 with the last edge <= 3 nside = {3 * nside}, got {edges.tolist()}"
+        )
     fsky = len(pixels) / npix
     n_maps = maps.shape[1]
     pairs = [(i, j) for i in range(n_maps) for j in range(i, n_maps)]

@@ -70,7 +70,16 @@ class Compressor(nn.Module):
     (which decides which network outputs are the summaries) and the input name.
     """
 
-    def __init__(self, network: nn.Module, parameter_names: Sequence[str], theta_shift, theta_scale, loss: str, summary_dim: int, input_name: str):
+    def __init__(
+        self,
+        network: nn.Module,
+        parameter_names: Sequence[str],
+        theta_shift,
+        theta_scale,
+        loss: str,
+        summary_dim: int,
+        input_name: str,
+    ):
         super().__init__()
         self.network = network
         self.parameter_names = tuple(parameter_names)
@@ -108,7 +117,15 @@ class Compressor(nn.Module):
         }
 
 
-def make_compressor(network: dict[str, Any], dataset, input_name: str, loss: str = "vmim", summary_dim: int | None = None, seed: int = 0, sample_rows: int = 1000) -> Compressor:
+def make_compressor(
+    network: dict[str, Any],
+    dataset,
+    input_name: str,
+    loss: str = "vmim",
+    summary_dim: int | None = None,
+    seed: int = 0,
+    sample_rows: int = 1000,
+) -> Compressor:
     """Build a compressor for ``dataset``'s output ``input_name``.
 
     The network's input size/channels and its input normalisation (per-channel mean and std)
@@ -123,7 +140,9 @@ def make_compressor(network: dict[str, Any], dataset, input_name: str, loss: str
         summary_dim: d (default: the number of parameters).
     """
     if input_name not in dataset.output_names:
-        raise ValueError(f"compressor input {input_name!r} is not an output of {dataset.path}; outputs are {list(dataset.output_names)}")
+        raise ValueError(
+            f"compressor input {input_name!r} is not an output of {dataset.path}; outputs are {list(dataset.output_names)}"
+        )
     if len(dataset) < 2:
         raise ValueError(f"{dataset.path}: need at least 2 simulations to train a compressor, got {len(dataset)}")
     D = len(dataset.parameter_names)
@@ -276,7 +295,14 @@ def _clone(state: dict) -> dict:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def train_compressor(compressor: Compressor, loss: nn.Module, dataset, out_dir: str | Path, settings: TrainSettings = TrainSettings(), progress: bool = True) -> TrainResult:
+def train_compressor(
+    compressor: Compressor,
+    loss: nn.Module,
+    dataset,
+    out_dir: str | Path,
+    settings: TrainSettings = TrainSettings(),
+    progress: bool = True,
+) -> TrainResult:
     """Train ``compressor`` and ``loss`` (jointly) on ``dataset``; resume from ``out_dir``'s checkpoint.
 
     Returns a :class:`TrainResult`; the best epoch's weights are loaded into ``compressor``
@@ -288,8 +314,16 @@ def train_compressor(compressor: Compressor, loss: nn.Module, dataset, out_dir: 
         return _train(compressor, loss, dataset, Path(out_dir), settings, progress, device, distributed)
 
 
-def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, settings: TrainSettings, progress: bool,
-           device: torch.device, distributed: bool) -> TrainResult:
+def _train(
+    compressor: Compressor,
+    loss: nn.Module,
+    dataset,
+    out_dir: Path,
+    settings: TrainSettings,
+    progress: bool,
+    device: torch.device,
+    distributed: bool,
+) -> TrainResult:
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -300,7 +334,9 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
     train_rows, val_rows = _split(dataset, settings.val_fraction, settings.seed)
     params = list(compressor.parameters()) + list(loss.parameters())
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=settings.lr_factor, patience=settings.lr_patience)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=settings.lr_factor, patience=settings.lr_patience
+    )
     fingerprint = _fingerprint(compressor, loss, dataset, settings)
     augmentation = Augmentation(compressor.network.config) if settings.augment else None
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
@@ -308,7 +344,9 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
 
     objective = _Objective(compressor, loss)
     if distributed:
-        objective = torch.nn.parallel.DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device] if device.type == "cuda" else None
+        )
 
     checkpoint_path = out_dir / "checkpoint.pt"
     if distributed:
@@ -333,7 +371,12 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=settings.epochs, initial=min(state["epoch"], settings.epochs), desc=f"training {out_dir.name}", unit="epoch")
+        bar = tqdm(
+            total=settings.epochs,
+            initial=min(state["epoch"], settings.epochs),
+            desc=f"training {out_dir.name}",
+            unit="epoch",
+        )
     stopped_early = state["bad_epochs"] >= settings.patience
     while state["epoch"] < settings.epochs and not stopped_early:
         epoch = state["epoch"]
@@ -372,7 +415,13 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
         val_loss = evaluate_loss(compressor, loss, rows, val_rows, settings.batch_size, device, distributed)
         scheduler.step(val_loss)
         state["history"].append(
-            {"epoch": epoch + 1, "train_loss": total / count, "val_loss": val_loss, "learning_rate": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 3)}
+            {
+                "epoch": epoch + 1,
+                "train_loss": total / count,
+                "val_loss": val_loss,
+                "learning_rate": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.time() - started, 3),
+            }
         )
         if val_loss < state["best_val"]:
             state.update(best_val=val_loss, best_epoch=epoch + 1, bad_epochs=0)
@@ -384,9 +433,16 @@ def _train(compressor: Compressor, loss: nn.Module, dataset, out_dir: Path, sett
         if rank == 0:
             with atomic_path(checkpoint_path) as tmp:
                 torch.save(
-                    {**state, "fingerprint": fingerprint, "compressor": compressor.state_dict(), "loss": loss.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "best_compressor": best["compressor"], "best_loss": best["loss"]},
+                    {
+                        **state,
+                        "fingerprint": fingerprint,
+                        "compressor": compressor.state_dict(),
+                        "loss": loss.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "best_compressor": best["compressor"],
+                        "best_loss": best["loss"],
+                    },
                     tmp,
                 )
         if bar is not None:
@@ -415,8 +471,15 @@ def _summed(values: list[float], device: torch.device) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate_loss(compressor: Compressor, loss: nn.Module, rows: _Rows, positions: np.ndarray, batch_size: int, device,
-                  distributed: bool = False) -> float:
+def evaluate_loss(
+    compressor: Compressor,
+    loss: nn.Module,
+    rows: _Rows,
+    positions: np.ndarray,
+    batch_size: int,
+    device,
+    distributed: bool = False,
+) -> float:
     """Mean loss over ``positions`` in evaluation mode (``distributed``: each rank evaluates its
     share of every batch, and the sums are added over the ranks)."""
     compressor.eval()
@@ -489,10 +552,20 @@ def load_compressor(out_dir: str | Path, device: str = "cpu") -> tuple[Compresso
         raise FileNotFoundError(f"{out_dir}: no compressor.json (not a saved compressor)")
     config = read_json(path)
     if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {config.get('format_version')!r}; this cosmosbi reads {FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: format_version {config.get('format_version')!r}; this cosmosbi reads {FORMAT_VERSION}"
+        )
     network = build_network(config["network"])
     D = len(config["parameter_names"])
-    compressor = Compressor(network, config["parameter_names"], np.zeros(D), np.ones(D), config["loss"], config["summary_dim"], config["input_name"])
+    compressor = Compressor(
+        network,
+        config["parameter_names"],
+        np.zeros(D),
+        np.ones(D),
+        config["loss"],
+        config["summary_dim"],
+        config["input_name"],
+    )
     compressor.load_state_dict(load_weights(out_dir / "compressor.pt", map_location=device))
     compressor.eval()
     loss = None
@@ -522,5 +595,11 @@ def compress_dataset(compressor: Compressor, dataset, out_dir: str | Path, batch
         x = torch.as_tensor(batch[compressor.input_name], dtype=torch.float32, device=dev)
         parts.append(compressor(x).float().cpu().numpy())
     t = np.concatenate(parts) if parts else np.zeros((0, compressor.summary_dim), np.float32)
-    identity = {"compressed_from": str(dataset.path), "source": dataset.manifest.get("identity"), "compressor": compressor.config}
-    return write_dataset(out_dir, dataset.theta, dataset.index, {"t": t}, dataset.parameter_names, identity, seed=dataset.seed)
+    identity = {
+        "compressed_from": str(dataset.path),
+        "source": dataset.manifest.get("identity"),
+        "compressor": compressor.config,
+    }
+    return write_dataset(
+        out_dir, dataset.theta, dataset.index, {"t": t}, dataset.parameter_names, identity, seed=dataset.seed
+    )

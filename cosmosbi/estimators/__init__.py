@@ -11,7 +11,13 @@
 
 from cosmosbi.estimators.baselines import GaussianBandpowerLikelihood, exact_posterior_samples
 from cosmosbi.estimators.ensemble import NLEEnsemble, NPEEnsemble, fit_ensemble, stacking_weights
-from cosmosbi.estimators.io import load_estimator, load_samples_hdf5, save_estimator, save_samples_hdf5, write_getdist_chain
+from cosmosbi.estimators.io import (
+    load_estimator,
+    load_samples_hdf5,
+    save_estimator,
+    save_samples_hdf5,
+    write_getdist_chain,
+)
 from cosmosbi.estimators.mcmc import MCMCResult, sample_emcee, sample_stretch_batched
 from cosmosbi.estimators.networks import FlowConfig, TrainingConfig, TrainingSummary
 from cosmosbi.estimators.nle import NLE

@@ -91,7 +91,9 @@ class GaussianBandpowerLikelihood:
 
     CORRECTIONS = ("hartlap", "sellentin-heavens", "none")
 
-    def __init__(self, theory: Callable[[np.ndarray], np.ndarray], fiducial_bandpowers: np.ndarray, correction: str = "hartlap"):
+    def __init__(
+        self, theory: Callable[[np.ndarray], np.ndarray], fiducial_bandpowers: np.ndarray, correction: str = "hartlap"
+    ):
         if correction not in self.CORRECTIONS:
             raise ValueError(f"correction: expected one of {list(self.CORRECTIONS)}, got {correction!r}")
         sims = np.asarray(fiducial_bandpowers, dtype=float)
@@ -125,7 +127,9 @@ class GaussianBandpowerLikelihood:
         factor = self.hartlap_factor if self.correction == "hartlap" else 1.0
         return -0.5 * factor * chi2
 
-    def sample(self, d_obs: np.ndarray, prior: Prior, n_samples: int, rng: np.random.Generator, **emcee_options) -> MCMCResult:
+    def sample(
+        self, d_obs: np.ndarray, prior: Prior, n_samples: int, rng: np.random.Generator, **emcee_options
+    ) -> MCMCResult:
         """Sample the posterior prior x likelihood for observed bandpowers d_obs: (B,) with emcee."""
         from cosmosbi.estimators.nle import sample_posterior_emcee
 

@@ -67,13 +67,17 @@ class _Mixture:
             raise ValueError("an ensemble needs at least one member")
         kinds = {m.kind for m in members}
         if kinds != {self.kind}:
-            raise TypeError(f"{type(self).__name__}: every member must be a trained {self.kind.upper()}, got kinds {sorted(kinds)}")
+            raise TypeError(
+                f"{type(self).__name__}: every member must be a trained {self.kind.upper()}, got kinds {sorted(kinds)}"
+            )
         shapes = {m.x_shape for m in members}
         if len(shapes) != 1 or None in shapes:
             raise ValueError(f"members must be trained on data of one shape, got {sorted(map(str, shapes))}")
         weights = np.full(len(members), 1.0 / len(members)) if weights is None else np.asarray(weights, dtype=float)
         if weights.shape != (len(members),) or np.any(weights < 0) or not weights.sum() > 0:
-            raise ValueError(f"weights must be {len(members)} non-negative numbers with a positive sum, got {weights!r}")
+            raise ValueError(
+                f"weights must be {len(members)} non-negative numbers with a positive sum, got {weights!r}"
+            )
         self.members = members
         self.weights = weights / weights.sum()
         first = members[0]
@@ -172,7 +176,13 @@ def fit_ensemble(
     for k in range(n_members):
         member_rng = np.random.default_rng(rng.integers(2**62))
         if kind == "npe":
-            member = NPE(prior, flows[k % len(flows)], training, embedding_net=embedding_nets[k] if embedding_nets else None, device=device)
+            member = NPE(
+                prior,
+                flows[k % len(flows)],
+                training,
+                embedding_net=embedding_nets[k] if embedding_nets else None,
+                device=device,
+            )
         else:
             member = NLE(prior, flows[k % len(flows)], training, device=device)
         members.append(member.fit(theta[train], x[train], member_rng))

@@ -33,8 +33,13 @@ from cosmosbi.simulators.priors import prior_from_config
 from cosmosbi.torch_runtime import resolve_device, torch_generator
 
 __all__ = [
-    "FORMAT_VERSION", "save_estimator", "load_estimator", "save_samples_hdf5", "load_samples_hdf5",
-    "write_getdist_chain", "check_observations",
+    "FORMAT_VERSION",
+    "save_estimator",
+    "load_estimator",
+    "save_samples_hdf5",
+    "load_samples_hdf5",
+    "write_getdist_chain",
+    "check_observations",
 ]
 
 FORMAT_VERSION = 1
@@ -55,7 +60,10 @@ def save_estimator(estimator, directory: str | Path) -> Path:
         "created": provenance(),
     }
     if isinstance(estimator, (NPEEnsemble, NLEEnsemble)):
-        meta["ensemble"] = {"weights": estimator.weights.tolist(), "members": [f"member-{k}" for k in range(len(estimator.members))]}
+        meta["ensemble"] = {
+            "weights": estimator.weights.tolist(),
+            "members": [f"member-{k}" for k in range(len(estimator.members))],
+        }
         for name, member in zip(meta["ensemble"]["members"], estimator.members):
             save_estimator(member, directory / name)
     else:
@@ -64,7 +72,9 @@ def save_estimator(estimator, directory: str | Path) -> Path:
         meta["training"] = estimator.training.to_dict()
         meta["summary"] = estimator.summary.to_dict() if estimator.summary else None
         embedding = estimator.embedding_net
-        meta["embedding_net"] = None if embedding is None else f"{type(embedding).__module__}.{type(embedding).__qualname__}"
+        meta["embedding_net"] = (
+            None if embedding is None else f"{type(embedding).__module__}.{type(embedding).__qualname__}"
+        )
         state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
         with atomic_path(directory / WEIGHTS) as tmp:
             torch.save(state, tmp)
@@ -88,7 +98,9 @@ def load_estimator(directory: str | Path, *, embedding_net: torch.nn.Module | No
     if meta.get("format") != "cosmosbi-estimator":
         raise ValueError(f"{directory / META}: not a cosmosbi estimator file (format {meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{directory / META}: format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+        raise ValueError(
+            f"{directory / META}: format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})"
+        )
     kind = meta["kind"]
     if "ensemble" in meta:
         members = [load_estimator(directory / name, device=device) for name in meta["ensemble"]["members"]]
@@ -98,7 +110,9 @@ def load_estimator(directory: str | Path, *, embedding_net: torch.nn.Module | No
     flow = FlowConfig(**meta["flow"])
     training = TrainingConfig(**meta["training"])
     if meta.get("embedding_net") and embedding_net is None:
-        raise ValueError(f"{directory}: trained with embedding network {meta['embedding_net']}; pass a fresh instance as embedding_net")
+        raise ValueError(
+            f"{directory}: trained with embedding network {meta['embedding_net']}; pass a fresh instance as embedding_net"
+        )
     if kind == "npe":
         estimator = NPE(prior, flow, training, embedding_net=embedding_net, device=device)
     elif kind == "nle":
@@ -134,12 +148,21 @@ def check_observations(x: np.ndarray, path: str | Path) -> np.ndarray:
     bad = ~np.isfinite(x)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{path}: observations must be finite; {int(bad.sum())} of {x.size} values are NaN or inf "
-                         f"(the first at index {first}: {x[first]})")
+        raise ValueError(
+            f"{path}: observations must be finite; {int(bad.sum())} of {x.size} values are NaN or inf "
+            f"(the first at index {first}: {x[first]})"
+        )
     return x
 
 
-def save_samples_hdf5(path: str | Path, samples: np.ndarray, names: Sequence[str], *, attrs: dict[str, Any] | None = None, log_prob: np.ndarray | None = None) -> Path:
+def save_samples_hdf5(
+    path: str | Path,
+    samples: np.ndarray,
+    names: Sequence[str],
+    *,
+    attrs: dict[str, Any] | None = None,
+    log_prob: np.ndarray | None = None,
+) -> Path:
     """Write samples (n, D) or (M, n, D) with parameter names (and optional log_prob) to HDF5, atomically."""
     import h5py
 
@@ -167,7 +190,11 @@ def load_samples_hdf5(path: str | Path) -> tuple[np.ndarray, list[str], dict[str
     with h5py.File(path, "r") as handle:
         samples = handle["samples"][()]
         names = json.loads(handle.attrs["parameter_names"])
-        attrs = {k: json.loads(v) for k, v in handle.attrs.items() if k not in ("parameter_names", "format", "format_version")}
+        attrs = {
+            k: json.loads(v)
+            for k, v in handle.attrs.items()
+            if k not in ("parameter_names", "format", "format_version")
+        }
         if "log_prob" in handle:
             attrs["log_prob"] = handle["log_prob"][()]
     return samples, names, attrs

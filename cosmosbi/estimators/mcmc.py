@@ -158,7 +158,11 @@ def sample_stretch_batched(
     n_walkers = n_walkers or max(32, 4 * ndim)
     n_walkers += n_walkers % 2
     half = n_walkers // 2
-    scale = np.broadcast_to(np.asarray(scale, dtype=float), (m_obs, ndim)) if np.ndim(scale) else np.full((m_obs, ndim), float(scale))
+    scale = (
+        np.broadcast_to(np.asarray(scale, dtype=float), (m_obs, ndim))
+        if np.ndim(scale)
+        else np.full((m_obs, ndim), float(scale))
+    )
     pos = x0[:, None, :] + scale[:, None, :] * rng.standard_normal((m_obs, n_walkers, ndim))
     lp = np.asarray(log_prob(pos), dtype=float)
     for _ in range(100):  # pull walkers that started outside the support back toward x0

@@ -64,8 +64,15 @@ class NetworkEstimator:
             first = int(torch.nonzero(~finite)[0])
             raise ValueError(f"x or theta holds non-finite values in {int((~finite).sum())} rows (first: row {first})")
         self.network, self.summary = train_network(
-            self.kind, self.flow, self.training, theta_t, x_t, rng,
-            embedding_net=self.embedding_net, device=self.device, progress=progress,
+            self.kind,
+            self.flow,
+            self.training,
+            theta_t,
+            x_t,
+            rng,
+            embedding_net=self.embedding_net,
+            device=self.device,
+            progress=progress,
         )
         self.x_shape = tuple(x_t.shape[1:])
         return self

@@ -36,8 +36,14 @@ from cosmosbi.torch_runtime import seeded_torch, torch_threads
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FlowConfig", "TrainingConfig", "TrainingSummary", "FlowSampler", "build_network", "train_network",
-    "automatic_batch_size", "rational_quadratic_inverse",
+    "FlowConfig",
+    "TrainingConfig",
+    "TrainingSummary",
+    "FlowSampler",
+    "build_network",
+    "train_network",
+    "automatic_batch_size",
+    "rational_quadratic_inverse",
 ]
 
 MODELS = ("maf", "nsf", "mdn", "made", "maf_rqs")
@@ -284,8 +290,10 @@ def train_network(
                 )
             history.append(total / len(val_in))
             if progress:
-                print(f"epoch {epoch + 1}: validation loss {history[-1]:.4f}, learning rate {learning_rate:.2g}",
-                      file=sys.stderr)
+                print(
+                    f"epoch {epoch + 1}: validation loss {history[-1]:.4f}, learning rate {learning_rate:.2g}",
+                    file=sys.stderr,
+                )
             if history[-1] < best_loss:
                 best_loss, best_epoch = history[-1], epoch
                 best_state = copy.deepcopy(net.state_dict())
@@ -304,10 +312,17 @@ def train_network(
         net.load_state_dict(best_state)
     seconds = time.perf_counter() - start
     net.eval()
-    summary = TrainingSummary(epochs=len(history), best_validation_loss=best_loss, seconds=seconds,
-                              validation_loss=history)
-    logger.info("trained %s network: %d epochs, best validation loss %.4f (epoch %d), %.1f s",
-                kind.upper(), len(history), best_loss, best_epoch + 1, seconds)
+    summary = TrainingSummary(
+        epochs=len(history), best_validation_loss=best_loss, seconds=seconds, validation_loss=history
+    )
+    logger.info(
+        "trained %s network: %d epochs, best validation loss %.4f (epoch %d), %.1f s",
+        kind.upper(),
+        len(history),
+        best_loss,
+        best_epoch + 1,
+        seconds,
+    )
     return net, summary
 
 
@@ -341,7 +356,9 @@ class FlowSampler:
 
     def __init__(self, network: torch.nn.Module):
         if not self.supports(network):
-            raise TypeError(f"FlowSampler: expected an sbi NFlowsFlow around an nflows Flow with a standard normal base, got {type(network).__name__}")
+            raise TypeError(
+                f"FlowSampler: expected an sbi NFlowsFlow around an nflows Flow with a standard normal base, got {type(network).__name__}"
+            )
         flow = network.net
         self.embedding = flow._embedding_net
         self.dim = int(flow._distribution._shape[0])
@@ -380,13 +397,17 @@ class FlowSampler:
         from nflows.nn.nets.resnet import ResidualNet
         from nflows.transforms.autoregressive import MaskedAffineAutoregressiveTransform
         from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
-        from nflows.transforms.permutations import Permutation
         from nflows.transforms.lu import LULinear
+        from nflows.transforms.permutations import Permutation
         from nflows.transforms.standard import PointwiseAffineTransform
 
         if type(transform) is PointwiseAffineTransform:
             scale = transform._scale.expand(self.dim)
-            return "affine", (transform._shift.expand(self.dim)[:, None, None], scale[:, None, None], float(-torch.log(scale).sum()))
+            return "affine", (
+                transform._shift.expand(self.dim)[:, None, None],
+                scale[:, None, None],
+                float(-torch.log(scale).sum()),
+            )
         if isinstance(transform, Permutation) and transform._dim == 1:
             return "permutation", torch.argsort(transform._permutation)
         if type(transform) is MaskedAffineAutoregressiveTransform and self._plain_made(transform.autoregressive_net):
@@ -439,8 +460,15 @@ class FlowSampler:
         blocks = []
         for block in made.blocks:
             if type(block) is MaskedResidualBlock:
-                blocks.append(("residual", masked(block.linear_layers[0]), masked(block.linear_layers[1]),
-                               block.context_layer if has_context else None, block.activation))
+                blocks.append(
+                    (
+                        "residual",
+                        masked(block.linear_layers[0]),
+                        masked(block.linear_layers[1]),
+                        block.context_layer if has_context else None,
+                        block.activation,
+                    )
+                )
             else:
                 blocks.append(("feedforward", masked(block.linear), None, None, block.activation))
         return {
@@ -482,8 +510,10 @@ class FlowSampler:
             "has_context": net.context_features is not None,
             "blocks": [
                 (
-                    block.linear_layers[0].weight.clone(), block.linear_layers[0].bias[:, None].clone(),
-                    block.linear_layers[1].weight.clone(), block.linear_layers[1].bias[:, None].clone(),
+                    block.linear_layers[0].weight.clone(),
+                    block.linear_layers[0].bias[:, None].clone(),
+                    block.linear_layers[1].weight.clone(),
+                    block.linear_layers[1].bias[:, None].clone(),
                     block.context_layer if net.context_features is not None else None,
                     None if relu else block.activation,
                 )
@@ -527,7 +557,9 @@ class FlowSampler:
         """Inverse of a spline coupling layer on z: (D, k, M). Returns theta (D, k, M) and log|det| (k, M)."""
         d, k, m = z.shape
         first, gates = context_terms
-        hidden = (p["w_in"] @ z[p["identity"]].reshape(len(p["identity"]), k * m)).view(-1, k, m).add_(first).view(-1, k * m)
+        hidden = (
+            (p["w_in"] @ z[p["identity"]].reshape(len(p["identity"]), k * m)).view(-1, k, m).add_(first).view(-1, k * m)
+        )
         for (w0, b0, w1, b1, _, activation), gate in zip(p["blocks"], gates):
             if activation is None:
                 t = torch.addmm(b0, w0, torch.relu(hidden)).relu_()
@@ -542,8 +574,15 @@ class FlowSampler:
         params = params.view(-1, c, k * m)
         inputs = z[p["changed"]].reshape(c, k * m)
         values, logabsdet = rational_quadratic_inverse(
-            inputs, params[:bins], params[bins : 2 * bins], params[2 * bins :], p["tails"], p["bounds"],
-            p["min_bin_width"], p["min_bin_height"], p["min_derivative"],
+            inputs,
+            params[:bins],
+            params[bins : 2 * bins],
+            params[2 * bins :],
+            p["tails"],
+            p["bounds"],
+            p["min_bin_width"],
+            p["min_bin_height"],
+            p["min_derivative"],
         )
         out = z.clone()
         out[p["changed"]] = values.view(c, k, m)

@@ -143,20 +143,36 @@ class NLE(NetworkEstimator):
         flat = theta.reshape(-1, dim)
         return self.log_prob(flat, np.repeat(x_np, k, axis=0)).reshape(m_obs, k)
 
-    def _sample_batched(self, n: int, x_np: np.ndarray, rng: np.random.Generator, *, n_candidates: int = 500, **options) -> np.ndarray:
+    def _sample_batched(
+        self, n: int, x_np: np.ndarray, rng: np.random.Generator, *, n_candidates: int = 500, **options
+    ) -> np.ndarray:
         candidates = self.prior.sample(n_candidates, rng)
         values = np.concatenate(
-            [self._batched_log_prob(np.broadcast_to(candidates, (len(chunk), *candidates.shape)).copy(), chunk) for chunk in np.array_split(x_np, max(1, len(x_np) // 64))]
+            [
+                self._batched_log_prob(np.broadcast_to(candidates, (len(chunk), *candidates.shape)).copy(), chunk)
+                for chunk in np.array_split(x_np, max(1, len(x_np) // 64))
+            ]
         )  # (M, C)
         order = np.argsort(values, axis=1)[:, ::-1]
         x0 = candidates[order[:, 0]]
         top = candidates[order[:, : max(10, self.prior.dim + 2)]]  # (M, T, D)
         scale = np.clip(0.1 * top.std(axis=1), 1e-6, None)
-        results = sample_stretch_batched(lambda th: self._batched_log_prob(th, x_np), x0, n, rng, scale=scale, **options)
+        results = sample_stretch_batched(
+            lambda th: self._batched_log_prob(th, x_np), x0, n, rng, scale=scale, **options
+        )
         self.mcmc_reports = [_report("batched-stretch", r) for r in results]
         return np.stack([r.samples for r in results])
 
-    def _sample_sbi(self, n: int, x_row: np.ndarray, rng: np.random.Generator, *, num_chains: int = 20, warmup_steps: int = 100, thin: int = 5) -> np.ndarray:
+    def _sample_sbi(
+        self,
+        n: int,
+        x_row: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        num_chains: int = 20,
+        warmup_steps: int = 100,
+        thin: int = 5,
+    ) -> np.ndarray:
         from sbi.inference.posteriors import MCMCPosterior
 
         estimator = self
@@ -178,7 +194,9 @@ class NLE(NetworkEstimator):
         )
         with seeded_torch(rng):
             samples = posterior.sample((n,), x=x_o, show_progress_bars=False)
-        self.mcmc_reports.append({"method": "sbi-slice_np_vectorized", "num_chains": num_chains, "warmup_steps": warmup_steps, "thin": thin})
+        self.mcmc_reports.append(
+            {"method": "sbi-slice_np_vectorized", "num_chains": num_chains, "warmup_steps": warmup_steps, "thin": thin}
+        )
         return samples.double().cpu().numpy()
 
 

@@ -177,7 +177,9 @@ class NPE(NetworkEstimator):
         return self._sample(n, x, rng, batch_obs, with_log_prob=False)
 
     @torch.no_grad()
-    def sample_and_log_prob(self, n: int, x, rng: np.random.Generator, *, batch_obs: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    def sample_and_log_prob(
+        self, n: int, x, rng: np.random.Generator, *, batch_obs: int = 1024
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Posterior samples inside the prior support and their log q(theta | x), from one pass of the flow.
 
         The log-densities are those :meth:`log_prob` gives for the same (theta, x) (up to
@@ -197,16 +199,27 @@ class NPE(NetworkEstimator):
         x_t, single = self._batch_x(x)
         sampler = self._flow_sampler()  # made once for all rounds and chunks
         if sampler is not None:
-            draw = sampler.sample_and_log_prob if with_log_prob else (lambda k, x_chunk: sampler.sample_and_log_prob(k, x_chunk)[0])
+            draw = (
+                sampler.sample_and_log_prob
+                if with_log_prob
+                else (lambda k, x_chunk: sampler.sample_and_log_prob(k, x_chunk)[0])
+            )
         else:
             draw = self._net_sample_and_log_prob if with_log_prob else self._net_sample
         parts = []
         with seeded_torch(rng), self._threads():
             for start in range(0, len(x_t), batch_obs):
                 chunk = x_t[start : start + batch_obs]
-                parts.append(rejection_sample(
-                    lambda k, idx: draw(k, chunk[idx]), self._in_support, int(n), len(chunk), self.prior.dim, with_log_prob=with_log_prob
-                ))
+                parts.append(
+                    rejection_sample(
+                        lambda k, idx: draw(k, chunk[idx]),
+                        self._in_support,
+                        int(n),
+                        len(chunk),
+                        self.prior.dim,
+                        with_log_prob=with_log_prob,
+                    )
+                )
         dim = self.prior.dim
         if with_log_prob:
             samples = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, int(n), dim))

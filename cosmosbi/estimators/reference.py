@@ -61,7 +61,9 @@ class PowerSpectrumProblem:
         sums = np.stack([np.bincount(self._mode_bin, weights=row, minlength=self.n_bins) for row in P])
         return sums / self.counts
 
-    def simulate(self, n: int, rng: np.random.Generator, theta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def simulate(
+        self, n: int, rng: np.random.Generator, theta: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Draw theta from the prior (or use theta: (n, D)) and simulate fields.
 
         Returns:

@@ -1,5 +1,10 @@
 """Priors, the simulator protocol and registry, built-in simulators, the MPI runner and the HDF5 store."""
 
+from cosmosbi.simulators import (
+    gaussian_field,  # noqa: F401  (registers built-in simulators)
+    strong_lens,  # noqa: F401  (registers strong_lens)
+    weak_lensing,  # noqa: F401  (registers weak_lensing)
+)
 from cosmosbi.simulators.base import (
     FunctionSimulator,
     OutputSpec,
@@ -11,6 +16,10 @@ from cosmosbi.simulators.base import (
     simulator_names,
     simulator_options,
 )
+from cosmosbi.simulators.camels import CamelsLike, camels_prior
+from cosmosbi.simulators.camels_data import CamelsMultifieldDataset
+from cosmosbi.simulators.gaussian_field import GaussianField2D, HealpixGaussianField
+from cosmosbi.simulators.lss import LSSField, power_spectrum
 from cosmosbi.simulators.priors import (
     BoxUniform,
     Gaussian,
@@ -21,16 +30,9 @@ from cosmosbi.simulators.priors import (
     Uniform,
     prior_from_config,
 )
-from cosmosbi.simulators import gaussian_field  # noqa: F401  (registers built-in simulators)
-from cosmosbi.simulators.gaussian_field import GaussianField2D, HealpixGaussianField
-from cosmosbi.simulators.lss import LSSField, power_spectrum
-from cosmosbi.simulators.camels import CamelsLike, camels_prior
-from cosmosbi.simulators.camels_data import CamelsMultifieldDataset
-from cosmosbi.simulators import weak_lensing  # noqa: F401  (registers weak_lensing)
+from cosmosbi.simulators.strong_lens import Instrument, StrongLensSimulator
 from cosmosbi.simulators.weak_lensing import WeakLensingSimulator
 from cosmosbi.simulators.weak_lensing_flat import FlatWeakLensingSimulator  # registers weak_lensing_flat
-from cosmosbi.simulators import strong_lens  # noqa: F401  (registers strong_lens)
-from cosmosbi.simulators.strong_lens import Instrument, StrongLensSimulator
 
 __all__ = [
     "BoxUniform",

@@ -70,8 +70,7 @@ class Simulator(Protocol):
     prior: Prior
     output_spec: Mapping[str, OutputSpec] | None
 
-    def simulate(self, theta: np.ndarray, rng) -> dict[str, np.ndarray]:
-        ...  # protocol
+    def simulate(self, theta: np.ndarray, rng) -> dict[str, np.ndarray]: ...  # protocol
 
 
 def row_generators(rng, n: int) -> list[np.random.Generator]:
@@ -228,13 +227,10 @@ def make_simulator(name: str, options: Mapping[str, Any] | None = None, where: s
     unknown = sorted(set(options) - set(params))
     if unknown:
         raise ValueError(
-            f"{where}.options: simulator {name!r} has no option {unknown[0]!r}; "
-            f"its options are {sorted(params)}"
+            f"{where}.options: simulator {name!r} has no option {unknown[0]!r}; its options are {sorted(params)}"
         )
     hints = _type_hints(factory)
-    fields = {
-        key: (hints.get(key, Any), ... if p.default is p.empty else p.default) for key, p in params.items()
-    }
+    fields = {key: (hints.get(key, Any), ... if p.default is p.empty else p.default) for key, p in params.items()}
     model = pydantic.create_model(
         f"{name}_options", __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
     )
@@ -247,8 +243,10 @@ def make_simulator(name: str, options: Mapping[str, Any] | None = None, where: s
     simulator = factory(**{k: getattr(validated, k) for k in options})
     missing = [a for a in ("parameter_names", "prior", "output_spec", "simulate") if not hasattr(simulator, a)]
     if ":" in name and missing:
-        raise ValueError(f"{where}.name: {name}() returned {type(simulator).__name__}, not a simulator "
-                         f"(it has no {', '.join(missing)}; return a simulator, or wrap a function with as_simulator)")
+        raise ValueError(
+            f"{where}.name: {name}() returned {type(simulator).__name__}, not a simulator "
+            f"(it has no {', '.join(missing)}; return a simulator, or wrap a function with as_simulator)"
+        )
     simulator.description = {"name": name, "options": options}
     if ":" in name:
         simulator.description["module_code"] = module_code_hash(factory)
@@ -302,7 +300,9 @@ def _load_builtins() -> None:
     import cosmosbi.simulators  # noqa: F401
 
 
-def simulate_rows(simulator: Simulator, theta: np.ndarray, rngs: Sequence[np.random.Generator]) -> dict[str, np.ndarray]:
+def simulate_rows(
+    simulator: Simulator, theta: np.ndarray, rngs: Sequence[np.random.Generator]
+) -> dict[str, np.ndarray]:
     """Call ``simulator.simulate`` and check that every output has N = len(theta) rows."""
     out = simulator.simulate(theta, list(rngs))
     if not isinstance(out, Mapping) or not out:

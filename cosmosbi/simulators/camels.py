@@ -125,7 +125,9 @@ def simba_like_amod(A_SN1: float, A_AGN1: float, A_SN2: float, A_AGN2: float) ->
     return max(1.0 - 0.3 * s**0.7, 0.0)
 
 
-def baryonic_power(model: str, theta_row, k: np.ndarray, redshift: float = 0.0, transfer_function: str = "boltzmann_camb") -> np.ndarray:
+def baryonic_power(
+    model: str, theta_row, k: np.ndarray, redshift: float = 0.0, transfer_function: str = "boltzmann_camb"
+) -> np.ndarray:
     """P_bar(k) in (Mpc/h)^3 at k: (K,) in h/Mpc for one CAMELS parameter row theta: (6,), from pyccl."""
     if model not in FEEDBACK_MODELS:
         raise ValueError(f"model must be one of {FEEDBACK_MODELS}, got {model!r}")
@@ -343,7 +345,11 @@ class CamelsLike:
                 p = self.power_2d(row)
                 cache[key] = lognormal_power(self.grid, p) if self.field == "lognormal" else (p, None)
             pg, sigma2 = cache[key]
-            delta = lognormal_field(self.grid, pg, sigma2, g) if self.field == "lognormal" else gaussian_field(self.grid, pg, g)
+            delta = (
+                lognormal_field(self.grid, pg, sigma2, g)
+                if self.field == "lognormal"
+                else gaussian_field(self.grid, pg, g)
+            )
             maps[i] = self.mean_surface_density(row[0]) * (1.0 + delta)
         return {"Mtot": maps}
 

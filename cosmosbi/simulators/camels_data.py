@@ -67,7 +67,9 @@ class CamelsMultifieldDataset:
             path = Path(maps)
             match = _MAP_NAME.match(path.name)
             if not match:
-                raise ValueError(f"{path}: cannot read the field name from the file name; expected Maps_<field>_<suite>_<set>_z=<z>.npy or pass maps={{name: path}}")
+                raise ValueError(
+                    f"{path}: cannot read the field name from the file name; expected Maps_<field>_<suite>_<set>_z=<z>.npy or pass maps={{name: path}}"
+                )
             maps = {match["field"]: path}
         if not maps:
             raise ValueError("maps: expected at least one Maps_*.npy file")
@@ -89,7 +91,9 @@ class CamelsMultifieldDataset:
             if array.ndim != 3 or array.shape[1] != array.shape[2]:
                 raise ValueError(f"{path}: expected maps of shape (N, n, n), got {array.shape}")
             if array.shape[0] % self.maps_per_simulation:
-                raise ValueError(f"{path}: {array.shape[0]} maps is not a multiple of {self.maps_per_simulation} maps per simulation")
+                raise ValueError(
+                    f"{path}: {array.shape[0]} maps is not a multiple of {self.maps_per_simulation} maps per simulation"
+                )
             if n_rows is not None and array.shape[0] != n_rows:
                 raise ValueError(f"{path}: {array.shape[0]} maps, but {next(iter(self.paths.values()))} has {n_rows}")
             n_rows = array.shape[0]
@@ -118,7 +122,15 @@ class CamelsMultifieldDataset:
         self.theta = np.repeat(table, self.maps_per_simulation, axis=0)
 
     @classmethod
-    def from_directory(cls, root, fields: Sequence[str] = ("Mtot",), suite: str = "IllustrisTNG", set_name: str = "LH", redshift: float = 0.0, **kwargs) -> "CamelsMultifieldDataset":
+    def from_directory(
+        cls,
+        root,
+        fields: Sequence[str] = ("Mtot",),
+        suite: str = "IllustrisTNG",
+        set_name: str = "LH",
+        redshift: float = 0.0,
+        **kwargs,
+    ) -> "CamelsMultifieldDataset":
         """Open the CMD files for ``fields`` of one suite and set under ``root`` (file names as CMD ships them)."""
         maps = {f: cmd_map_path(root, f, suite, set_name, redshift) for f in fields}
         return cls(maps, cmd_params_path(root, suite, set_name), **kwargs)

@@ -79,7 +79,7 @@ def interpolate(values: np.ndarray, grids: Sequence[np.ndarray], x: Sequence[flo
     out = np.asarray(values)
     for nodes, xi in zip(grids, x):  # contract one parameter axis at a time
         out = barycentric_weights(nodes, float(xi)) @ out.reshape(nodes.size, -1)
-    return out.reshape(np.shape(values)[len(grids):])
+    return out.reshape(np.shape(values)[len(grids) :])
 
 
 def tabulate(

@@ -89,7 +89,7 @@ class SpectrumModel:
             return np.stack([np.broadcast_to(1.0 / A, P.shape), np.broadcast_to(-lw, P.shape)], axis=-1)
         R = theta[:, 2:3]
         s = A * np.exp(-(B + R * lw) * lw)  # the power-law part
-        return np.stack([s / A / P, -lw * s / P, -lw**2 * s / P, 1.0 / P], axis=-1)
+        return np.stack([s / A / P, -lw * s / P, -(lw**2) * s / P, 1.0 / P], axis=-1)
 
 
 class _ShellLikelihood:
@@ -142,7 +142,9 @@ class GaussianField2D(_ShellLikelihood):
         dtype: stored dtype of the field, ``"float32"`` or ``"float64"``.
     """
 
-    def __init__(self, n_pixels: int = 32, model: str = "power_law", k_pivot: float | None = None, dtype: str = "float32"):
+    def __init__(
+        self, n_pixels: int = 32, model: str = "power_law", k_pivot: float | None = None, dtype: str = "float32"
+    ):
         if n_pixels < 4:
             raise ValueError(f"n_pixels must be at least 4, got {n_pixels}")
         if dtype not in ("float32", "float64"):
@@ -206,7 +208,14 @@ class HealpixGaussianField(_ShellLikelihood):
         dtype: stored dtype of the map.
     """
 
-    def __init__(self, nside: int = 16, lmax: int | None = None, model: str = "power_law", ell_pivot: float | None = None, dtype: str = "float32"):
+    def __init__(
+        self,
+        nside: int = 16,
+        lmax: int | None = None,
+        model: str = "power_law",
+        ell_pivot: float | None = None,
+        dtype: str = "float32",
+    ):
         import healpy as hp
 
         if nside < 1 or nside & (nside - 1):
@@ -251,5 +260,7 @@ class HealpixGaussianField(_ShellLikelihood):
         """S_ell = sum over m of |a_lm|^2 for 2 <= ell <= lmax. Returns (N, lmax - 1)."""
         a = self.alm(x)
         weight = np.where(self._m == 0, 1.0, 2.0)
-        sums = np.stack([np.bincount(self._ell, weights=weight * np.abs(row) ** 2, minlength=self.lmax + 1) for row in a])
+        sums = np.stack(
+            [np.bincount(self._ell, weights=weight * np.abs(row) ** 2, minlength=self.lmax + 1) for row in a]
+        )
         return sums[:, 2:]

@@ -493,8 +493,9 @@ class SpectraTable:
             return {k: out[k] for k in ("cls", "gls", "shifts")}
 
         shape = (self.nodes,) * len(self.names)
-        return tabulate(points, evaluate, shape, order=order, progress=progress, heartbeat=heartbeat,
-                        description="spectra table")
+        return tabulate(
+            points, evaluate, shape, order=order, progress=progress, heartbeat=heartbeat, description="spectra table"
+        )
 
     def contains(self, theta: np.ndarray) -> np.ndarray:
         """Whether rows of theta: (N, D) lie in the box. Returns (N,) bool."""

@@ -42,7 +42,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +175,16 @@ class FourierGrid:
 # --------------------------------------------------------------------------- power spectra
 
 
-def make_cosmology(Omega_m: float, sigma_8: float, h: float, n_s: float, Omega_b: float = 0.049, *, transfer_function: str = "boltzmann_camb", nonlinear: bool = False):
+def make_cosmology(
+    Omega_m: float,
+    sigma_8: float,
+    h: float,
+    n_s: float,
+    Omega_b: float = 0.049,
+    *,
+    transfer_function: str = "boltzmann_camb",
+    nonlinear: bool = False,
+):
     """A pyccl Cosmology (flat LambdaCDM, massless neutrinos) from the usual parameters."""
     import pyccl
 
@@ -483,7 +493,9 @@ def lognormal_power(grid: FourierGrid, power: np.ndarray, max_iter: int = 100) -
     return pg, sigma2
 
 
-def lognormal_field(grid: FourierGrid, gaussian_power: np.ndarray, sigma2: float, rng: np.random.Generator) -> np.ndarray:
+def lognormal_field(
+    grid: FourierGrid, gaussian_power: np.ndarray, sigma2: float, rng: np.random.Generator
+) -> np.ndarray:
     """delta_LN = exp(g - sigma_g^2 / 2) - 1 for g Gaussian with ``gaussian_power`` (see :func:`lognormal_power`)."""
     g = gaussian_field(grid, gaussian_power, rng)
     return np.expm1(g - 0.5 * sigma2)
@@ -509,7 +521,9 @@ def slab_window(n: int, cells: int) -> np.ndarray:
     return w
 
 
-def power_spectrum(field: np.ndarray, box_size: float, ndim: int | None = None, edges: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def power_spectrum(
+    field: np.ndarray, box_size: float, ndim: int | None = None, edges: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Binned power spectrum of periodic fields.
 
     Args:
@@ -525,7 +539,9 @@ def power_spectrum(field: np.ndarray, box_size: float, ndim: int | None = None, 
     field = np.asarray(field, dtype=float)
     ndim = field.ndim if ndim is None else int(ndim)
     if ndim not in (2, 3) or field.ndim < ndim:
-        raise ValueError(f"power_spectrum needs 2D or 3D fields (ndim=2 or 3), got field shape {field.shape} with ndim={ndim}")
+        raise ValueError(
+            f"power_spectrum needs 2D or 3D fields (ndim=2 or 3), got field shape {field.shape} with ndim={ndim}"
+        )
     n = field.shape[-1]
     if field.shape[-ndim:] != (n,) * ndim:
         raise ValueError(f"power_spectrum needs a cubic/square grid, got field shape {field.shape}")
@@ -692,7 +708,9 @@ class LSSField:
         """theta: (N, D) -> the chosen outputs, each (N, ...); one Generator per row."""
         theta = np.atleast_2d(np.asarray(theta, dtype=float))
         if theta.shape[1] != len(self.parameter_names):
-            raise ValueError(f"theta has {theta.shape[1]} columns; expected {len(self.parameter_names)} ({list(self.parameter_names)})")
+            raise ValueError(
+                f"theta has {theta.shape[1]} columns; expected {len(self.parameter_names)} ({list(self.parameter_names)})"
+            )
         rngs = row_generators(rng, len(theta))
         out = {name: np.empty((len(theta),) + spec.shape, dtype=spec.dtype) for name, spec in self.output_spec.items()}
         cache: dict[tuple, tuple] = {}
@@ -702,7 +720,11 @@ class LSSField:
                 p = self.power_grid(row)
                 cache[key] = lognormal_power(self.grid, p) if self.field == "lognormal" else (p, None)
             pg, sigma2 = cache[key]
-            delta = lognormal_field(self.grid, pg, sigma2, g) if self.field == "lognormal" else gaussian_field(self.grid, pg, g)
+            delta = (
+                lognormal_field(self.grid, pg, sigma2, g)
+                if self.field == "lognormal"
+                else gaussian_field(self.grid, pg, g)
+            )
             if "delta" in out:
                 out["delta"][i] = delta
             if "counts" in out:

@@ -185,9 +185,7 @@ class TruncatedNormal(Marginal):
         if not self.low < self.high:
             raise ValueError(f"truncated normal needs low < high, got [{self.low}, {self.high}]")
         if self._mass <= 0:
-            raise ValueError(
-                f"truncated normal N({self.mean}, {self.std}) has no mass in [{self.low}, {self.high}]"
-            )
+            raise ValueError(f"truncated normal N({self.mean}, {self.std}) has no mass in [{self.low}, {self.high}]")
 
     @property
     def _cdf_bounds(self) -> tuple[float, float]:

@@ -94,8 +94,10 @@ def run(stage, config, layout, source: str, *, comm=None, progress: bool = True)
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     launch = launch_of()
     if launch.distributed and launch.world_size != size:
-        raise ValueError(f"compress: the launch has {launch.world_size} training processes but {size} MPI rank(s); "
-                         "start every training process as an MPI rank (srun --mpi=...)")
+        raise ValueError(
+            f"compress: the launch has {launch.world_size} training processes but {size} MPI rank(s); "
+            "start every training process as an MPI rank (srun --mpi=...)"
+        )
     if rank != 0 and not launch.distributed:
         return ""
     return compress(config, layout, source, progress=progress and rank == 0, summaries=False)

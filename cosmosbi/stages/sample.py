@@ -34,8 +34,15 @@ from cosmosbi.stages.base import Declaration, StageType
 from cosmosbi.stages.data import estimator_data, observation_rows, observation_summaries, read_observations
 
 __all__ = [
-    "STAGE", "ALPHA", "DEFAULT_PPC_SIMULATIONS", "file_digest", "output_shape", "posterior_samples",
-    "check_observations", "sample_observations", "sample_file",
+    "STAGE",
+    "ALPHA",
+    "DEFAULT_PPC_SIMULATIONS",
+    "file_digest",
+    "output_shape",
+    "posterior_samples",
+    "check_observations",
+    "sample_observations",
+    "sample_file",
 ]
 
 ALPHA = 0.01  # p-values below this mark an observation out of distribution or unlike the posterior predictive
@@ -106,8 +113,14 @@ def posterior_samples(config, layout, x: np.ndarray, n: int, source: str = "conf
     return samples, estimator, failures
 
 
-def check_observations(config, layout, rows: dict[str, np.ndarray], samples: np.ndarray, source: str = "config",
-                       failures: dict[int, str] | None = None):
+def check_observations(
+    config,
+    layout,
+    rows: dict[str, np.ndarray],
+    samples: np.ndarray,
+    source: str = "config",
+    failures: dict[int, str] | None = None,
+):
     """The checks of observations ``rows`` ({name: one simulator output}) with posterior samples
     (M, n, D), as described in the module docstring; ``failures`` ({m: message}) names the
     observations without posterior samples (no predictive check for them, and flagged).

@@ -34,8 +34,8 @@ def write_summaries(config, layout, names: list[str], source: str = "config", co
     """Write the summaries of datasets ``names`` with ``compressor`` (default: the trained one of
     ``RUN_DIR/compressor``). Returns {name: summaries dataset}."""
     from cosmosbi.compressors.trainer import compress_dataset, load_compressor
-    from cosmosbi.torch_runtime import torch_threads
     from cosmosbi.stages.compress import section_of
+    from cosmosbi.torch_runtime import torch_threads
 
     section = section_of(config, source)
     if compressor is None:

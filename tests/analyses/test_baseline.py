@@ -1,7 +1,6 @@
 """The power-spectrum baseline: bandpower vectors, the polynomial mean, the posterior comparison
 (area and width ratios, calibration)."""
 
-
 import numpy as np
 import pytest
 

@@ -7,7 +7,10 @@ from cosmosbi.analyses.shift import cross_variant_check, mmd_test, ood_scores
 
 def test_mmd_pvalues_are_uniform_for_the_same_distribution():
     rng = np.random.default_rng(0)
-    pvalues = [mmd_test(rng.standard_normal((60, 3)), rng.standard_normal((50, 3)), rng, n_permutations=200).pvalue for _ in range(60)]
+    pvalues = [
+        mmd_test(rng.standard_normal((60, 3)), rng.standard_normal((50, 3)), rng, n_permutations=200).pvalue
+        for _ in range(60)
+    ]
     # permutation p-values are (super-)uniform under the null
     assert stats.kstest(pvalues, "uniform").pvalue > 0.001
     assert np.mean(np.array(pvalues) < 0.05) < 0.05 + 3 * np.sqrt(0.05 * 0.95 / 60)

@@ -43,7 +43,9 @@ def test_wrong_sample_shape_is_reported():
             return super().sample(n, x, rng)[:, :, :1]
 
     with pytest.raises(ValueError, match="posterior.sample returned"):
-        validate_posterior(Broken(), np.zeros((5, 2)), np.zeros((5, 2)), ["a", "b"], np.random.default_rng(0), n_samples=10)
+        validate_posterior(
+            Broken(), np.zeros((5, 2)), np.zeros((5, 2)), ["a", "b"], np.random.default_rng(0), n_samples=10
+        )
 
 
 def test_one_pass_log_densities_give_the_same_result_as_two_passes():
@@ -77,7 +79,9 @@ def test_mismatched_log_densities_are_reported():
             return self.sample(n, x, rng), np.zeros((len(x), n + 1))
 
     with pytest.raises(ValueError, match="log-densities"):
-        validate_posterior(Broken(), np.zeros((5, 2)), np.zeros((5, 2)), ["a", "b"], np.random.default_rng(0), n_samples=10)
+        validate_posterior(
+            Broken(), np.zeros((5, 2)), np.zeros((5, 2)), ["a", "b"], np.random.default_rng(0), n_samples=10
+        )
 
 
 def test_posterior_widths_compares_posterior_and_prior_standard_deviations():

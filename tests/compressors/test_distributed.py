@@ -75,8 +75,19 @@ def torchrun(tmp_path, dataset, out, epochs=SETTINGS["epochs"], kill_after=0):
     script = tmp_path / "worker.py"
     script.write_text(f"SETTINGS = {SETTINGS!r}\n" + WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-               str(dataset.path), str(out), str(epochs), str(kill_after)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(dataset.path),
+        str(out),
+        str(epochs),
+        str(kill_after),
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -154,10 +165,15 @@ def test_compress_stage_over_two_mpi_ranks_follows_one_process(tmp_path, mpiexec
     import yaml
 
     config = {
-        "run_dir": "run", "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
+        "run_dir": "run",
+        "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
         "datasets": {"train": {"n": 300, "seed": 1}},
-        "compressor": {"input": "field", "network": {"kind": "mlp", "hidden": 32}, "loss": "mse",
-                       "train": {"epochs": 3, "batch_size": 64, "device": "cpu", "num_threads": 1}},
+        "compressor": {
+            "input": "field",
+            "network": {"kind": "mlp", "hidden": 32},
+            "loss": "mse",
+            "train": {"epochs": 3, "batch_size": 64, "device": "cpu", "num_threads": 1},
+        },
     }
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
@@ -165,18 +181,33 @@ def test_compress_stage_over_two_mpi_ranks_follows_one_process(tmp_path, mpiexec
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cosmosbi = [sys.executable, "-m", "cosmosbi", "run", "c.yaml", "-q", "--stage"]
     for name in ("one", "two"):
-        done = subprocess.run([*cosmosbi, "simulate"], cwd=tmp_path / name, env=env, capture_output=True, text=True,
-                              timeout=300, check=False)
+        done = subprocess.run(
+            [*cosmosbi, "simulate"],
+            cwd=tmp_path / name,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
-    done = subprocess.run([*cosmosbi, "compress"], cwd=tmp_path / "one", env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    done = subprocess.run(
+        [*cosmosbi, "compress"], cwd=tmp_path / "one", env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     rendezvous = ["-genv", "MASTER_ADDR", "127.0.0.1", "-genv", "MASTER_PORT", str(port)]
-    done = subprocess.run([mpiexec, "-n", "2", *rendezvous, *cosmosbi, "compress"], cwd=tmp_path / "two", env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [mpiexec, "-n", "2", *rendezvous, *cosmosbi, "compress"],
+        cwd=tmp_path / "two",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     one, two = (val_losses(tmp_path / name / "run" / "compressor") for name in ("one", "two"))
     np.testing.assert_allclose(two, one, rtol=1e-4)  # the tolerance of the torchrun test above
@@ -188,27 +219,51 @@ def test_cosmosbi_run_under_torchrun_simulates_and_trains_on_both_processes(tmp_
     import yaml
 
     config = {
-        "run_dir": "run", "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
+        "run_dir": "run",
+        "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
         "datasets": {"train": {"n": 300, "seed": 1}},
-        "compressor": {"input": "field", "network": {"kind": "mlp", "hidden": 32}, "loss": "mse",
-                       "train": {"epochs": 3, "batch_size": 64, "device": "cpu", "num_threads": 1}},
+        "compressor": {
+            "input": "field",
+            "network": {"kind": "mlp", "hidden": 32},
+            "loss": "mse",
+            "train": {"epochs": 3, "batch_size": 64, "device": "cpu", "num_threads": 1},
+        },
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launchers = {"one": [sys.executable], "two": [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                  "--nproc_per_node", "2"]}
+    launchers = {
+        "one": [sys.executable],
+        "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    }
     for name, launcher in launchers.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "c.yaml").write_text(yaml.safe_dump(config))
-        done = subprocess.run([*launcher, "-m", "cosmosbi", "run", "c.yaml", "-q"], cwd=tmp_path / name, env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
+        done = subprocess.run(
+            [*launcher, "-m", "cosmosbi", "run", "c.yaml", "-q"],
+            cwd=tmp_path / name,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     one, two = (SimulationDataset(tmp_path / name / "run" / "sims" / "train") for name in launchers)
     np.testing.assert_array_equal(two.read("field"), one.read("field"))  # simulations do not depend on the ranks
     assert two.manifest["runs"][-1]["n_ranks"] == 2
-    np.testing.assert_allclose(val_losses(tmp_path / "two" / "run" / "compressor"),
-                               val_losses(tmp_path / "one" / "run" / "compressor"), rtol=1e-4)
+    np.testing.assert_allclose(
+        val_losses(tmp_path / "two" / "run" / "compressor"),
+        val_losses(tmp_path / "one" / "run" / "compressor"),
+        rtol=1e-4,
+    )
     # `cosmosbi compress` under torchrun: every process joins the (finished) training, rank 0 writes the summaries
-    done = subprocess.run([*launchers["two"], "-m", "cosmosbi", "compress", "c.yaml", "-q"], cwd=tmp_path / "two",
-                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [*launchers["two"], "-m", "cosmosbi", "compress", "c.yaml", "-q"],
+        cwd=tmp_path / "two",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert SimulationDataset(tmp_path / "two" / "run" / "summaries" / "train").read("t").shape == (300, 2)

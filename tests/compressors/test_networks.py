@@ -12,8 +12,14 @@ NETWORKS = {
     "resnet2d": (lambda: ResNet2D(in_channels=2, out_features=3, width=4, depth=2), (5, 2, 16, 16)),
     "resnet2d-single-map": (lambda: ResNet2D(out_features=2, width=4, depth=2, periodic=False), (5, 16, 16)),
     "resnet2d-no-norm": (lambda: ResNet2D(out_features=2, width=4, depth=2, norm="none"), (5, 16, 16)),
-    "resnet2d-linear-stem": (lambda: ResNet2D(out_features=2, width=4, depth=2, norm="none", stem_kernel=5, linear_stem=True), (5, 16, 16)),
-    "resnet2d-linear-stem-batch-norm": (lambda: ResNet2D(in_channels=2, out_features=3, width=4, depth=2, stem_kernel=7, linear_stem=True), (5, 2, 12, 12)),
+    "resnet2d-linear-stem": (
+        lambda: ResNet2D(out_features=2, width=4, depth=2, norm="none", stem_kernel=5, linear_stem=True),
+        (5, 16, 16),
+    ),
+    "resnet2d-linear-stem-batch-norm": (
+        lambda: ResNet2D(in_channels=2, out_features=3, width=4, depth=2, stem_kernel=7, linear_stem=True),
+        (5, 2, 12, 12),
+    ),
     "mlp": (lambda: MLP(in_features=12, out_features=3), (5, 12)),
     "healpix-full-sky": (lambda: HealpixCNN(8, None, in_channels=2, out_features=3, width=4, depth=2), (5, 2, 768)),
     "healpix-cap": (lambda: HealpixCNN(8, CAP, in_channels=1, out_features=2, width=4, depth=3), (5, len(CAP))),
@@ -133,9 +139,17 @@ def test_linear_stem_moments_are_bandpowers_of_the_kernel_window():
 def test_resnet2d_defaults_and_old_configs_are_unchanged():
     net = ResNet2D(out_features=2, width=4, depth=2)
     assert net.config["stem_kernel"] == 3 and net.config["linear_stem"] is False
-    assert [k for k in net.state_dict() if k.startswith("stem")] == ["stem.0.weight", "stem.1.weight", "stem.1.bias", "stem.1.running_mean",
-                                                                      "stem.1.running_var", "stem.1.num_batches_tracked"]
-    old = {k: v for k, v in net.config.items() if k not in ("stem_kernel", "linear_stem")}  # a config saved before these options existed
+    assert [k for k in net.state_dict() if k.startswith("stem")] == [
+        "stem.0.weight",
+        "stem.1.weight",
+        "stem.1.bias",
+        "stem.1.running_mean",
+        "stem.1.running_var",
+        "stem.1.num_batches_tracked",
+    ]
+    old = {
+        k: v for k, v in net.config.items() if k not in ("stem_kernel", "linear_stem")
+    }  # a config saved before these options existed
     clone = build_network(old)
     clone.load_state_dict(net.state_dict())
 

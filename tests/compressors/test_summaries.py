@@ -47,7 +47,12 @@ def test_healpix_bandpowers_match_the_input_spectrum_on_the_full_sky():
     band = np.digitize(ells, edges) - 1
     expected = np.array([cl[band == k].mean() for k in range(len(edges) - 1)])
     # Var of a band mean of C_ell estimates: mean over the band of 2 C_ell^2 / (2 ell + 1), / n^2 ell's
-    variance = np.array([np.sum(2 * cl[band == k] ** 2 / (2 * ells[band == k] + 1)) / (band == k).sum() ** 2 for k in range(len(expected))])
+    variance = np.array(
+        [
+            np.sum(2 * cl[band == k] ** 2 / (2 * ells[band == k] + 1)) / (band == k).sum() ** 2
+            for k in range(len(expected))
+        ]
+    )
     for p in (0, 1):  # auto and cross spectrum of the signal
         chi2 = np.sum((bp[:, p].mean(0) - expected) ** 2 / (variance / len(maps)))
         assert chi2 < stats.chi2.ppf(0.999, len(expected)), chi2

@@ -38,13 +38,20 @@ FAST = TrainSettings(epochs=4, batch_size=64, learning_rate=3e-3, seed=1, device
 
 def train(dataset, out_dir, loss_kind="vmim", settings=FAST):
     compressor = make_compressor({"kind": "mlp", "hidden": 32}, dataset, "x", loss=loss_kind, seed=settings.seed)
-    loss = make_loss(loss_kind, 2, 2, seed=settings.seed, **({"transforms": 2, "hidden": 32} if loss_kind == "vmim" else {}))
+    loss = make_loss(
+        loss_kind, 2, 2, seed=settings.seed, **({"transforms": 2, "hidden": 32} if loss_kind == "vmim" else {})
+    )
     return compressor, loss, train_compressor(compressor, loss, dataset, out_dir, settings, progress=False)
 
 
 @pytest.mark.parametrize("loss_kind", ["vmim", "mse", "gaussian_nll"])
 def test_training_learns_the_parameters(vector_dataset, tmp_path, loss_kind):
-    compressor, _, result = train(vector_dataset, tmp_path / loss_kind, loss_kind, TrainSettings(epochs=12, batch_size=64, learning_rate=3e-3, device="cpu"))
+    compressor, _, result = train(
+        vector_dataset,
+        tmp_path / loss_kind,
+        loss_kind,
+        TrainSettings(epochs=12, batch_size=64, learning_rate=3e-3, device="cpu"),
+    )
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     with torch.no_grad():
         t = compressor(torch.as_tensor(vector_dataset.read("x"), dtype=torch.float32)).numpy()
@@ -72,7 +79,15 @@ def test_resume_reproduces_an_uninterrupted_run(vector_dataset, tmp_path):
 def test_outputs_written_and_round_trip(vector_dataset, tmp_path):
     compressor, loss, result = train(vector_dataset, tmp_path / "run")
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"checkpoint.pt", "compressor.pt", "compressor.json", "loss.pt", "history.json", "history.csv", "loss.png"} <= files
+    assert {
+        "checkpoint.pt",
+        "compressor.pt",
+        "compressor.json",
+        "loss.pt",
+        "history.json",
+        "history.csv",
+        "loss.png",
+    } <= files
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(history) == 4 and result.best_epoch == min(history, key=lambda h: h["val_loss"])["epoch"]
     loaded, loaded_loss = load_compressor(tmp_path / "run")
@@ -124,7 +139,12 @@ def test_bad_setups_are_refused(vector_dataset):
 
 def test_streaming_from_disk_gives_the_in_memory_result(vector_dataset, tmp_path):
     in_memory, _, a = train(vector_dataset, tmp_path / "memory", "mse", TrainSettings(**{**FAST.__dict__, "epochs": 2}))
-    streamed, _, b = train(vector_dataset, tmp_path / "stream", "mse", TrainSettings(**{**FAST.__dict__, "epochs": 2, "in_memory_bytes": 0}))
+    streamed, _, b = train(
+        vector_dataset,
+        tmp_path / "stream",
+        "mse",
+        TrainSettings(**{**FAST.__dict__, "epochs": 2, "in_memory_bytes": 0}),
+    )
     assert [h["val_loss"] for h in a.history] == [h["val_loss"] for h in b.history]
     for key, value in in_memory.state_dict().items():
         torch.testing.assert_close(streamed.state_dict()[key], value, rtol=0, atol=0)

@@ -36,7 +36,9 @@ def fields(tmp_path_factory):
 
 
 def train_cnn(dataset, out_dir, device, mixed_precision):
-    settings = TrainSettings(epochs=8, batch_size=64, learning_rate=3e-3, seed=0, device=device, mixed_precision=mixed_precision)
+    settings = TrainSettings(
+        epochs=8, batch_size=64, learning_rate=3e-3, seed=0, device=device, mixed_precision=mixed_precision
+    )
     compressor = make_compressor({"kind": "resnet2d", "width": 8, "depth": 2}, dataset, "field", loss="mse", seed=0)
     loss = make_loss("mse", 2, 2)
     return compressor, train_compressor(compressor, loss, dataset, out_dir, settings, progress=False)

@@ -60,7 +60,9 @@ def test_batched_stretch_sampler_respects_the_support():
     (result,) = sample_stretch_batched(log_prob, np.array([[0.5, 0.5]]), 1000, np.random.default_rng(1), scale=0.1)
     assert np.all((result.samples >= 0) & (result.samples <= 1))
     with pytest.raises(ValueError, match="not finite"):
-        sample_stretch_batched(lambda th: np.full(th.shape[:2], -np.inf), np.zeros((2, 2)), 10, np.random.default_rng(0))
+        sample_stretch_batched(
+            lambda th: np.full(th.shape[:2], -np.inf), np.zeros((2, 2)), 10, np.random.default_rng(0)
+        )
 
 
 def test_batched_stretch_sampler_handles_more_densities_than_walkers():

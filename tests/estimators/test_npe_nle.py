@@ -129,14 +129,26 @@ def test_rejection_sampler_stops_proposing_for_finished_observations():
 
 def test_rejection_sampler_gives_up_on_an_empty_support():
     with pytest.raises(RuntimeError, match="no mass"):
-        rejection_sample(lambda k, idx: torch.zeros(k, len(idx), 1), lambda s: torch.zeros(s.shape[:2], dtype=torch.bool), 10, 1, 1, max_draws=1000)
+        rejection_sample(
+            lambda k, idx: torch.zeros(k, len(idx), 1),
+            lambda s: torch.zeros(s.shape[:2], dtype=torch.bool),
+            10,
+            1,
+            1,
+            max_draws=1000,
+        )
 
 
 @pytest.mark.parametrize("model", ["maf", "nsf", "mdn"])
 def test_each_architecture_trains_and_samples(model, problem, small_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     theta, t = small_data
-    est = NPE(problem.prior, FlowConfig(model=model, hidden_features=16, num_transforms=2), TrainingConfig(max_epochs=2), device="cpu")
+    est = NPE(
+        problem.prior,
+        FlowConfig(model=model, hidden_features=16, num_transforms=2),
+        TrainingConfig(max_epochs=2),
+        device="cpu",
+    )
     est.fit(theta[:500], t[:500], np.random.default_rng(0))
     assert est.summary.epochs == 2 and np.isfinite(est.summary.best_validation_loss)
     assert est.sample(20, t[:3], np.random.default_rng(0)).shape == (3, 20, 2)

@@ -56,4 +56,6 @@ def test_a_device_estimator_reloads_on_the_cpu(npe, small_data, tmp_path):
     on_cpu = load_estimator(tmp_path / "npe", device="cpu")
     theta, t = small_data
     assert next(on_cpu.network.parameters()).device == torch.device("cpu")
-    np.testing.assert_allclose(on_cpu.log_prob(theta[:20], t[:20]), npe.log_prob(theta[:20], t[:20]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        on_cpu.log_prob(theta[:20], t[:20]), npe.log_prob(theta[:20], t[:20]), rtol=1e-4, atol=1e-4
+    )

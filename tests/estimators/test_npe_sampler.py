@@ -15,7 +15,15 @@ def _random_network(model, dim, context, seed, embedding_net=None, z_score="inde
     torch.manual_seed(seed)
     theta = torch.randn(200, dim) * 2 + 1
     x = torch.randn(200, context) * 3 - 1
-    cfg = FlowConfig(model=model, hidden_features=16, num_transforms=2, num_bins=5, z_score_theta=z_score, z_score_x=z_score, **config)
+    cfg = FlowConfig(
+        model=model,
+        hidden_features=16,
+        num_transforms=2,
+        num_bins=5,
+        z_score_theta=z_score,
+        z_score_x=z_score,
+        **config,
+    )
     net = build_network("npe", cfg, theta, x, embedding_net)
     with torch.no_grad():
         for p in net.parameters():
@@ -45,14 +53,18 @@ def test_sampler_inverse_and_log_prob_match_nflows(model, dim, z_score, kinds):
         assert "generic" in [kind for kind, _ in sampler.steps]
     m, k = 7, 300
     x = x[:m]
-    noise = 1.5 * torch.randn(dim, k, m, dtype=torch.float64)  # wide enough that some values leave the spline's tail bound
+    noise = 1.5 * torch.randn(
+        dim, k, m, dtype=torch.float64
+    )  # wide enough that some values leave the spline's tail bound
     with torch.no_grad():
         embedded = sampler.embedding(x)
         theta, logdet = sampler._inverse(noise, embedded, sampler._per_observation(embedded))
         flat_noise = noise.permute(1, 2, 0).reshape(k * m, dim)
         repeated = embedded.expand(k, *embedded.shape).reshape(k * m, -1)
         expected, expected_logdet = net.net._transform.inverse(flat_noise, context=repeated)
-    np.testing.assert_allclose(theta.permute(1, 2, 0).reshape(k * m, dim).numpy(), expected.numpy(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        theta.permute(1, 2, 0).reshape(k * m, dim).numpy(), expected.numpy(), rtol=1e-9, atol=1e-9
+    )
     np.testing.assert_allclose(logdet.reshape(-1).numpy(), expected_logdet.numpy(), rtol=1e-9, atol=1e-9)
 
     torch.manual_seed(1)
@@ -72,8 +84,15 @@ def test_sampler_handles_residual_made_blocks():
     torch.manual_seed(0)
     layers = []
     for _ in range(2):
-        layers += [MaskedAffineAutoregressiveTransform(4, 12, context_features=3, use_residual_blocks=True), ReversePermutation(4)]
-    flow = NFlowsFlow(Flow(CompositeTransform(layers), StandardNormal([4])), input_shape=torch.Size([4]), condition_shape=torch.Size([3]))
+        layers += [
+            MaskedAffineAutoregressiveTransform(4, 12, context_features=3, use_residual_blocks=True),
+            ReversePermutation(4),
+        ]
+    flow = NFlowsFlow(
+        Flow(CompositeTransform(layers), StandardNormal([4])),
+        input_shape=torch.Size([4]),
+        condition_shape=torch.Size([3]),
+    )
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -142,9 +161,19 @@ def test_rational_quadratic_inverse_matches_nflows(tails):
     else:
         bounds = (0.0, 1.0)
         inputs = torch.rand(n, **f64)
-        expected = splines.rational_quadratic_spline(inputs, widths.clone(), heights.clone(), derivatives.clone(), inverse=True)
+        expected = splines.rational_quadratic_spline(
+            inputs, widths.clone(), heights.clone(), derivatives.clone(), inverse=True
+        )
     values, logabsdet = rational_quadratic_inverse(
-        inputs, widths.T.contiguous(), heights.T.contiguous(), derivatives.T.contiguous(), tails, bounds, 1e-3, 1e-3, 1e-3
+        inputs,
+        widths.T.contiguous(),
+        heights.T.contiguous(),
+        derivatives.T.contiguous(),
+        tails,
+        bounds,
+        1e-3,
+        1e-3,
+        1e-3,
     )
     np.testing.assert_allclose(values.numpy(), expected[0].numpy(), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(logabsdet.numpy(), expected[1].numpy(), rtol=1e-9, atol=1e-9)
@@ -161,7 +190,9 @@ def test_rejection_sampler_returns_the_log_density_of_each_kept_draw():
     gen = torch.Generator().manual_seed(0)
 
     def draw(k, idx):
-        proposals = torch.randn(k, len(idx), 1, generator=gen) + torch.as_tensor(idx, dtype=torch.float32)[None, :, None]
+        proposals = (
+            torch.randn(k, len(idx), 1, generator=gen) + torch.as_tensor(idx, dtype=torch.float32)[None, :, None]
+        )
         return proposals, -0.5 * proposals[..., 0] ** 2
 
     out, lp = rejection_sample(draw, lambda s: (s >= 0).all(-1), 500, 3, 1, with_log_prob=True)

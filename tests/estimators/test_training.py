@@ -38,8 +38,15 @@ def test_returned_network_has_the_best_validation_loss():
     best = int(np.argmin(summary.validation_loss))
     assert summary.best_validation_loss == pytest.approx(summary.validation_loss[best])
     # retrain for exactly the best epoch count: same seed, same data, same validation rows -> same loss
-    again, _ = train_network("npe", SMALL, TrainingConfig(max_epochs=best + 1, stop_after_epochs=6, learning_rate=0.3),
-                             theta, x, np.random.default_rng(4), device="cpu")
+    again, _ = train_network(
+        "npe",
+        SMALL,
+        TrainingConfig(max_epochs=best + 1, stop_after_epochs=6, learning_rate=0.3),
+        theta,
+        x,
+        np.random.default_rng(4),
+        device="cpu",
+    )
     with torch.no_grad():
         expected = float(again.loss(theta, condition=x).mean())
         assert float(net.loss(theta, condition=x).mean()) == pytest.approx(expected, rel=1e-5)
@@ -47,8 +54,9 @@ def test_returned_network_has_the_best_validation_loss():
 
 def test_progress_goes_to_stderr(capfd):
     theta, x = (torch.as_tensor(a, dtype=torch.float32) for a in linear_data(200, np.random.default_rng(0)))
-    train_network("nle", SMALL, TrainingConfig(max_epochs=2), theta, x, np.random.default_rng(0), device="cpu",
-                  progress=True)
+    train_network(
+        "nle", SMALL, TrainingConfig(max_epochs=2), theta, x, np.random.default_rng(0), device="cpu", progress=True
+    )
     out, err = capfd.readouterr()
     assert out == "" and err.count("validation loss") == 2
 

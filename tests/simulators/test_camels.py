@@ -36,7 +36,11 @@ def test_prior_is_the_camels_latin_hypercube():
 
 def test_feedback_mappings_at_fiducial_and_off():
     fid = tng_like_parameters(1, 1, 1, 1)
-    assert fid["log10Mc"] == pytest.approx(14.08) and fid["eta_b"] == pytest.approx(0.5) and fid["k_s"] == pytest.approx(55.0)
+    assert (
+        fid["log10Mc"] == pytest.approx(14.08)
+        and fid["eta_b"] == pytest.approx(0.5)
+        and fid["k_s"] == pytest.approx(55.0)
+    )
     off = tng_like_parameters(0, 0, 0, 0)
     assert 0.105 * off["log10Mc"] - 1.27 == pytest.approx(0.0, abs=1e-12) and off["k_s"] == math.inf
     assert simba_like_amod(1, 1, 1, 1) == pytest.approx(0.7)
@@ -154,7 +158,9 @@ def test_runs_through_the_runner(tmp_path):
     run_simulations(sim, 3, tmp_path / "sims", seed=9, batch_size=2, progress=False)
     ds = SimulationDataset(tmp_path / "sims")
     assert len(ds) == 3 and ds.parameter_names == CAMELS_PARAMETERS and ds.output_names == ("Mtot",)
-    again = sim.simulate(ds.theta, [np.random.default_rng(np.random.SeedSequence([9, i]).spawn(2)[1]) for i in range(3)])
+    again = sim.simulate(
+        ds.theta, [np.random.default_rng(np.random.SeedSequence([9, i]).spawn(2)[1]) for i in range(3)]
+    )
     np.testing.assert_array_equal(ds.read("Mtot"), again["Mtot"])
 
 
@@ -191,8 +197,13 @@ def pyccl_baryonic_power(row, k: np.ndarray) -> dict[str, np.ndarray]:
 
     h = 0.6711
     cosmo = pyccl.Cosmology(
-        Omega_c=row[0] - 0.049, Omega_b=0.049, h=h, n_s=0.9624, sigma8=row[1],
-        transfer_function="eisenstein_hu", matter_power_spectrum="halofit",
+        Omega_c=row[0] - 0.049,
+        Omega_b=0.049,
+        h=h,
+        n_s=0.9624,
+        sigma8=row[1],
+        transfer_function="eisenstein_hu",
+        matter_power_spectrum="halofit",
     )
     p_nl = pyccl.nonlin_matter_power(cosmo, k * h, 1.0) * h**3
     p_lin = pyccl.linear_matter_power(cosmo, k * h, 1.0) * h**3

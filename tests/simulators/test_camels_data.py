@@ -11,7 +11,12 @@ def write_cmd(root, n_sims=3, n_pix=8, fields=("Mtot",), suite="IllustrisTNG", s
     """Write CMD-format files: Maps_<field>_<suite>_<set>_z=0.00.npy (15 n_sims, n, n) and params_<set>_<suite>.txt."""
     rng = np.random.default_rng(seed)
     params = np.column_stack(
-        [rng.uniform(0.1, 0.5, n_sims), rng.uniform(0.6, 1.0, n_sims), np.exp(rng.uniform(np.log(0.25), np.log(4), (n_sims, 2))), np.exp(rng.uniform(np.log(0.5), np.log(2), (n_sims, 2)))]
+        [
+            rng.uniform(0.1, 0.5, n_sims),
+            rng.uniform(0.6, 1.0, n_sims),
+            np.exp(rng.uniform(np.log(0.25), np.log(4), (n_sims, 2))),
+            np.exp(rng.uniform(np.log(0.5), np.log(2), (n_sims, 2))),
+        ]
     )
     np.savetxt(cmd_params_path(root, suite, set_name), params, fmt="%.5e")
     maps = {}
@@ -27,7 +32,10 @@ def test_round_trips_parameters_and_maps(tmp_path):
     assert len(ds) == 45
     assert ds.parameter_names == CAMELS_PARAMETERS
     assert ds.output_names == ("Mtot", "HI")
-    assert ds.output_spec == {"Mtot": {"shape": [8, 8], "dtype": "float32"}, "HI": {"shape": [8, 8], "dtype": "float32"}}
+    assert ds.output_spec == {
+        "Mtot": {"shape": [8, 8], "dtype": "float32"},
+        "HI": {"shape": [8, 8], "dtype": "float32"},
+    }
     assert ds.theta.shape == (45, 6) and ds.theta.dtype == np.float64
     assert ds.index.dtype == np.int64 and np.array_equal(ds.index, np.arange(45))
     # row j belongs to simulation j // 15
@@ -47,7 +55,9 @@ def test_round_trips_parameters_and_maps(tmp_path):
 
 def test_single_file_takes_the_field_name_and_is_memory_mapped(tmp_path):
     write_cmd(tmp_path, fields=("Mgas",))
-    ds = CamelsMultifieldDataset(cmd_map_path(tmp_path, "Mgas", "IllustrisTNG", "LH"), cmd_params_path(tmp_path, "IllustrisTNG", "LH"))
+    ds = CamelsMultifieldDataset(
+        cmd_map_path(tmp_path, "Mgas", "IllustrisTNG", "LH"), cmd_params_path(tmp_path, "IllustrisTNG", "LH")
+    )
     assert ds.output_names == ("Mgas",)
     assert isinstance(ds._arrays["Mgas"], np.memmap)
 

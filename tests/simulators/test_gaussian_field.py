@@ -54,7 +54,11 @@ def brute_force_log_likelihood(sim, theta, x):
     eigval, eigvec = np.linalg.eigh(C)
     keep = eigval > 1e-10 * eigval.max()
     proj = eigvec[:, keep].T @ x.ravel()
-    return -0.5 * np.sum(proj**2 / eigval[keep]) - 0.5 * np.sum(np.log(eigval[keep])) - 0.5 * keep.sum() * np.log(2 * np.pi)
+    return (
+        -0.5 * np.sum(proj**2 / eigval[keep])
+        - 0.5 * np.sum(np.log(eigval[keep]))
+        - 0.5 * keep.sum() * np.log(2 * np.pi)
+    )
 
 
 @pytest.mark.parametrize("model", ["power_law", "running_noise"])
@@ -72,7 +76,9 @@ def numerical_hessian(f, theta, rel_step=1e-4):
     for i in range(d):
         for j in range(d):
             ei, ej = np.eye(d)[i] * h[i], np.eye(d)[j] * h[j]
-            H[i, j] = (f(theta + ei + ej) - f(theta + ei - ej) - f(theta - ei + ej) + f(theta - ei - ej)) / (4 * h[i] * h[j])
+            H[i, j] = (f(theta + ei + ej) - f(theta + ei - ej) - f(theta - ei + ej) + f(theta - ei - ej)) / (
+                4 * h[i] * h[j]
+            )
     return H
 
 

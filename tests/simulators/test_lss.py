@@ -71,7 +71,14 @@ def test_gaussian_box_spectrum_within_sampling_error():
 
 @pytest.mark.parametrize("slab_cells", [32, 8])
 def test_projected_slab_spectrum_within_sampling_error(slab_cells):
-    sim = LSSField(transfer_function="eisenstein_hu", n_grid=32, box_size=300.0, field="gaussian", slab_cells=slab_cells, outputs=("slab",))
+    sim = LSSField(
+        transfer_function="eisenstein_hu",
+        n_grid=32,
+        box_size=300.0,
+        field="gaussian",
+        slab_cells=slab_cells,
+        outputs=("slab",),
+    )
     theta = np.array([[0.3, 0.8]] * 6)
     slabs = sim.simulate(theta, np.random.default_rng(2))["slab"]
     assert slabs.shape == (6, 32, 32)
@@ -116,8 +123,14 @@ def test_galaxy_counts_mean_shot_noise_and_spectrum():
     # z = 3 and 19 Mpc/h cells: b delta < -1 (where the Poisson mean is clipped to 0) is rare
     nbar = 4e-3
     sim = LSSField(
-        parameters=("Omega_m", "sigma_8", "bias"), transfer_function="eisenstein_hu", n_grid=32, box_size=600.0,
-        redshift=3.0, field="gaussian", number_density=nbar, outputs=("delta", "counts"),
+        parameters=("Omega_m", "sigma_8", "bias"),
+        transfer_function="eisenstein_hu",
+        n_grid=32,
+        box_size=600.0,
+        redshift=3.0,
+        field="gaussian",
+        number_density=nbar,
+        outputs=("delta", "counts"),
     )
     theta = np.array([[0.3, 0.8, 1.2]] * 4)
     out = sim.simulate(theta, np.random.default_rng(4))
@@ -133,7 +146,15 @@ def test_galaxy_counts_mean_shot_noise_and_spectrum():
     # excess variance over Poisson equals the variance of lambda, within the Poisson noise of
     # the three terms of var(N) - mean(N) - var(lambda) (4 sigma each)
     M, eps_sd = lam.size, math.sqrt(lam.sum())
-    tol = 4 / M * (math.sqrt(np.sum(lam + 2 * lam**2)) + 2 * math.sqrt(np.sum((lam - lam.mean()) ** 2 * lam)) + (1 + 2 * lam.mean()) * eps_sd)
+    tol = (
+        4
+        / M
+        * (
+            math.sqrt(np.sum(lam + 2 * lam**2))
+            + 2 * math.sqrt(np.sum((lam - lam.mean()) ** 2 * lam))
+            + (1 + 2 * lam.mean()) * eps_sd
+        )
+    )
     assert abs(counts.var() - counts.mean() - lam.var()) < tol
     # galaxy spectrum b^2 P + 1 / nbar, chi^2 over k bins (Gaussian errors: lambda >> 1 per bin of modes)
     mean_count = nbar * sim.grid.cell_volume
@@ -193,11 +214,16 @@ def test_runs_through_the_runner(tmp_path):
     from cosmosbi.simulators.runner import run_simulations
     from cosmosbi.simulators.store import SimulationDataset
 
-    sim = make_simulator("lss_field", {"n_grid": 8, "box_size": 100.0, "transfer_function": "eisenstein_hu", "outputs": ["counts", "slab"]})
+    sim = make_simulator(
+        "lss_field",
+        {"n_grid": 8, "box_size": 100.0, "transfer_function": "eisenstein_hu", "outputs": ["counts", "slab"]},
+    )
     run_simulations(sim, 3, tmp_path / "sims", seed=5, batch_size=2, progress=False)
     ds = SimulationDataset(tmp_path / "sims")
     assert len(ds) == 3 and ds.parameter_names == ("Omega_m", "sigma_8")
-    again = sim.simulate(ds.theta, [np.random.default_rng(np.random.SeedSequence([5, i]).spawn(2)[1]) for i in range(3)])
+    again = sim.simulate(
+        ds.theta, [np.random.default_rng(np.random.SeedSequence([5, i]).spawn(2)[1]) for i in range(3)]
+    )
     np.testing.assert_array_equal(ds.read("counts"), again["counts"])
     np.testing.assert_array_equal(ds.read("slab"), again["slab"])
 

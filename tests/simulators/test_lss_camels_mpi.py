@@ -15,8 +15,13 @@ from cosmosbi.simulators.runner import simulation_seeds
 from cosmosbi.simulators.store import SimulationDataset
 
 CASES = {
-    "lss_field": {"n_grid": 8, "box_size": 100.0, "transfer_function": "eisenstein_hu", "outputs": ["delta", "counts", "slab"],
-                  "emulator_nodes": 3},
+    "lss_field": {
+        "n_grid": 8,
+        "box_size": 100.0,
+        "transfer_function": "eisenstein_hu",
+        "outputs": ["delta", "counts", "slab"],
+        "emulator_nodes": 3,
+    },
     "camels_like": {"model": "tng_like", "n_grid": 16, "transfer_function": "eisenstein_hu", "emulator_nodes": 3},
 }
 
@@ -33,10 +38,17 @@ def test_two_ranks_write_what_a_serial_run_computes(tmp_path, mpiexec, name):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     # the ranks import the same cosmosbi as this test
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(cosmosbi.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(cosmosbi.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    )
     proc = subprocess.run(
         [mpiexec, "-n", "2", sys.executable, "-m", "cosmosbi", "simulate", str(path), "-q"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     ds = SimulationDataset(tmp_path / "run" / "sims" / "train")

@@ -34,17 +34,31 @@ def assert_same_dataset(a, b):
     ],
 )
 def test_two_ranks_give_the_one_process_dataset_bit_for_bit(tmp_path, mpiexec, simulator):
-    config = {"run_dir": str(tmp_path / "mpi"), "simulator": simulator, "datasets": {"train": {"n": 101, "seed": 9}}, "batch_size": 16}
+    config = {
+        "run_dir": str(tmp_path / "mpi"),
+        "simulator": simulator,
+        "datasets": {"train": {"n": 101, "seed": 9}},
+        "batch_size": 16,
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run(
         [mpiexec, "-n", "2", sys.executable, "-m", "cosmosbi", "simulate", "-q", str(tmp_path / "c.yaml")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     mpi_dir = tmp_path / "mpi" / "sims" / "train"
     assert sorted(p.name for p in mpi_dir.glob("shard-*.h5")) == ["shard-00000.h5", "shard-00001.h5"]
     assert SimulationDataset(mpi_dir).manifest["runs"][-1]["n_ranks"] == 2
-    serial = run_simulations(make_simulator(simulator["name"], simulator["options"]), 101, tmp_path / "serial", seed=9, batch_size=50, progress=False)
+    serial = run_simulations(
+        make_simulator(simulator["name"], simulator["options"]),
+        101,
+        tmp_path / "serial",
+        seed=9,
+        batch_size=50,
+        progress=False,
+    )
     assert_same_dataset(mpi_dir, serial.path)
 
 
@@ -89,9 +103,13 @@ def test_killed_job_resumes_to_the_clean_dataset(tmp_path, mpiexec, ranks):
     stored = len(list((target / "parts").glob("part-*.h5")))
     assert 4 <= stored < 20
     # resume with one process, whatever the killed job had
-    resumed = subprocess.run([sys.executable, str(script), str(target), "0"], capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(target), "0"], capture_output=True, text=True, timeout=120
+    )
     assert resumed.returncode == 0, resumed.stderr
-    clean = subprocess.run([sys.executable, str(script), str(tmp_path / "clean"), "0"], capture_output=True, text=True, timeout=120)
+    clean = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "clean"), "0"], capture_output=True, text=True, timeout=120
+    )
     assert clean.returncode == 0, clean.stderr
     assert_same_dataset(target, tmp_path / "clean")
     runs = SimulationDataset(target).manifest["runs"]

@@ -44,7 +44,9 @@ def test_marginal_matches_scipy(name):
 @pytest.mark.parametrize("name", [k for k in MARGINALS if k != "normal"])
 def test_log_prob_is_minus_inf_outside_support(name):
     marginal, _ = MARGINALS[name]
-    outside = np.array([marginal.low - 1.0, (marginal.high + 1.0) if math.isfinite(marginal.high) else marginal.low - 2.0])
+    outside = np.array(
+        [marginal.low - 1.0, (marginal.high + 1.0) if math.isfinite(marginal.high) else marginal.low - 2.0]
+    )
     assert np.all(marginal.log_prob(outside) == -np.inf)
     assert torch.all(marginal.log_prob_torch(torch.as_tensor(outside)) == -math.inf)
 

@@ -15,8 +15,11 @@ def _config(run_dir, **changes) -> dict:
         "run_dir": str(run_dir),
         "simulator": {"name": "gaussian_field", "options": {"n_pixels": 8}},
         "prior": {"A": {"uniform": [0.5, 2.0]}, "B": {"uniform": [1.0, 3.0]}},
-        "datasets": {"train": {"n": 400, "seed": 1}, "test": {"n": 20, "seed": 2},
-                     "fiducial": {"n": 60, "seed": 3, "fixed": {"A": 1.2, "B": 2.0}}},
+        "datasets": {
+            "train": {"n": 400, "seed": 1},
+            "test": {"n": 20, "seed": 2},
+            "fiducial": {"n": 60, "seed": 3, "fixed": {"A": 1.2, "B": 2.0}},
+        },
         "batch_size": 200,
         "estimator": {"kind": "npe", "summary": "power_spectrum", "training": {"max_epochs": 5}, "n_samples": 100},
         "baseline": {"summary": "power_spectrum", "fiducial": "fiducial", "n_test": 3, "n_samples": 200},

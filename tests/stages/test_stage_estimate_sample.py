@@ -38,14 +38,31 @@ def test_train_then_sample_writes_hdf5_and_getdist_chains(config_path, tmp_path,
     fields = SimulationDataset(tmp_path / "run" / "sims" / "test").read("field")
     np.save(tmp_path / "one.npy", fields[0])
     np.save(tmp_path / "batch.npy", fields)
-    assert main(["sample", str(config_path), "--obs", str(tmp_path / "one.npy"), "--out", str(tmp_path / "post" / "one")]) == 0
+    assert (
+        main(["sample", str(config_path), "--obs", str(tmp_path / "one.npy"), "--out", str(tmp_path / "post" / "one")])
+        == 0
+    )
     samples, names, _ = load_samples_hdf5(tmp_path / "post" / "one.h5")
     assert samples.shape == (50, 2) and names == ["A", "B"]
     from getdist import loadMCSamples
 
     chain = loadMCSamples(str(tmp_path / "post" / "one"), settings={"ignore_rows": 0})
     np.testing.assert_allclose(chain.getMeans(), samples.mean(0), rtol=1e-8)
-    assert main(["sample", str(config_path), "--obs", str(tmp_path / "batch.npy"), "-n", "20", "--out", str(tmp_path / "post" / "batch")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(config_path),
+                "--obs",
+                str(tmp_path / "batch.npy"),
+                "-n",
+                "20",
+                "--out",
+                str(tmp_path / "post" / "batch"),
+            ]
+        )
+        == 0
+    )
     samples, _, _ = load_samples_hdf5(tmp_path / "post" / "batch.h5")
     assert samples.shape == (3, 20, 2)
     assert all((tmp_path / "post" / f"batch_{m}.txt").is_file() for m in range(3))

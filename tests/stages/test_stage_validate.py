@@ -16,7 +16,11 @@ def test_validate_writes_report_and_flags_the_variant(tmp_path, capsys):
             "train": {"n": 2000, "seed": 1},
             "test": {"n": 150, "seed": 2},
             # same parameter names, different physics: the spectrum pivots at k = 3.6 instead of 4
-            "variant": {"n": 150, "seed": 3, "simulator": {"name": "gaussian_field", "options": {"n_pixels": 16, "k_pivot": 3.6}}},
+            "variant": {
+                "n": 150,
+                "seed": 3,
+                "simulator": {"name": "gaussian_field", "options": {"n_pixels": 16, "k_pivot": 3.6}},
+            },
         },
         "estimator": {"kind": "npe", "dataset": "train", "summary": "power_spectrum", "training": {"max_epochs": 60}},
         "validation": {"test": "test", "n_samples": 200, "corner": 1, "shift": ["variant"]},
@@ -31,8 +35,18 @@ def test_validate_writes_report_and_flags_the_variant(tmp_path, capsys):
     assert "C2ST vs exact" in out
     metrics = json.loads((tmp_path / "run" / "validation" / "metrics.json").read_text())
     html = (tmp_path / "run" / "validation" / "report.html").read_text()
-    for section in ["Verdicts", "Posteriors of test simulations", "Comparison with the exact posterior", "Simulation-based calibration",
-                    "Coverage and TARP", "Domain shift", "Cross-variant check", "Robustness", "Training", "Posterior widths"]:
+    for section in [
+        "Verdicts",
+        "Posteriors of test simulations",
+        "Comparison with the exact posterior",
+        "Simulation-based calibration",
+        "Coverage and TARP",
+        "Domain shift",
+        "Cross-variant check",
+        "Robustness",
+        "Training",
+        "Posterior widths",
+    ]:
         assert f">{section}</h2>" in html, section
     assert metrics["validation"]["n_test"] == 150
     for name in ["A", "B"]:  # 256 pixels constrain both parameters well inside their priors
@@ -46,6 +60,13 @@ def test_validate_writes_report_and_flags_the_variant(tmp_path, capsys):
     # every figure of the report is also a PNG file named after its section
     figures = sorted(p.name for p in (tmp_path / "run" / "validation" / "figures").glob("*.png"))
     assert html.count("data:image/png;base64,") == len(figures)
-    for stem in ["posteriors-of-test-simulations", "simulation-based-calibration-1", "simulation-based-calibration-2",
-                 "coverage-and-tarp", "mmd-training-vs-variant", "out-of-distribution-scores", "training"]:
+    for stem in [
+        "posteriors-of-test-simulations",
+        "simulation-based-calibration-1",
+        "simulation-based-calibration-2",
+        "coverage-and-tarp",
+        "mmd-training-vs-variant",
+        "out-of-distribution-scores",
+        "training",
+    ]:
         assert any(name.endswith(f"-{stem}.png") for name in figures), stem
