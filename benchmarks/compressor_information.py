@@ -121,7 +121,8 @@ def report(name: str, est: dict, exact: np.ndarray) -> float:
     debiased = np.linalg.det(est["F_debiased"]) / det_exact
     print(f"marginal sigma {name}: {np.sqrt(np.diag(np.linalg.inv(est['F']))).round(5).tolist()}")
     print(
-        f"det(F_{name}) / det(F_exact) = {ratio:.3f} +- {se:.3f} (bootstrap); derivative-noise bias removed: {debiased:.3f}"
+        f"det(F_{name}) / det(F_exact) = {ratio:.3f} +- {se:.3f} (bootstrap); "
+        f"derivative-noise bias removed: {debiased:.3f}"
     )
     return ratio
 
@@ -191,8 +192,10 @@ def main() -> None:
     exact = sim.fisher_matrix(theta0)
     step = 0.5 * np.sqrt(np.diag(np.linalg.inv(exact)))  # half a marginal standard deviation
     print(
-        f"Gaussian field {args.n_pixels}x{args.n_pixels}, theta0 = {theta0.tolist()}; Fisher from {args.n_cov} fiducial "
-        f"simulations and {args.n_deriv} seed-matched pairs per parameter; torch {torch.__version__}, {platform.machine()}"
+        f"Gaussian field {args.n_pixels}x{args.n_pixels}, theta0 = {theta0.tolist()}; "
+        f"Fisher from {args.n_cov} fiducial "
+        f"simulations and {args.n_deriv} seed-matched pairs per parameter; "
+        f"torch {torch.__version__}, {platform.machine()}"
     )
     print(f"marginal sigma exact: {np.sqrt(np.diag(np.linalg.inv(exact))).round(5).tolist()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -240,7 +243,8 @@ def main() -> None:
             loss = make_loss(args.loss, 2, args.summary_dim, seed=member)
             result = train_compressor(compressor, loss, dataset, work / f"compressor{member}", settings, progress=False)
             print(
-                f"network {member}: {len(result.history)} epochs (best {result.best_epoch}, validation loss {result.best_val_loss:.4f}), "
+                f"network {member}: {len(result.history)} epochs (best {result.best_epoch}, "
+                f"validation loss {result.best_val_loss:.4f}), "
                 f"{time.time() - started:.0f} s since start"
             )
             t = compress_design(compressor.cpu(), design, work, f"t{member}")

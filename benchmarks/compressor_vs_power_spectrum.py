@@ -156,11 +156,14 @@ def main() -> None:
     step = np.asarray(args.step, dtype=float)
     edges = np.linspace(1.0, args.n_grid / np.sqrt(2), args.ps_bins + 1)
     print(
-        f"lognormal camels_like maps {args.n_grid}x{args.n_grid}, box {args.box_size} Mpc/h, slab {args.slab_depth} Mpc/h, pixel noise rms {args.noise}; "
-        f"spectrum table {args.nodes}x{args.nodes} ({time.time() - started:.0f} s), max interpolation error at {check}: {interp_error:.1e}"
+        f"lognormal camels_like maps {args.n_grid}x{args.n_grid}, box {args.box_size} Mpc/h, "
+        f"slab {args.slab_depth} Mpc/h, pixel noise rms {args.noise}; "
+        f"spectrum table {args.nodes}x{args.nodes} ({time.time() - started:.0f} s), "
+        f"max interpolation error at {check}: {interp_error:.1e}"
     )
     print(
-        f"theta0 = {theta0.tolist()}, steps {step.tolist()}; Fisher from {args.n_cov} maps at theta0 and {args.n_deriv} seed-matched pairs per parameter; "
+        f"theta0 = {theta0.tolist()}, steps {step.tolist()}; "
+        f"Fisher from {args.n_cov} maps at theta0 and {args.n_deriv} seed-matched pairs per parameter; "
         f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +176,8 @@ def main() -> None:
         dataset = SimulationDataset(work / "train")
         x = dataset.read("delta", np.arange(min(500, len(dataset))))
         print(
-            f"{args.n_train} training maps ({time.time() - started:.0f} s): pixel rms {x.std():.3f}, skewness {((x - x.mean()) ** 3).mean() / x.std() ** 3:.2f}"
+            f"{args.n_train} training maps ({time.time() - started:.0f} s): pixel rms {x.std():.3f}, "
+            f"skewness {((x - x.mean()) ** 3).mean() / x.std() ** 3:.2f}"
         )
         design = fiducial_design(sim, theta0, step, args.n_cov, args.n_deriv, work)
         print(f"Fisher simulations done ({time.time() - started:.0f} s)")
@@ -220,7 +224,8 @@ def main() -> None:
     debiased = np.linalg.det(est["cnn"]["F_debiased"]) / np.linalg.det(est["ps"]["F_debiased"])
     print(f"det F_cnn / det F_ps = {ratio:.3f} +- {se:.3f} (bootstrap); derivative-noise bias removed: {debiased:.3f}")
     print(
-        f"det F_cnn+ps / det F_ps = {np.linalg.det(est['cnn+ps']['F']) / det_ps:.3f}; total {time.time() - started:.0f} s"
+        f"det F_cnn+ps / det F_ps = {np.linalg.det(est['cnn+ps']['F']) / det_ps:.3f}; "
+        f"total {time.time() - started:.0f} s"
     )
 
 

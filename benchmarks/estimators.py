@@ -51,6 +51,7 @@ from cosmosbi.estimators.baselines import exact_posterior_samples
 from cosmosbi.estimators.networks import NullTracker
 from cosmosbi.estimators.reference import PowerSpectrumProblem
 from cosmosbi.simulators.priors import BoxUniform, Gaussian
+from cosmosbi.torch_runtime import seeded_torch
 
 
 class GaussianFieldProblem:

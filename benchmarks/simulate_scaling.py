@@ -75,14 +75,16 @@ def main() -> None:
             seconds, wall = run(ranks, config, tmp / f"r{ranks}")
             rates[ranks] = args.n / seconds
             print(
-                f"{ranks} rank(s): {rates[ranks]:8.1f} simulations/s  (run {seconds:.2f} s, wall with start-up {wall:.2f} s)"
+                f"{ranks} rank(s): {rates[ranks]:8.1f} simulations/s  "
+                f"(run {seconds:.2f} s, wall with start-up {wall:.2f} s)"
             )
         base = SimulationDataset(tmp / f"r{args.ranks[0]}" / "sims" / "bench")
         for ranks in args.ranks[1:]:
             other = SimulationDataset(tmp / f"r{ranks}" / "sims" / "bench")
             same = np.array_equal(base.theta, other.theta) and np.array_equal(base.read("field"), other.read("field"))
             print(
-                f"speed-up with {ranks} ranks: {rates[ranks] / rates[args.ranks[0]]:.2f}x; dataset identical to {args.ranks[0]} rank(s): {same}"
+                f"speed-up with {ranks} ranks: {rates[ranks] / rates[args.ranks[0]]:.2f}x; "
+                f"dataset identical to {args.ranks[0]} rank(s): {same}"
             )
 
 

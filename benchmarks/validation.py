@@ -1,6 +1,7 @@
 """SBC speed: cosmosbi's batched validation vs sbi's run_sbc on the same posterior, in one run.
 
-    python benchmarks/validation.py [--n-test 1000] [--n-samples 1000] [--n-train 10000] [--problem field|toy] [--dim D] [--model nsf]
+    python benchmarks/validation.py [--n-test 1000] [--n-samples 1000] [--n-train 10000] \\
+        [--problem field|toy] [--dim D] [--model nsf]
 
 Trains a cosmosbi NPE (default architecture: NSF) on a reference problem, then runs
 simulation-based calibration for ``--n-test`` test simulations with ``--n-samples`` posterior
@@ -131,28 +132,34 @@ def main() -> None:
     ours_seconds = (ours_before + ours_after) / 2
 
     print(
-        f"NPE ({args.model}, {npe.summary.epochs} epochs, {train_seconds:.0f} s) on the {label}; {args.n_test} test simulations x "
-        f"{args.n_samples} samples; torch {torch.__version__}, {args.threads} thread(s) for both arms, {platform.machine()}"
+        f"NPE ({args.model}, {npe.summary.epochs} epochs, {train_seconds:.0f} s) on the {label}; "
+        f"{args.n_test} test simulations x "
+        f"{args.n_samples} samples; torch {torch.__version__}, "
+        f"{args.threads} thread(s) for both arms, {platform.machine()}"
     )
     print(
-        f"cosmosbi validate_posterior (SBC + HPD coverage + TARP): {ours_before:.1f} s before sbi, {ours_after:.1f} s after "
+        f"cosmosbi validate_posterior (SBC + HPD coverage + TARP): {ours_before:.1f} s before sbi, "
+        f"{ours_after:.1f} s after "
         f"(mean {ours_seconds:.1f} s)"
     )
     for label_, result in (("before", first), ("after", second)):
         print(f"  stages ({label_}): " + ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items()))
     print(f"sbi run_sbc: {run_seconds:.1f} s (sampling {sum(sampling):.1f} s); + check_sbc: {sbi_seconds:.1f} s")
     print(
-        f"speed ratio vs run_sbc: {run_seconds / ours_seconds:.1f}x; vs run_sbc + check_sbc: {sbi_seconds / ours_seconds:.1f}x (target >= 3)"
+        f"speed ratio vs run_sbc: {run_seconds / ours_seconds:.1f}x; "
+        f"vs run_sbc + check_sbc: {sbi_seconds / ours_seconds:.1f}x (target >= 3)"
     )
     print(
-        f"sampling alone: sbi {sum(sampling):.1f} s vs cosmosbi {(first.seconds['sampling'] + second.seconds['sampling']) / 2:.1f} s"
+        f"sampling alone: sbi {sum(sampling):.1f} s "
+        f"vs cosmosbi {(first.seconds['sampling'] + second.seconds['sampling']) / 2:.1f} s"
     )
     ours_verdicts = dict(zip(first.sbc.names, first.sbc.verdicts))
     ks = stats["ks_pvals"].numpy()
     sbi_verdicts = dict(zip(names, ["calibrated" if p >= args.alpha else "miscalibrated" for p in ks]))
     ours_p = dict(zip(first.sbc.names, np.minimum(first.sbc.ks_pvalue, first.sbc.chi2_pvalue).round(3).tolist()))
     print(
-        f"cosmosbi SBC verdicts (min of chi^2 and KS p): {ours_verdicts} {ours_p}; HPD: {first.coverage.verdict}, TARP: {first.tarp.verdict}"
+        f"cosmosbi SBC verdicts (min of chi^2 and KS p): {ours_verdicts} {ours_p}; "
+        f"HPD: {first.coverage.verdict}, TARP: {first.tarp.verdict}"
     )
     print(f"sbi KS p-values: {dict(zip(names, ks.round(3).tolist()))} -> {sbi_verdicts}")
     same = all((ours_verdicts[n] == "calibrated") == (sbi_verdicts[n] == "calibrated") for n in names)

@@ -56,7 +56,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--stage",
         action="append",
         metavar="STAGE",
-        help="run only stages of this kind (simulate, compress, estimate, validate, baseline, sample; repeatable); earlier stages must be done",
+        help=(
+            "run only stages of this kind (simulate, compress, estimate, validate, baseline, sample; repeatable); "
+            "earlier stages must be done"
+        ),
     )
     _add_run_dir(run)
     _add_quiet(run)
@@ -335,7 +338,8 @@ def _status(args, comm) -> int:
     if config is not None:
         config = config.model_copy(update={"run_dir": args.run_dir})
     print(
-        f"run {args.run_dir} (config {record['config_source']}, created {record['created']['time']} on {record['created']['host']})"
+        f"run {args.run_dir} (config {record['config_source']}, "
+        f"created {record['created']['time']} on {record['created']['host']})"
     )
     print(format_status(stage_status(args.run_dir, config)))
     last = record["invocations"][-1] if record.get("invocations") else None
@@ -378,7 +382,8 @@ def _sample(args, comm) -> int:
         )
     print(
         f"{written['n_samples']} samples for {written['n_observations']} observation(s) -> {written['hdf5']} "
-        f"and GetDist chain(s) {', '.join(str(c) for c in written['chains'][:3])}{' ...' if len(written['chains']) > 3 else ''}"
+        f"and GetDist chain(s) {', '.join(str(c) for c in written['chains'][:3])}"
+        f"{' ...' if len(written['chains']) > 3 else ''}"
     )
     return 0
 
@@ -568,12 +573,14 @@ def _describe_dataset(path: Path, max_failures: int) -> str:
     counts = m["counts"]
     lines = [
         f"dataset   {path}",
-        f"status    {m['status']}: {counts['simulated']} simulated, {counts['failed']} failed, {counts['missing']} missing of n={m['n']}",
+        f"status    {m['status']}: {counts['simulated']} simulated, {counts['failed']} failed, "
+        f"{counts['missing']} missing of n={m['n']}",
     ]
     if "compressed_from" in identity:
         network = identity["compressor"]["network"]
         lines.append(
-            f"summaries of {identity['compressed_from']} by a {network['kind']} compressor (loss {identity['compressor']['loss']})"
+            f"summaries of {identity['compressed_from']} by a {network['kind']} compressor "
+            f"(loss {identity['compressor']['loss']})"
         )
     else:
         lines += [
@@ -601,7 +608,8 @@ def _describe_dataset(path: Path, max_failures: int) -> str:
     lines.append(f"created   {created.get('time')} on {created.get('host')}; versions {created.get('versions')}")
     for run in m.get("runs", []):
         lines.append(
-            f"  run {run['time']}: {run['new_simulations']} simulations on {run['n_ranks']} rank(s) in {run['seconds']} s"
+            f"  run {run['time']}: {run['new_simulations']} simulations on {run['n_ranks']} rank(s) "
+            f"in {run['seconds']} s"
         )
     return "\n".join(lines)
 

@@ -340,7 +340,10 @@ class ValidationConfig(_Strict):
     exact: bool = Field(default=True, description="compare with the exact posterior where the simulator has one")
     exact_on: str | None = Field(
         default=None,
-        description="dataset whose first `corner` simulations are shown and compared with the exact posterior (default: the test dataset)",
+        description=(
+            "dataset whose first `corner` simulations are shown and compared with the exact posterior "
+            "(default: the test dataset)"
+        ),
     )
     derived: list[str] = Field(default_factory=list, description="derived quantities to calibrate, e.g. [S_8]")
     shift: list[str] = Field(
@@ -538,7 +541,8 @@ class SimulateConfig(_Strict):
                 self.build_simulator(source).parameter_names
             ):
                 raise ValueError(
-                    f"{where}: the variant's parameters {list(simulator.parameter_names)} differ from the main simulator's"
+                    f"{where}: the variant's parameters {list(simulator.parameter_names)} "
+                    "differ from the main simulator's"
                 )
         except ValueError as err:
             raise ConfigError(f"{source}: {err}") from None
@@ -637,7 +641,8 @@ def load_config(path: str | Path, model: type[BaseModel] = SimulateConfig) -> Si
                 raise ConfigError(f"{path}: observations need an estimator section to sample their posteriors")
             if obs.dataset is not None and obs.dataset not in config.datasets:
                 raise ConfigError(
-                    f"{path}: observations.{name}.dataset: no dataset {obs.dataset!r}; the config defines {list(config.datasets)}"
+                    f"{path}: observations.{name}.dataset: no dataset {obs.dataset!r}; "
+                    f"the config defines {list(config.datasets)}"
                 )
     return config
 
@@ -680,7 +685,8 @@ def _check_baseline(config: SimulateConfig, path) -> None:
             )
     if config.datasets[section.fiducial].fixed is None:
         raise ConfigError(
-            f"{path}: baseline.fiducial: dataset {section.fiducial!r} must set `fixed` (simulations at one theta give the covariance)"
+            f"{path}: baseline.fiducial: dataset {section.fiducial!r} must set `fixed` "
+            "(simulations at one theta give the covariance)"
         )
     names = config.declared_parameter_names(str(path))
     for name in section.pair if names is not None and section.pair else []:

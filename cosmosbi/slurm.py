@@ -244,7 +244,8 @@ def submit_jobs(
             ) from None
         if done.returncode != 0:
             raise RuntimeError(
-                f"sbatch {path} failed ({done.stderr.strip() or done.stdout.strip()}); already submitted: {ids or 'none'}"
+                f"sbatch {path} failed ({done.stderr.strip() or done.stdout.strip()}); "
+                f"already submitted: {ids or 'none'}"
             )
         ids.append(done.stdout.strip().split(";")[0])
         record["jobs"].append({"name": job.name, "script": str(path), "job_id": ids[-1]})

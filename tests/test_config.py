@@ -142,7 +142,10 @@ def test_largest_seed_is_accepted(tmp_path):
         ),
         (
             {"compressor": {**COMPRESSOR, "network": {"kind": "resnet3d"}}},
-            "compressor.network.kind: expected one of ['healpix_cnn', 'hybrid2d', 'hybrid_healpix', 'mlp', 'resnet2d'], got 'resnet3d'",
+            (
+                "compressor.network.kind: expected one of "
+                "['healpix_cnn', 'hybrid2d', 'hybrid_healpix', 'mlp', 'resnet2d'], got 'resnet3d'"
+            ),
         ),
         ({"compressor": {**COMPRESSOR, "network": {"width": 4}}}, "compressor.network.kind: expected one of"),
         (

@@ -1,4 +1,5 @@
-"""The power-spectrum baseline of a full-field analysis (the work of the ``baseline`` stage, :mod:`cosmosbi.stages.baseline`).
+"""The power-spectrum baseline of a full-field analysis (the work of the ``baseline`` stage,
+:mod:`cosmosbi.stages.baseline`).
 
 For a set of test observations with known parameters, the posterior of the trained
 full-field estimator (e.g. HEALPix CNN summaries + NPE) is compared with the posterior of a

@@ -154,7 +154,10 @@ def sbc(
         )
         z = (result.mean_rank[j] - 0.5) / np.sqrt(1 / 12 / M)  # mean of U(0, 1) ranks: sd sqrt(1/12/M)
         if verdict != CALIBRATED and abs(z) > 3:
-            reason += f"; mean normalised rank {result.mean_rank[j]:.3f} ({'posterior too high' if z < 0 else 'posterior too low'}: biased)"
+            reason += (
+                f"; mean normalised rank {result.mean_rank[j]:.3f} "
+                f"({'posterior too high' if z < 0 else 'posterior too low'}: biased)"
+            )
         result.verdicts.append(verdict)
         result.reasons.append(reason)
     return result

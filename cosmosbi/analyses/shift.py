@@ -147,7 +147,8 @@ def cross_variant_check(
     robustness = {}
     for name in names:
         problems = [
-            f"{variant}: bias {row[name]['bias_sigma']:+.2f} sigma, 68% coverage {row[name]['coverage_68']:.2f}, SBC {row[name]['sbc_verdict']}"
+            f"{variant}: bias {row[name]['bias_sigma']:+.2f} sigma, "
+            f"68% coverage {row[name]['coverage_68']:.2f}, SBC {row[name]['sbc_verdict']}"
             for variant, row in table.items()
             if row[name]["sbc_verdict"] != CALIBRATED or abs(row[name]["bias_sigma"]) > max_bias
         ]

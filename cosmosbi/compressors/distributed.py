@@ -66,8 +66,8 @@ def launch_of(environ=None) -> Launch:
     """The :class:`Launch` described by ``environ`` (default: ``os.environ``).
 
     ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` first, then ``SLURM_PROCID``/``SLURM_NTASKS``/
-    ``SLURM_LOCALID``, then Open MPI's and MPICH's variables; a world of one process when neither is set or ``MASTER_ADDR`` is missing
-    (a SLURM job step that is not a data-parallel launch).
+    ``SLURM_LOCALID``, then Open MPI's and MPICH's variables; a world of one process when neither is set or
+    ``MASTER_ADDR`` is missing (a SLURM job step that is not a data-parallel launch).
     """
     environ = os.environ if environ is None else environ
     if "MASTER_ADDR" not in environ:

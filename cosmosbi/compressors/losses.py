@@ -70,7 +70,8 @@ class MSELoss(nn.Module):
         super().__init__()
         if summary_dim != parameter_dim:
             raise ValueError(
-                f"loss 'mse' regresses the parameters: summary_dim must equal the {parameter_dim} parameters, got {summary_dim}"
+                f"loss 'mse' regresses the parameters: "
+                f"summary_dim must equal the {parameter_dim} parameters, got {summary_dim}"
             )
         self.config = {"kind": "mse"}
 
@@ -90,7 +91,8 @@ class GaussianNLLLoss(nn.Module):
         super().__init__()
         if summary_dim != parameter_dim:
             raise ValueError(
-                f"loss 'gaussian_nll' predicts the parameters: summary_dim must equal the {parameter_dim} parameters, got {summary_dim}"
+                f"loss 'gaussian_nll' predicts the parameters: "
+                f"summary_dim must equal the {parameter_dim} parameters, got {summary_dim}"
             )
         self.dim = parameter_dim
         self.config = {"kind": "gaussian_nll"}

@@ -141,7 +141,8 @@ def make_compressor(
     """
     if input_name not in dataset.output_names:
         raise ValueError(
-            f"compressor input {input_name!r} is not an output of {dataset.path}; outputs are {list(dataset.output_names)}"
+            f"compressor input {input_name!r} is not an output of {dataset.path}; "
+            f"outputs are {list(dataset.output_names)}"
         )
     if len(dataset) < 2:
         raise ValueError(f"{dataset.path}: need at least 2 simulations to train a compressor, got {len(dataset)}")

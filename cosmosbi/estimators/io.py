@@ -99,7 +99,8 @@ def load_estimator(directory: str | Path, *, embedding_net: torch.nn.Module | No
         raise ValueError(f"{directory / META}: not a cosmosbi estimator file (format {meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(
-            f"{directory / META}: format version {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})"
+            f"{directory / META}: format version {meta.get('format_version')} is not supported "
+            f"(expected {FORMAT_VERSION})"
         )
     kind = meta["kind"]
     if "ensemble" in meta:
@@ -111,7 +112,8 @@ def load_estimator(directory: str | Path, *, embedding_net: torch.nn.Module | No
     training = TrainingConfig(**meta["training"])
     if meta.get("embedding_net") and embedding_net is None:
         raise ValueError(
-            f"{directory}: trained with embedding network {meta['embedding_net']}; pass a fresh instance as embedding_net"
+            f"{directory}: trained with embedding network {meta['embedding_net']}; "
+            "pass a fresh instance as embedding_net"
         )
     if kind == "npe":
         estimator = NPE(prior, flow, training, embedding_net=embedding_net, device=device)

@@ -357,7 +357,8 @@ class FlowSampler:
     def __init__(self, network: torch.nn.Module):
         if not self.supports(network):
             raise TypeError(
-                f"FlowSampler: expected an sbi NFlowsFlow around an nflows Flow with a standard normal base, got {type(network).__name__}"
+                "FlowSampler: expected an sbi NFlowsFlow around an nflows Flow with a standard normal base, "
+                f"got {type(network).__name__}"
             )
         flow = network.net
         self.embedding = flow._embedding_net

@@ -93,8 +93,10 @@ def rejection_sample(
         if drawn[idx].max() >= max_draws:
             worst = idx[np.argmax(drawn[idx])]
             raise RuntimeError(
-                f"rejection sampling: observation {worst} kept {have[worst]} of {n} samples after {drawn[worst]} draws; "
-                "the estimate puts almost no mass inside the prior support (is the observation unlike the training data?)"
+                f"rejection sampling: observation {worst} kept {have[worst]} of {n} samples "
+                f"after {drawn[worst]} draws; "
+                "the estimate puts almost no mass inside the prior support "
+                "(is the observation unlike the training data?)"
             )
         missing = n - have[idx]
         # acceptance estimate (a + 1) / (k + 2) after k draws with a accepted; 1 before any draw

@@ -18,7 +18,8 @@ Each round's simulations are an ordinary dataset written by
 round's proposal parameters are saved (``out_dir/proposals/round-K.npy``, described in
 ``round-K.json``) before it is simulated, so a killed run resumes: finished rounds are read
 back, a partly simulated round simulates only its missing rows, and a round whose
-successor's proposal is already saved is not retrained. ``out_dir/rounds.json`` records the observation and what each round did.
+successor's proposal is already saved is not retrained. ``out_dir/rounds.json`` records the
+observation and what each round did.
 
 Example::
 

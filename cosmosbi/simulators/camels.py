@@ -18,10 +18,10 @@ density contrast has the 2D spectrum
 (D the slab depth, |j| <= 4 n); the map is a 2D lognormal (default) or Gaussian field with
 that spectrum (conventions in :mod:`cosmosbi.simulators.lss`), Sigma = Omega_m rho_crit D
 (1 + delta_2D). Modelling the projection directly as a 2D lognormal field is an approximation
-of a projected 3D field: it reproduces the two-point statistics (up to the clipping below) but the one-point statistics only
-roughly. The lognormal transform clips the few negative Gaussian-field powers of these very
-nonlinear spectra, which raises the binned map spectrum by at most 8% (n = 64) or 0.4%
-(n = 256) at the fiducial point; ``field="gaussian"`` reproduces P_2D exactly.
+of a projected 3D field: it reproduces the two-point statistics (up to the clipping below) but
+the one-point statistics only roughly. The lognormal transform clips the few negative
+Gaussian-field powers of these very nonlinear spectra, which raises the binned map spectrum by
+at most 8% (n = 64) or 0.4% (n = 256) at the fiducial point; ``field="gaussian"`` reproduces P_2D exactly.
 
 Feedback models (``model`` option). The same four names mean different physics in the two,
 as in CAMELS' IllustrisTNG and SIMBA suites, so a network trained on one and applied to the
@@ -354,4 +354,7 @@ class CamelsLike:
         return {"Mtot": maps}
 
     def __repr__(self) -> str:
-        return f"CamelsLike(model={self.model!r}, n_grid={self.grid.n}, box_size={self.grid.box_size}, slab_depth={self.slab_depth})"
+        return (
+            f"CamelsLike(model={self.model!r}, n_grid={self.grid.n}, box_size={self.grid.box_size}, "
+            f"slab_depth={self.slab_depth})"
+        )

@@ -68,7 +68,8 @@ class CamelsMultifieldDataset:
             match = _MAP_NAME.match(path.name)
             if not match:
                 raise ValueError(
-                    f"{path}: cannot read the field name from the file name; expected Maps_<field>_<suite>_<set>_z=<z>.npy or pass maps={{name: path}}"
+                    f"{path}: cannot read the field name from the file name; "
+                    "expected Maps_<field>_<suite>_<set>_z=<z>.npy or pass maps={name: path}"
                 )
             maps = {match["field"]: path}
         if not maps:
@@ -108,12 +109,14 @@ class CamelsMultifieldDataset:
             raise ValueError(f"{self.params_path}: cannot read a numeric parameter table ({err})") from None
         if table.shape[1] != len(self.parameter_names):
             raise ValueError(
-                f"{self.params_path}: {table.shape[1]} parameter columns, expected {len(self.parameter_names)} ({list(self.parameter_names)})"
+                f"{self.params_path}: {table.shape[1]} parameter columns, "
+                f"expected {len(self.parameter_names)} ({list(self.parameter_names)})"
             )
         n_sims = n_rows // self.maps_per_simulation
         if table.shape[0] != n_sims:
             raise ValueError(
-                f"{self.params_path}: {table.shape[0]} simulations, but the maps file {next(iter(self.paths.values()))} "
+                f"{self.params_path}: {table.shape[0]} simulations, "
+                f"but the maps file {next(iter(self.paths.values()))} "
                 f"has {n_rows} maps = {n_sims} simulations x {self.maps_per_simulation}"
             )
         self.simulation_parameters = table
@@ -171,4 +174,7 @@ class CamelsMultifieldDataset:
         return item
 
     def __repr__(self) -> str:
-        return f"CamelsMultifieldDataset({len(self)} maps, outputs={list(self.output_names)}, params={self.params_path.name})"
+        return (
+            f"CamelsMultifieldDataset({len(self)} maps, outputs={list(self.output_names)}, "
+            f"params={self.params_path.name})"
+        )

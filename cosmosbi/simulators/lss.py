@@ -709,7 +709,8 @@ class LSSField:
         theta = np.atleast_2d(np.asarray(theta, dtype=float))
         if theta.shape[1] != len(self.parameter_names):
             raise ValueError(
-                f"theta has {theta.shape[1]} columns; expected {len(self.parameter_names)} ({list(self.parameter_names)})"
+                f"theta has {theta.shape[1]} columns; "
+                f"expected {len(self.parameter_names)} ({list(self.parameter_names)})"
             )
         rngs = row_generators(rng, len(theta))
         out = {name: np.empty((len(theta),) + spec.shape, dtype=spec.dtype) for name, spec in self.output_spec.items()}
@@ -735,4 +736,7 @@ class LSSField:
         return out
 
     def __repr__(self) -> str:
-        return f"LSSField(n_grid={self.grid.n}, box_size={self.grid.box_size}, field={self.field!r}, parameters={list(self.parameter_names)})"
+        return (
+            f"LSSField(n_grid={self.grid.n}, box_size={self.grid.box_size}, field={self.field!r}, "
+            f"parameters={list(self.parameter_names)})"
+        )

@@ -386,7 +386,10 @@ class SimulationDataset:
 
     def __repr__(self) -> str:
         outputs = ", ".join(f"{k}{tuple(v['shape'])}" for k, v in self.output_spec.items())
-        return f"SimulationDataset({str(self.path)!r}, rows={len(self)}, parameters={list(self.parameter_names)}, outputs=[{outputs}])"
+        return (
+            f"SimulationDataset({str(self.path)!r}, rows={len(self)}, parameters={list(self.parameter_names)}, "
+            f"outputs=[{outputs}])"
+        )
 
     # ----------------------------------------------------------------- data access
 
