@@ -12,6 +12,7 @@ from optuna.distributions import CategoricalDistribution
 
 from cosmosbi.cli import main
 from cosmosbi.config import ConfigError, load_config
+from cosmosbi.estimators.networks import FlowConfig, TrainingConfig
 from cosmosbi.files import read_json
 from cosmosbi.pipeline import plan_stages
 from cosmosbi.tune import config_settings, open_study, trial_config, trial_scores, tune
@@ -88,17 +89,17 @@ def test_three_trials_finish_and_best_yaml_reproduces_the_best_trial(tuned):
 def test_trial_zero_runs_the_config_settings_or_their_defaults(tmp_path):
     space = {
         **SPACE,
-        "estimator.flow.hidden_features": [32, 64],
+        "estimator.flow.hidden_features": [FlowConfig().hidden_features, 128],
         "estimator.training.batch_size": [50, 100],
         "compressor.train.batch_size": [32, 64],
     }
     config = load_config(write(tmp_path / "c.yaml", tiny_config(tmp_path / "run", space=space)))
-    # hidden 16 is the config's; 32 hidden features and learning rate 0.003 the NPE defaults (its
-    # default batch, 512, is outside the space); 64 the config's compressor batch
+    # hidden 16 is the config's; the hidden features and learning rate are the NPE defaults (its
+    # default batch size, chosen from the data, is outside the space); 64 the config's compressor batch
     assert config_settings(config) == {
         "compressor.network.hidden": 16,
-        "estimator.flow.hidden_features": 32,
-        "estimator.training.learning_rate": 0.003,
+        "estimator.flow.hidden_features": FlowConfig().hidden_features,
+        "estimator.training.learning_rate": TrainingConfig().learning_rate,
         "compressor.train.batch_size": 64,
     }
 
