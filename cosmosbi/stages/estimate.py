@@ -9,9 +9,7 @@ the sample stage hashes) and the stages that make its data.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 
 import numpy as np
 
@@ -72,11 +70,7 @@ def fit_estimator(config, layout, source: str = "config", progress: bool = False
 
 def estimate(config, layout, source: str = "config", *, progress: bool = True) -> str:
     """Fit and save the estimator; returns a one-line description."""
-    # sbi prints a convergence line of its own: keep it off a quiet run, end it on a verbose one
-    with contextlib.redirect_stdout(io.StringIO()) if not progress else contextlib.nullcontext():
-        estimator, directory = fit_estimator(config, layout, source, progress=progress)
-    if progress:
-        print()
+    estimator, directory = fit_estimator(config, layout, source, progress=progress)
     summaries = [m.summary for m in getattr(estimator, "members", [estimator])]
     seconds = sum(s.seconds for s in summaries)
     epochs = ", ".join(str(s.epochs) for s in summaries)
